@@ -1,0 +1,135 @@
+"""The contract every fusion strategy implements, and the input checks they all share."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..categories import CategoryTable
+from ..structures import Instances, PanopticResult
+
+__all__ = ["PanopticFusion", "fill_stuff_scores", "prepare_instances", "prepare_semantic"]
+
+_SCORE_SAMPLES = 1 << 16
+
+
+class PanopticFusion(nn.Module, ABC):
+    """Base class: semantic logits + per-image instances -> one :class:`PanopticResult` per image.
+
+    Subclasses implement :meth:`fuse_image`; :meth:`forward` validates the batch, resizes the semantic
+    logits to ``output_size`` (bilinear, ``align_corners=False``) and loops over images.
+
+    Args:
+        table: Category table; fixes the channel layout (stuff first, then things).
+    """
+
+    def __init__(self, table: CategoryTable) -> None:
+        super().__init__()
+        self.table = table
+
+    def forward(self, semantic_logits: torch.Tensor, instances: Sequence[Instances],
+                output_size: tuple[int, int] | None = None) -> list[PanopticResult]:
+        """Fuse a batch.
+
+        Args:
+            semantic_logits: ``(B, C, h, w)`` float logits, ``C = table.num_classes``, stuff channels first.
+            instances: ``B`` :class:`Instances`, boxes in output pixels.
+            output_size: ``(H, W)`` of the results; default ``(h, w)``.
+
+        Returns:
+            ``B`` results of size ``(H, W)``.
+        """
+        sem = prepare_semantic(semantic_logits, self.table, len(instances), output_size)
+        size = (int(sem.shape[-2]), int(sem.shape[-1]))
+        out = []
+        for b, inst in enumerate(instances):
+            inst = prepare_instances(inst, self.table, size, sem.device)
+            out.append(self.fuse_image(sem[b], inst))
+        return out
+
+    @abstractmethod
+    def fuse_image(self, semantic_logits: torch.Tensor, instances: Instances) -> PanopticResult:
+        """Fuse one image.
+
+        Args:
+            semantic_logits: ``(C, H, W)`` at output size, already validated.
+            instances: Validated, on the same device; ``image``-space masks already at ``(H, W)``.
+        """
+
+
+def prepare_semantic(semantic_logits: torch.Tensor, table: CategoryTable, batch: int,
+                     output_size: tuple[int, int] | None) -> torch.Tensor:
+    """Validate ``(B, C, h, w)`` logits against the table and resize them to ``output_size``."""
+    s = semantic_logits
+    if not isinstance(s, torch.Tensor) or s.ndim != 4:
+        shape = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+        raise ValueError(f"semantic_logits must be a (B, C, H, W) tensor, got {shape}; add a batch dim with "
+                         "logits[None] for one image.")
+    if not s.is_floating_point():
+        raise ValueError(f"semantic_logits must be float logits, got {s.dtype}.")
+    if s.shape[1] != table.num_classes:
+        raise ValueError(f"semantic_logits has {s.shape[1]} channels but the category table has "
+                         f"{table.num_classes} ({table.num_stuff} stuff then {table.num_things} things); "
+                         "order the channels stuff first, then things, one per category.")
+    if s.shape[0] != batch:
+        raise ValueError(f"semantic_logits has batch size {s.shape[0]} but {batch} Instances were given; "
+                         "pass one Instances per image (Instances.empty() for none).")
+    if s.shape[2] == 0 or s.shape[3] == 0:
+        raise ValueError(f"semantic_logits has an empty spatial size {tuple(s.shape[2:])}.")
+    if not torch.isfinite(s).all():
+        raise ValueError("semantic_logits contains NaN or inf; check the model output (e.g. clamp or "
+                         "torch.nan_to_num) before fusion.")
+    if output_size is not None:
+        if len(output_size) != 2 or any(int(v) <= 0 for v in output_size):
+            raise ValueError(f"output_size must be (H, W) with positive ints, got {output_size!r}.")
+        output_size = (int(output_size[0]), int(output_size[1]))
+        if tuple(s.shape[-2:]) != output_size:
+            s = F.interpolate(s.float(), size=output_size, mode="bilinear", align_corners=False)
+    return s.float()
+
+
+def prepare_instances(inst: Instances, table: CategoryTable, size: tuple[int, int],
+                      device: torch.device) -> Instances:
+    """Validate one image's instances and move them to ``device``; image-space masks resized to ``size``."""
+    if not isinstance(inst, Instances):
+        raise ValueError(f"expected panoptic.Instances per image, got {type(inst).__name__}.")
+    inst.validate(table.num_things, size)
+    inst = inst.to(device)
+    if inst.mask_space == "image" and tuple(inst.mask_logits.shape[-2:]) != size and len(inst):
+        m = F.interpolate(inst.mask_logits[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+        inst = Instances(inst.boxes, inst.scores, inst.labels, m, "image")
+    return inst
+
+
+def fill_stuff_scores(result: PanopticResult, semantic_logits: torch.Tensor) -> PanopticResult:
+    """Set each stuff segment's score to the mean softmax probability of its class over the segment.
+
+    The mean is taken on a regular grid of at most 65536 pixels (stride 1, i.e. exact, for images up to
+    256x256) so that scoring never costs more than a small fraction of the fusion; a segment the grid
+    misses keeps NaN.
+
+    Args:
+        result: Result whose ``score`` for stuff segments is to be filled (modified in place).
+        semantic_logits: ``(C, H, W)`` logits at the result's size.
+    """
+    stuff = ~result.isthing
+    if not bool(stuff.any()):
+        return result
+    h, w = result.image_size
+    stride = max(1, math.ceil(math.sqrt(h * w / _SCORE_SAMPLES)))
+    sub = semantic_logits[:, ::stride, ::stride]
+    seg = result.segment_map[::stride, ::stride].long().reshape(-1)
+    prob = torch.softmax(sub.reshape(sub.shape[0], -1).float(), 0)
+    cat_lut = torch.cat([torch.zeros(1, dtype=torch.int64, device=seg.device), result.category])
+    p_own = prob.gather(0, cat_lut[seg][None])[0]
+    s = result.num_segments
+    sums = torch.zeros(s + 1, device=seg.device).index_add_(0, seg, p_own)
+    counts = torch.bincount(seg, minlength=s + 1).float()
+    mean = torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan")))[1:]
+    result.score = torch.where(stuff, mean, result.score)
+    return result
