@@ -2,5 +2,17 @@
 
 from .base import PanopticFusion
 from .paste import BoxRegions, box_regions, paste_masks, paste_masks_dense
+from .pruning import PruningConfig, prune_instances
+from .upsnet import PanopticTargets, UPSNetFusion
 
-__all__ = ["BoxRegions", "PanopticFusion", "box_regions", "paste_masks", "paste_masks_dense"]
+__all__ = [
+    "BoxRegions",
+    "PanopticFusion",
+    "PanopticTargets",
+    "PruningConfig",
+    "UPSNetFusion",
+    "box_regions",
+    "paste_masks",
+    "paste_masks_dense",
+    "prune_instances",
+]

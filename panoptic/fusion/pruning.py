@@ -1,0 +1,102 @@
+"""UPSNet's inference-time mask pruning (paper §3.2; reference ``MaskROI`` + ``MaskRemoval``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchvision.ops import nms
+
+from ..structures import Instances
+from .paste import BoxRegions, box_regions, paste_masks
+
+__all__ = ["LocalMasks", "PruningConfig", "local_mask_logits", "prune_instances"]
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    """Thresholds of the pruning, in the order they are applied.
+
+    Attributes:
+        score_threshold: Keep an instance iff ``score > score_threshold`` (strict; reference 0.6).
+        nms_iou: Class-agnostic NMS: drop a box whose IoU with a higher-scored kept box is
+            ``> nms_iou`` (torchvision semantics; reference 0.5). ``None`` disables NMS.
+        max_instances: Keep at most this many, highest scores first (reference 100).
+        overlap_threshold: In descending score order, drop a mask if
+            ``|mask ∩ kept masks of the same class| / |mask| > overlap_threshold`` (reference 0.3), or
+            if it is empty. Binary mask = pasted logit ``> 0``. ``None`` disables this step.
+    """
+
+    score_threshold: float = 0.6
+    nms_iou: float | None = 0.5
+    max_instances: int = 100
+    overlap_threshold: float | None = 0.3
+
+
+@dataclass
+class LocalMasks:
+    """Box-local geometry and mask logits of a set of instances.
+
+    Attributes:
+        regions: Paste and crop regions (see :func:`panoptic.fusion.paste.box_regions`).
+        logits: Per instance, the mask logits inside its paste region.
+    """
+
+    regions: BoxRegions
+    logits: list[torch.Tensor]
+
+
+def local_mask_logits(instances: Instances, image_size: tuple[int, int], scale: float = 1.0) -> LocalMasks:
+    """Box-local mask logits of every instance.
+
+    ROI masks are resized into their paste box; full-image masks (``mask_space="image"``, already at
+    ``image_size``) are cut to the same box, so both kinds give an instance zero logit outside its box.
+    """
+    regions = box_regions(instances.boxes, image_size, scale)
+    if instances.mask_space == "roi":
+        return LocalMasks(regions, paste_masks(instances.mask_logits, regions))
+    return LocalMasks(regions, [m[y0:y1, x0:x1] for m, (y0, y1, x0, x1) in zip(instances.mask_logits, regions.paste)])
+
+
+def prune_instances(instances: Instances, image_size: tuple[int, int], config: PruningConfig) -> torch.Tensor:
+    """Indices of the instances UPSNet keeps, in descending score order.
+
+    Args:
+        instances: One image's detections, boxes in pixels of ``image_size``.
+        image_size: ``(H, W)``.
+        config: Thresholds.
+
+    Returns:
+        ``(K,)`` int64 indices into ``instances``.
+    """
+    dev = instances.boxes.device
+    idx = torch.nonzero(instances.scores > config.score_threshold)[:, 0]
+    if idx.numel() == 0:
+        return idx
+    order = torch.argsort(instances.scores[idx], descending=True, stable=True)
+    idx = idx[order]
+    if config.nms_iou is not None:
+        keep = nms(instances.boxes[idx].float(), instances.scores[idx].float(), config.nms_iou)
+        idx = idx[keep]  # nms returns kept indices in descending score order
+    idx = idx[: config.max_instances]
+    if config.overlap_threshold is None or idx.numel() == 0:
+        return idx
+    sub = instances[idx]
+    local = local_mask_logits(sub, image_size)
+    labels = sub.labels.tolist()
+    canvases: dict[int, torch.Tensor] = {}
+    keep_flags = []
+    thr = torch.tensor(config.overlap_threshold, dtype=torch.float64, device=dev)
+    for i, (y0, y1, x0, x1) in enumerate(local.regions.paste):
+        m = local.logits[i] > 0
+        canvas = canvases.get(labels[i])
+        if canvas is None:
+            canvas = canvases[labels[i]] = torch.zeros(image_size, dtype=torch.bool, device=dev)
+        window = canvas[y0:y1, x0:x1]
+        area = m.sum().double()
+        inter = (m & window).sum().double()
+        # Flags stay on the device: no host sync per instance.
+        keep = (area > 0) & (inter / area.clamp(min=1) <= thr)
+        window |= m & keep
+        keep_flags.append(keep)
+    return idx[torch.stack(keep_flags)]
