@@ -66,12 +66,13 @@ class Instances:
         return Instances(self.boxes.to(device), self.scores.to(device), self.labels.to(device),
                          self.mask_logits.to(device), self.mask_space)
 
-    def validate(self, num_things: int, image_size: tuple[int, int] | None = None) -> None:
+    def validate(self, num_things: int, image_size: tuple[int, int] | None = None) -> None:  # noqa: ARG002
         """Check shapes, dtypes, ranges and finiteness; raise a ``ValueError`` that names the fix.
 
         Args:
             num_things: Number of thing categories; ``labels`` must lie in ``0 .. num_things - 1``.
-            image_size: ``(H, W)`` of the output frame; used to reject boxes entirely outside it.
+            image_size: ``(H, W)`` of the output frame. Boxes may extend past it: fusions clip them, and an
+                instance whose box lies entirely outside gets no pixel.
         """
         b, s, lab, m = self.boxes, self.scores, self.labels, self.mask_logits
         if b.ndim != 2 or b.shape[1] != 4:
@@ -105,13 +106,6 @@ class Instances:
             bad = torch.nonzero((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]))[:, 0].tolist()
             raise ValueError(f"degenerate boxes (x2 < x1 or y2 < y1) at indices {bad[:10]}; boxes must be xyxy. "
                              "Convert xywh with torchvision.ops.box_convert or drop them.")
-        if image_size is not None:
-            h, w = image_size
-            outside = (b[:, 0] >= w) | (b[:, 1] >= h) | (b[:, 2] < 0) | (b[:, 3] < 0)
-            if outside.all():
-                # All outside is almost always a frame mismatch (e.g. boxes in input pixels, logits at 1/4).
-                raise ValueError(f"every box lies outside the {h}x{w} output frame; boxes must be in output "
-                                 "pixels (rescale them, or pass output_size).")
 
 
 @dataclass
