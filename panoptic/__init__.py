@@ -1,8 +1,18 @@
 """panoptic: panoptic segmentation with pluggable fusion strategies (UPSNet and its baselines)."""
 
 from .categories import Category, CategoryTable
+from .fusion import HeuristicFusion, PanopticFusion, UPSNetFusion
 from .structures import Instances, PanopticResult
 
 __version__ = "0.1.0"
 
-__all__ = ["Category", "CategoryTable", "Instances", "PanopticResult", "__version__"]
+__all__ = [
+    "Category",
+    "CategoryTable",
+    "HeuristicFusion",
+    "Instances",
+    "PanopticFusion",
+    "PanopticResult",
+    "UPSNetFusion",
+    "__version__",
+]

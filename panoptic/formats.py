@@ -7,7 +7,8 @@
 | pairs (torchmetrics) | ``(H, W, 2)`` = (category, instance) | category ``void`` (-1) |
 
 In the label-divisor and pair forms, stuff and crowd segments have instance 0 and non-crowd things
-are numbered ``1, 2, ...`` per category in segment order. Those forms carry no score or source, so an
+are numbered ``1, 2, ...`` per category in segment order (so at most one stuff or crowd segment per
+category can be exported; more raise a ``ValueError``). Those forms carry no score or source, so an
 import gives NaN scores and source -1; the partition, categories, crowd flags and areas round-trip
 exactly. Unknown pixels are void unless an ``unknown`` code is given.
 """
@@ -153,6 +154,10 @@ def from_coco(png: np.ndarray, segments_info: list[dict[str, Any]], table: Categ
 def _instance_numbers(result: PanopticResult) -> torch.Tensor:
     """``(S,)`` instance number per segment: 0 for stuff/crowd, 1.. per category for other things."""
     numbered = (result.isthing & ~result.iscrowd).cpu()
+    unnumbered = result.category[~numbered.to(result.category.device)].tolist()
+    if len(set(unnumbered)) != len(unnumbered):
+        raise ValueError("two stuff or crowd segments share a category; the (category, instance) forms give both "
+                         "instance 0, so they would merge. Export with to_coco, or merge them first.")
     counters: dict[int, int] = {}
     out = []
     for cat, num in zip(result.category.tolist(), numbered.tolist()):

@@ -1,12 +1,14 @@
 """Fusion strategies: semantic logits + instances -> panoptic results, usable with plain tensors."""
 
 from .base import PanopticFusion
+from .heuristic import HeuristicFusion
 from .paste import BoxRegions, box_regions, paste_masks, paste_masks_dense
 from .pruning import PruningConfig, prune_instances
 from .upsnet import PanopticTargets, UPSNetFusion
 
 __all__ = [
     "BoxRegions",
+    "HeuristicFusion",
     "PanopticFusion",
     "PanopticTargets",
     "PruningConfig",
