@@ -1,0 +1,263 @@
+"""The Kirillov et al. heuristic combiner (paste instances by score, then fill in stuff), in four flavours.
+
+The public versions of this baseline differ in defaults and edge rules (see the reference notes,
+``fusion-anchors.md`` §0, §1.1, §2.1, §3.2, §4.1). :class:`HeuristicFusion` re-implements each of them from
+its described rules; ``flavor`` picks the rules and the defaults, keyword arguments override the defaults.
+
+Work per instance is box-local (ROI masks are pasted into their box only; full-image masks are cropped to
+the bounding box of their foreground once, for all instances together), and the instance loop keeps its
+keep/drop decisions as tensors, so it never waits for the device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..categories import CategoryTable
+from ..segments import assemble_result
+from ..structures import Instances, PanopticResult
+from .base import PanopticFusion, fill_stuff_scores
+from .paste import box_regions, paste_masks
+
+__all__ = ["HeuristicFusion"]
+
+Region = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class _Flavor:
+    """Defaults and fixed rules of one public version (``None``: the rule does not exist there)."""
+
+    score_threshold: float | None
+    overlap_threshold: float | None
+    min_free_fraction: float | None
+    stuff_area_limit: float
+    mask_threshold: float
+    strict_mask: bool  # foreground iff prob > t (True) or prob >= t (False)
+    overlap_eps: float  # added to the mask area in the overlap ratio's denominator
+    stuff_before_paste: bool  # stuff area measured on the raw semantic map (UPSNet) or on what is left
+
+
+_FLAVORS = {
+    "panopticapi": _Flavor(0.5, 0.5, None, 4096.0, 0.5, False, 0.0, False),
+    "detectron2": _Flavor(0.5, 0.5, None, 4096.0, 0.5, False, 0.0, False),
+    "mmdet": _Flavor(None, 0.5, None, 4096.0, 0.5, False, 1e-5, False),
+    "upsnet": _Flavor(0.6, None, 0.7, 4096.0, 0.5, True, 0.0, True),
+}
+
+
+class HeuristicFusion(PanopticFusion):
+    """Kirillov et al. heuristic: paste instances in score order, then add one segment per stuff class.
+
+    Shared rules (every flavour):
+
+    * The semantic map is the argmax over all ``C`` channels (first index on ties). A pixel whose
+      argmax is a thing channel is a "things" pixel; it stays void unless an instance paints it.
+    * An instance's binary mask is its mask probability against ``mask_threshold``: ``p >= t``
+      (``p > t`` for ``"upsnet"``), done on logits as ``logit >= log(t / (1 - t))`` (``>``), so the
+      default 0.5 means ``logit >= 0`` (``logit > 0``). ROI masks are pasted with
+      :func:`~panoptic.fusion.paste.paste_masks` (bilinear on logits; detectron2 and mmdet resize
+      probabilities, which can move edge pixels) into their box; ``mask_space="image"`` masks are
+      used whole, also outside their box.
+    * Instances are visited by score, descending, ties in input order (stable sort). A kept instance
+      paints only its still unpainted pixels, as a new segment; an instance with an empty mask is dropped.
+    * Ratios are computed in float64, as the Python/numpy references do.
+    * Segments: things in paint order, then stuff in channel order, at most one per stuff class.
+      Thing score = detection score, source = index in the input ``Instances``; stuff score = mean
+      class probability (:func:`~panoptic.fusion.base.fill_stuff_scores`), source = -1.
+
+    Flavours (``None`` for a keyword = the flavour's default):
+
+    * ``"panopticapi"`` (``combine_semantic_and_instance_predictions.py``, the default): keep an
+      instance iff ``score >= score_threshold`` (0.5); drop it iff
+      ``|mask ∧ painted| / |mask| > overlap_threshold`` (0.5); a stuff class keeps its unpainted
+      pixels iff their count ``>= stuff_area_limit`` (4096), else they are void.
+    * ``"detectron2"`` (Panoptic FPN ``combine_semantic_and_instance_outputs``): the same values and
+      rules on these inputs. detectron2 merges all things into semantic channel 0 before its argmax
+      (equivalent to "argmax is a thing channel" here), ``break``s at the first sorted score
+      ``< score_threshold`` (equivalent to filtering), and sorts with a non-stable ``argsort``; ties
+      are in input order here.
+    * ``"mmdet"`` (``HeuristicFusionHead``): no score threshold (``score_threshold=None`` keeps all;
+      mmdet filters in its RoI head); drop iff ``|mask ∧ painted| / (|mask| + 1e-5) > overlap_threshold``
+      (0.5); stuff as panopticapi (``>= 4096`` after pasting). mmdet evaluates the ratio (and the
+      threshold) in float32 and sorts non-stably; here float64 and stable (with the default 0.5 the
+      decisions agree for masks under about 2**24 pixels).
+    * ``"upsnet"`` (UPSNet's ``get_combined_pan_result``): keep iff ``score >= score_threshold``
+      (0.6); with ``free = mask ∧ ¬painted``, drop iff ``|free| / |mask| < min_free_fraction`` (0.7),
+      i.e. kept iff ``>= 0.7``; the stuff test runs on the RAW semantic map before instances are
+      pasted: a stuff class whose total semantic area ``< stuff_area_limit`` (4096) is void, the
+      others keep all their pixels not painted by an instance.
+
+    Args:
+        table: Category table (stuff channels first, then things).
+        flavor: ``"panopticapi"``, ``"detectron2"``, ``"mmdet"`` or ``"upsnet"``.
+        score_threshold: Minimum detection score (``>=``); ``None``: flavour default. Pass
+            ``float("-inf")`` to keep every instance in any flavour.
+        overlap_threshold: Maximum overlapped fraction of a mask (drop iff ratio ``>``); not used by
+            ``"upsnet"``.
+        min_free_fraction: Minimum unpainted fraction of a mask (drop iff ratio ``<``); ``"upsnet"`` only.
+        stuff_area_limit: Minimum stuff area in pixels (kept iff ``>=``).
+        mask_threshold: Mask probability threshold in ``(0, 1)``.
+
+    Raises:
+        ValueError: Unknown flavour, a keyword the flavour does not use, or an invalid value.
+
+    Example:
+        >>> table = CategoryTable.from_coco([{"id": 1, "isthing": 1}, {"id": 2, "isthing": 0}])
+        >>> fusion = HeuristicFusion(table, "panopticapi", stuff_area_limit=1)
+        >>> inst = Instances(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([0.9]),
+        ...                  torch.tensor([0]), torch.ones(1, 28, 28))
+        >>> res = fusion(torch.zeros(1, 2, 4, 4), [inst])[0]
+        >>> res.category.tolist(), res.area.tolist()
+        ([1, 0], [4, 12])
+    """
+
+    def __init__(self, table: CategoryTable, flavor: str = "panopticapi", *,
+                 score_threshold: float | None = None, overlap_threshold: float | None = None,
+                 min_free_fraction: float | None = None, stuff_area_limit: float | None = None,
+                 mask_threshold: float | None = None) -> None:
+        super().__init__(table)
+        if flavor not in _FLAVORS:
+            raise ValueError(f"unknown flavor {flavor!r}; choose one of {sorted(_FLAVORS)}.")
+        f = _FLAVORS[flavor]
+        if overlap_threshold is not None and f.overlap_threshold is None:
+            raise ValueError(f"flavor {flavor!r} has no overlap_threshold; it keeps an instance by the free "
+                             "fraction of its mask: pass min_free_fraction.")
+        if min_free_fraction is not None and f.min_free_fraction is None:
+            raise ValueError(f"flavor {flavor!r} has no min_free_fraction; it drops an instance by its "
+                             "overlapped fraction: pass overlap_threshold.")
+        self.flavor = flavor
+        self._rules = f
+        self.score_threshold = _number("score_threshold", score_threshold, f.score_threshold, allow_inf=True)
+        self.overlap_threshold = _number("overlap_threshold", overlap_threshold, f.overlap_threshold)
+        self.min_free_fraction = _number("min_free_fraction", min_free_fraction, f.min_free_fraction)
+        self.stuff_area_limit = _number("stuff_area_limit", stuff_area_limit, f.stuff_area_limit)
+        self.mask_threshold = _number("mask_threshold", mask_threshold, f.mask_threshold)
+        if self.stuff_area_limit is not None and self.stuff_area_limit < 0:
+            raise ValueError(f"stuff_area_limit must be >= 0 pixels, got {self.stuff_area_limit}.")
+        t = self.mask_threshold
+        if t is None or not 0.0 < t < 1.0:
+            raise ValueError(f"mask_threshold is a probability in (0, 1), got {t}; 0.5 means logit >= 0.")
+        self._mask_logit = math.log(t) - math.log1p(-t)  # exactly 0.0 for t = 0.5
+
+    def extra_repr(self) -> str:
+        keys = ("score_threshold", "overlap_threshold", "min_free_fraction", "stuff_area_limit",
+                "mask_threshold")
+        vals = ", ".join(f"{k}={getattr(self, k)}" for k in keys if getattr(self, k) is not None)
+        return f"flavor={self.flavor!r}, {vals}"
+
+    # ------------------------------------------------------------------------------------- fusion
+    def fuse_image(self, semantic_logits: torch.Tensor, instances: Instances) -> PanopticResult:
+        """Fuse one image.
+
+        Args:
+            semantic_logits: ``(C, H, W)`` float logits at output size (validated by :meth:`forward`).
+            instances: Validated instances on the same device; ``image``-space masks at ``(H, W)``.
+
+        Returns:
+            The panoptic result of size ``(H, W)``.
+        """
+        h, w = int(semantic_logits.shape[-2]), int(semantic_logits.shape[-1])
+        sem = semantic_logits.argmax(0)
+        idx = self._visit_order(instances)
+        inst = instances[idx]
+        regions, masks = self._local_masks(inst, (h, w))
+        labels, painted = self._paint_things(regions, masks, (h, w), sem.device)
+        labels = self._add_stuff(labels, painted, sem, len(inst))
+        ns, dev = self.table.num_stuff, sem.device
+        result = assemble_result(
+            labels,
+            category=torch.cat([inst.labels + ns, torch.arange(ns, device=dev)]),
+            isthing=torch.cat([torch.ones(len(inst), dtype=torch.bool, device=dev),
+                               torch.zeros(ns, dtype=torch.bool, device=dev)]),
+            score=torch.cat([inst.scores.float(), torch.full((ns,), float("nan"), device=dev)]),
+            source=torch.cat([idx, torch.full((ns,), -1, dtype=torch.int64, device=dev)]),
+        )
+        return fill_stuff_scores(result, semantic_logits)
+
+    def _visit_order(self, instances: Instances) -> torch.Tensor:
+        """``(K,)`` int64 indices of the instances passing the score test, by score descending (stable)."""
+        scores = instances.scores
+        order = torch.sort(scores, descending=True, stable=True).indices
+        if self.score_threshold is None:
+            return order
+        # float64, like the references' Python floats (a float32 cast of e.g. 0.55 would move the boundary).
+        return order[scores[order].double() >= self.score_threshold]
+
+    def _binarize(self, logits: torch.Tensor) -> torch.Tensor:
+        if self._rules.strict_mask:
+            return logits > self._mask_logit
+        return logits >= self._mask_logit
+
+    def _local_masks(self, inst: Instances, size: tuple[int, int]) -> tuple[list[Region], list[torch.Tensor]]:
+        """Half-open ``(y0, y1, x0, x1)`` regions and the ``(y1 - y0, x1 - x0)`` bool masks inside them."""
+        if inst.mask_space == "roi":
+            regions = box_regions(inst.boxes, size)
+            return regions.paste, [self._binarize(m) for m in paste_masks(inst.mask_logits, regions)]
+        binary = self._binarize(inst.mask_logits)  # (K, H, W), the input's own size
+        regions = _foreground_regions(binary)
+        return regions, [binary[k, y0:y1, x0:x1] for k, (y0, y1, x0, x1) in enumerate(regions)]
+
+    def _paint_things(self, regions: list[Region], masks: list[torch.Tensor], size: tuple[int, int],
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Paint instances in visit order: ``(H, W)`` candidate-index map (-1 unpainted) and painted mask."""
+        labels = torch.full(size, -1, dtype=torch.int64, device=device)
+        painted = torch.zeros(size, dtype=torch.bool, device=device)
+        for k, ((y0, y1, x0, x1), m) in enumerate(zip(regions, masks, strict=True)):
+            done = painted[y0:y1, x0:x1]  # a view: the in-place update below writes into `painted`
+            new = m & ~done & self._keep(m, done)
+            labels[y0:y1, x0:x1].masked_fill_(new, k)
+            done |= new
+        return labels, painted
+
+    def _keep(self, mask: torch.Tensor, painted: torch.Tensor) -> torch.Tensor:
+        """0-dim bool tensor: whether the instance survives the overlap test (no host sync)."""
+        area = mask.sum(dtype=torch.float64)
+        inter = (mask & painted).sum(dtype=torch.float64)
+        if self.min_free_fraction is not None:
+            return (area > 0) & ~((area - inter) / area < self.min_free_fraction)
+        return (area > 0) & ~(inter / (area + self._rules.overlap_eps) > self.overlap_threshold)
+
+    def _add_stuff(self, labels: torch.Tensor, painted: torch.Tensor, sem: torch.Tensor,
+                   first: int) -> torch.Tensor:
+        """Unpainted stuff pixels get candidate ``first + class`` if their class passes the area test."""
+        ns, c = self.table.num_stuff, self.table.num_classes
+        counted = sem < ns
+        if not self._rules.stuff_before_paste:
+            counted = counted & ~painted
+        counts = torch.bincount(torch.where(counted, sem, c).reshape(-1), minlength=c + 1)[:ns]
+        ok = counts.double() >= self.stuff_area_limit
+        stuff_ids = torch.arange(first, first + ns, device=sem.device)
+        lut = torch.full((c,), -1, dtype=torch.int64, device=sem.device)  # thing channels -> void
+        lut[:ns] = torch.where(ok, stuff_ids, torch.full_like(stuff_ids, -1))
+        return torch.where(painted, labels, lut[sem])
+
+
+def _foreground_regions(binary: torch.Tensor) -> list[Region]:
+    """Bounding regions of the foreground of ``(K, H, W)`` bool masks (one host transfer for all)."""
+    k, h, w = binary.shape
+    if k == 0:
+        return []
+    rows, cols = binary.any(2).to(torch.uint8), binary.any(1).to(torch.uint8)
+    nonempty = rows.amax(1).long()  # an empty mask gets the empty region (0, 0, 0, 0)
+    coords = torch.stack([rows.argmax(1), h - rows.flip(1).argmax(1),
+                          cols.argmax(1), w - cols.flip(1).argmax(1)], 1) * nonempty[:, None]
+    return [tuple(r) for r in coords.tolist()]  # type: ignore[misc]
+
+
+def _number(name: str, value: float | None, default: float | None, allow_inf: bool = False) -> float | None:
+    """``value`` (or the flavour's ``default`` when ``None``) as a float; ``ValueError`` if not a number."""
+    if value is None:
+        value = default
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}.") from None
+    if math.isnan(v) or (math.isinf(v) and not allow_inf):
+        raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    return v
