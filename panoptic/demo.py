@@ -64,7 +64,8 @@ def simulate_predictions(scene: SyntheticScene, rng: np.random.Generator, *, mar
         x1, y1, x2, y2 = scene.boxes[i].tolist()
         bw, bh = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
         jitter = rng.normal(0, 0.05, 4) * np.array([bw, bh, bw, bh])
-        box = [x1 + jitter[0], y1 + jitter[1], max(x2 + jitter[2], x1 + jitter[0] + 1), max(y2 + jitter[3], y1 + jitter[1] + 1)]
+        bx1, by1 = x1 + jitter[0], y1 + jitter[1]
+        box = [bx1, by1, max(x2 + jitter[2], bx1 + 1), max(y2 + jitter[3], by1 + 1)]
         label = int(scene.labels[i])
         score = float(rng.uniform(0.7, 1.0))
         if rng.random() < confuse_prob and table.num_things > 1:

@@ -66,7 +66,7 @@ class Instances:
         return Instances(self.boxes.to(device), self.scores.to(device), self.labels.to(device),
                          self.mask_logits.to(device), self.mask_space)
 
-    def validate(self, num_things: int, image_size: tuple[int, int] | None = None) -> None:  # noqa: ARG002
+    def validate(self, num_things: int, image_size: tuple[int, int] | None = None) -> None:
         """Check shapes, dtypes, ranges and finiteness; raise a ``ValueError`` that names the fix.
 
         Args:
