@@ -46,14 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _register_demo(sub)
     from .data.cli import register as register_synth
+    from .evaluation.cli import register as register_evaluate
 
     register_synth(sub)
-    try:
-        from .evaluation.cli import register as register_evaluate
-    except ImportError:  # evaluation package not present in this build
-        register_evaluate = None
-    if register_evaluate is not None:
-        register_evaluate(sub)
+    register_evaluate(sub)
     return parser
 
 
