@@ -30,10 +30,11 @@ def _run_demo(args: argparse.Namespace) -> int:
         return 2
     report = run_demo(args.out, seed=args.seed, size=args.size)
     print(f"scene seed {args.seed}, {args.size}x{args.size}")
-    print(f"{'strategy':<12} {'segments':>8} {'things':>7} {'unknown px':>10} {'void px':>8} {'ms':>7}")
+    print(f"{'strategy':<12} {'PQ':>6} {'PQ_th':>6} {'PQ_st':>6} {'segments':>8} {'unknown px':>10} {'ms':>7}")
     for name, res in report.results.items():
-        print(f"{name:<12} {res.num_segments:>8} {int(res.isthing.sum()):>7} {int(res.unknown_mask.sum()):>10} "
-              f"{int((res.segment_map == 0).sum()):>8} {report.timings_ms[name]:>7.1f}")
+        s = report.summary[name]
+        print(f"{name:<12} {s['PQ']:>6.1f} {s['PQ_th']:>6.1f} {s['PQ_st']:>6.1f} {res.num_segments:>8} "
+              f"{int(res.unknown_mask.sum()):>10} {report.timings_ms[name]:>7.1f}")
     print(f"wrote {len(report.files)} files to {report.out_dir}/ (see side_by_side.png)")
     return 0
 

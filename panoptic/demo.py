@@ -20,6 +20,7 @@ from torchvision.ops import roi_align
 
 from .categories import CategoryTable
 from .data.synthetic import SyntheticScene, generate_scene
+from .evaluation import PanopticQuality
 from .fusion import UPSNetFusion
 from .fusion.heuristic import HeuristicFusion
 from .structures import Instances, PanopticResult
@@ -101,18 +102,21 @@ class DemoReport:
         results: Fusion name -> result.
         files: Paths written.
         timings_ms: Fusion name -> milliseconds.
+        summary: What ``summary.json`` holds (PQ per strategy, segment counts, timings).
     """
 
     out_dir: Path
     results: dict[str, PanopticResult]
     files: list[Path]
     timings_ms: dict[str, float]
+    summary: dict[str, object]
 
 
 def run_demo(out_dir: str | Path = "panoptic-demo", seed: int = 0, size: int = 256,
              stuff_area_limit: int = 256) -> DemoReport:
     """Build a synthetic scene, run both fusions on simulated head outputs and write their outputs.
 
+    Each strategy is scored against the ground truth with :class:`~panoptic.evaluation.PanopticQuality`.
     Writes ``image.png``, per strategy a coloured ``<name>.png`` plus its COCO-panoptic
     ``<name>_panoptic.png`` + ``<name>_segments.json``, the ground truth likewise,
     ``side_by_side.png`` (image | ground truth | heuristic | UPSNet) and ``summary.json``.
@@ -148,7 +152,12 @@ def run_demo(out_dir: str | Path = "panoptic-demo", seed: int = 0, size: int = 2
         seg_json.write_text(json.dumps({"segments_info": info, "categories": table.to_coco()}, indent=1))
         files.append(seg_json)
         if name != "ground_truth":
-            summary[name] = {"segments": res.num_segments, "things": int(res.isthing.sum()),
+            pq = PanopticQuality(table)
+            pq.update(scene.panoptic, res)
+            rows = pq.compute()
+            summary[name] = {"PQ": round(100 * rows["All"]["pq"], 2), "PQ_th": round(100 * rows["Things"]["pq"], 2),
+                             "PQ_st": round(100 * rows["Stuff"]["pq"], 2),
+                             "segments": res.num_segments, "things": int(res.isthing.sum()),
                              "unknown_pixels": int(res.unknown_mask.sum()),
                              "void_pixels": int((res.segment_map == 0).sum()), "ms": round(timings[name], 2)}
     panel = side_by_side([scene.image, colorize(scene.panoptic, table), colorize(results["heuristic"], table),
@@ -157,4 +166,4 @@ def run_demo(out_dir: str | Path = "panoptic-demo", seed: int = 0, size: int = 2
     files.append(save_png(panel, out / "side_by_side.png"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     files.append(out / "summary.json")
-    return DemoReport(out, results, files, timings)
+    return DemoReport(out, results, files, timings, summary)
