@@ -47,9 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _register_demo(sub)
     from .data.cli import register as register_synth
+    from .engine.cli import register as register_engine
     from .evaluation.cli import register as register_evaluate
 
     register_synth(sub)
+    register_engine(sub)
     register_evaluate(sub)
     return parser
 

@@ -24,7 +24,7 @@ def test_version_and_help(capsys):
     assert e.value.code == 0 and __version__ in capsys.readouterr().out
     assert main([]) == 0
     out = capsys.readouterr().out
-    for cmd in ("demo", "synth"):
+    for cmd in ("demo", "synth", "train", "predict", "evaluate"):
         assert cmd in out
 
 

@@ -1,0 +1,235 @@
+"""Inference on image files: COCO-panoptic PNG + JSON per image and an overlay picture, with optional
+multi-scale and flip testing.
+
+Multi-scale / flip test (as in UPSNet's supplement): the **semantic logits** are averaged over the scales (and
+their horizontal flips), each resized back to the base resolution; the **instances** come from the base scale
+(1.0); the fusion then runs once on the averaged logits and the base detections.
+
+Output folder::
+
+    OUT/panoptic.json            COCO-panoptic JSON of every image (images, annotations, categories)
+    OUT/panoptic/<id>.png        id PNGs (id = R + 256 G + 65536 B, 0 = void)
+    OUT/segments/<id>.json       the image's annotation {image_id, file_name, segments_info, height, width}
+    OUT/overlay/<id>.png         the segmentation blended over the image
+
+where ``<id>`` is the image's file stem (made unique with ``_1``, ``_2``, ... when stems repeat).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from ..categories import CategoryTable
+from ..data.transforms import ResizeShortSide, resize_panoptic
+from ..data.writer import CocoPanopticWriter, atomic_write_bytes
+from ..fusion import HeuristicFusion, PanopticFusion, UPSNetFusion
+from ..models import MRCNNPSP, UPSNet
+from ..structures import PanopticResult
+from ..visualize import overlay, save_png
+
+__all__ = ["IMAGE_SUFFIXES", "PredictOutput", "collect_images", "load_image", "make_fusion", "predict_image",
+           "predict_images", "semantic_logits"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class PredictOutput:
+    """One image's prediction.
+
+    Attributes:
+        image_path: The input file.
+        image_id: Its id in the outputs (the unique file stem).
+        result: The panoptic segmentation at the image's original size.
+        files: Written files by kind (``png``, ``json``, ``overlay``); empty without ``out_dir``.
+    """
+
+    image_path: Path
+    image_id: str
+    result: PanopticResult
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files from files and folders (a folder's images with :data:`IMAGE_SUFFIXES`, sorted, not recursive).
+
+    Raises:
+        FileNotFoundError: If an input does not exist.
+        ValueError: If no image is found.
+    """
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise FileNotFoundError(f"{p} does not exist; pass image files or folders of images.")
+    if not paths:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {[str(i) for i in inputs]}.")
+    return paths
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """An image file as a ``(3, H, W)`` float tensor in ``[0, 1]`` (RGB).
+
+    Raises:
+        ValueError: If the file is not a readable image.
+    """
+    try:
+        with Image.open(path) as im:
+            array = torch.from_numpy(np.array(im.convert("RGB")))
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read the image ({type(e).__name__}: {e}).") from None
+    return array.permute(2, 0, 1).float().div_(255.0)
+
+
+def make_fusion(name: str | None, table: CategoryTable, model: nn.Module) -> PanopticFusion | None:
+    """``None``/``"model"`` -> ``None`` (the model's own fusion); ``"upsnet"`` -> :class:`UPSNetFusion`;
+    ``"heuristic"`` -> :class:`HeuristicFusion` (``"upsnet"`` flavour). The model's fusion's stuff area limit is
+    kept.
+
+    Raises:
+        ValueError: For another name.
+    """
+    if name in (None, "model"):
+        return None
+    limit = getattr(getattr(model, "fusion", None), "stuff_area_limit", None)
+    kwargs = {"stuff_area_limit": int(limit)} if limit is not None else {}
+    if name == "upsnet":
+        return UPSNetFusion(table, **kwargs)
+    if name == "heuristic":
+        return HeuristicFusion(table, "upsnet", **kwargs)
+    raise ValueError(f"unknown fusion {name!r}; use 'upsnet', 'heuristic' or 'model'.")
+
+
+@torch.no_grad()
+def semantic_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` semantic logits of normalized ``(B, 3, H, W)`` images, without running the detector
+    (UPSNet: backbone + semantic head; MR-CNN-PSP: the PSP part; other models: their full prediction)."""
+    if isinstance(model, UPSNet):
+        h, w = images.shape[-2:]
+        d = model.backbone.size_divisor
+        padded = F.pad(images, (0, (-w) % d, 0, (-h) % d))
+        logits = model.semantic_head(model.backbone(padded)).logits
+        return F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)[..., :h, :w]
+    if isinstance(model, MRCNNPSP):
+        return model.semantic.logits(images)
+    return torch.stack([p.semantic_logits for p in model(images)])
+
+
+@torch.no_grad()
+def predict_image(model: nn.Module, image: torch.Tensor, *, scales: Sequence[float] = (1.0,), flip: bool = False,
+                  fusion: PanopticFusion | None = None, short_side: int | None = None,
+                  max_size: int | None = None) -> PanopticResult:
+    """Panoptic segmentation of one ``(3, H, W)`` image in ``[0, 1]``, at its original size.
+
+    Args:
+        model: A panoptic model in eval mode (its device is used).
+        image: The image.
+        scales: Scales (relative to the base size) whose semantic logits are averaged.
+        flip: Also average the logits of the horizontally flipped image at every scale.
+        fusion: Fusion to use; default the model's.
+        short_side: Resize to this short side first (the base size); the result is resized back (nearest).
+        max_size: Long-side cap of that resize.
+    """
+    device = next(model.parameters()).device
+    x = image.to(device)[None]
+    orig = (int(image.shape[-2]), int(image.shape[-1]))
+    if short_side is not None:
+        size = ResizeShortSide(short_side, max_size).output_size(orig, short_side)
+        if size != orig:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    x = model.normalize(x)
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    base = model(x)[0]
+    if list(scales) == [1.0] and not flip and fusion is None:
+        result = base.panoptic
+    else:
+        total = torch.zeros_like(base.semantic_logits)
+        count = 0
+        for s in scales:
+            for flipped in (False, True) if flip else (False,):
+                if s == 1.0 and not flipped:
+                    logits = base.semantic_logits
+                else:
+                    size = (max(1, round(h * s)), max(1, round(w * s)))
+                    xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+                    logits = semantic_logits(model, xs.flip(-1) if flipped else xs)[0]
+                    logits = logits.flip(-1) if flipped else logits
+                    if logits.shape[-2:] != (h, w):
+                        logits = F.interpolate(logits[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+                total += logits.float()
+                count += 1
+        result = (fusion or model.fusion)(total[None] / count, [base.instances])[0]
+    result = result.to("cpu")
+    return result if result.image_size == orig else resize_panoptic(result, orig)
+
+
+def _unique_ids(paths: Sequence[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    ids = []
+    for p in paths:
+        stem = p.stem
+        k = seen.get(stem, 0)
+        seen[stem] = k + 1
+        ids.append(stem if k == 0 else f"{stem}_{k}")
+    return ids
+
+
+def predict_images(model: nn.Module, table: CategoryTable, paths: Sequence[str | Path], *,
+                   out_dir: str | Path | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
+                   fusion: str | PanopticFusion | None = None, short_side: int | None = None,
+                   max_size: int | None = None, write_overlay: bool = True) -> list[PredictOutput]:
+    """Predict image files (and folders of images) and, with ``out_dir``, write the outputs described above.
+
+    Args:
+        model: A panoptic model (put in eval mode).
+        table: Its category table.
+        paths: Image files or folders.
+        out_dir: Output folder; ``None`` only returns the results.
+        scales: See :func:`predict_image`.
+        flip: See :func:`predict_image`.
+        fusion: A fusion, or ``"upsnet"`` / ``"heuristic"`` / ``"model"`` (see :func:`make_fusion`).
+        short_side: See :func:`predict_image`.
+        max_size: See :func:`predict_image`.
+        write_overlay: Write ``overlay/<id>.png``.
+
+    Returns:
+        One :class:`PredictOutput` per image, in input order.
+    """
+    model.eval()
+    fuse = make_fusion(fusion, table, model) if fusion is None or isinstance(fusion, str) else fusion
+    files = collect_images(paths)
+    out = Path(out_dir) if out_dir is not None else None
+    writer = CocoPanopticWriter(table, out / "panoptic.json", out / "panoptic") if out is not None else None
+    results = []
+    for path, image_id in zip(files, _unique_ids(files)):
+        image = load_image(path)
+        result = predict_image(model, image, scales=scales, flip=flip, fusion=fuse, short_side=short_side,
+                               max_size=max_size)
+        item = PredictOutput(path, image_id, result)
+        if writer is not None and out is not None:
+            ann = writer.add(result, image_id, f"{image_id}.png", image_file_name=path.name)
+            h, w = result.image_size
+            seg = out / "segments" / f"{image_id}.json"
+            seg.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(seg, json.dumps({**ann, "height": h, "width": w, "image_file": str(path)}).encode())
+            item.files = {"png": out / "panoptic" / ann["file_name"], "json": seg}
+            if write_overlay:
+                rgb = (image.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+                item.files["overlay"] = save_png(overlay(rgb, result, table), out / "overlay" / f"{image_id}.png")
+        results.append(item)
+    if writer is not None:
+        writer.close()
+    return results
