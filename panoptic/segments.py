@@ -10,7 +10,7 @@ import torch
 
 from .structures import PanopticResult
 
-__all__ = ["assemble_result"]
+__all__ = ["assemble_from_keys", "assemble_result"]
 
 
 def assemble_result(
@@ -38,18 +38,53 @@ def assemble_result(
         candidate order.
     """
     k = int(category.numel())
-    device = labels.device
-    flat = labels.reshape(-1).long() + 1  # void -> 0
-    counts = torch.bincount(flat, minlength=k + 1)[1:]
+    # void -> key 0, candidate j -> key j + 1 (int32 maps stay int32: half the memory traffic)
+    keys = (labels if labels.dtype in (torch.int32, torch.int64) else labels.long()) + 1
+    counts = torch.bincount(keys.reshape(-1), minlength=k + 1)
+    key_label = torch.arange(-1, k, device=labels.device)
+    return assemble_from_keys(keys, counts, key_label, category, isthing, score, source, iscrowd, unknown_mask)
+
+
+def assemble_from_keys(
+    keys: torch.Tensor,
+    key_counts: torch.Tensor,
+    key_label: torch.Tensor,
+    category: torch.Tensor,
+    isthing: torch.Tensor,
+    score: torch.Tensor,
+    source: torch.Tensor,
+    iscrowd: torch.Tensor | None = None,
+    unknown_mask: torch.Tensor | None = None,
+) -> PanopticResult:
+    """Build a result from a map of *keys*, several keys possibly naming the same candidate.
+
+    The general form of :func:`assemble_result` for fusions that label pixels with a finer code than the
+    candidate (e.g. instance x semantic class) and have already counted the codes: areas, the id
+    renumbering and the segment map all come from ``key_counts`` and one table lookup per pixel.
+
+    Args:
+        keys: ``(H, W)`` int32 or int64 map with values in ``0 .. len(key_counts) - 1``.
+        key_counts: ``(Q,)`` int64 pixel count of each key (``bincount`` of ``keys``).
+        key_label: ``(Q,)`` int64 candidate of each key, ``-1`` = void.
+        category, isthing, score, source, iscrowd, unknown_mask: As in :func:`assemble_result`.
+
+    Returns:
+        The result; candidates with no pixel are dropped and the rest renumbered ``1..S`` in
+        candidate order.
+    """
+    k = int(category.numel())
+    device = keys.device
+    slot = key_label.long() + 1  # void -> 0
+    counts = torch.zeros(k + 1, dtype=torch.int64, device=device).index_add_(0, slot, key_counts.long())[1:]
     keep = counts > 0
     # new id of candidate j = 1 + number of kept candidates before it; void stays 0.
     new_id = torch.cumsum(keep.long(), 0) * keep.long()
-    lut = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), new_id])
-    segment_map = lut[flat].reshape(labels.shape).to(torch.int32)
+    lut = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), new_id])[slot].to(torch.int32)
+    segment_map = lut.index_select(0, keys.reshape(-1)).reshape(keys.shape)
     if iscrowd is None:
         iscrowd = torch.zeros(k, dtype=torch.bool, device=device)
     if unknown_mask is None:
-        unknown_mask = torch.zeros(labels.shape, dtype=torch.bool, device=device)
+        unknown_mask = torch.zeros(keys.shape, dtype=torch.bool, device=device)
     return PanopticResult(
         segment_map=segment_map,
         unknown_mask=unknown_mask,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -16,6 +17,7 @@ from ..structures import Instances, PanopticResult
 __all__ = ["PanopticFusion", "fill_stuff_scores", "prepare_instances", "prepare_semantic"]
 
 _SCORE_SAMPLES = 1 << 16
+_SCRATCH = threading.local()
 
 
 class PanopticFusion(nn.Module, ABC):
@@ -81,7 +83,7 @@ def prepare_semantic(semantic_logits: torch.Tensor, table: CategoryTable, batch:
                          "pass one Instances per image (Instances.empty() for none).")
     if s.shape[2] == 0 or s.shape[3] == 0:
         raise ValueError(f"semantic_logits has an empty spatial size {tuple(s.shape[2:])}.")
-    if not torch.isfinite(s).all():
+    if not _all_finite(s):
         raise ValueError("semantic_logits contains NaN or inf; check the model output (e.g. clamp or "
                          "torch.nan_to_num) before fusion.")
     if output_size is not None:
@@ -91,6 +93,38 @@ def prepare_semantic(semantic_logits: torch.Tensor, table: CategoryTable, batch:
         if tuple(s.shape[-2:]) != output_size:
             s = F.interpolate(s.float(), size=output_size, mode="bilinear", align_corners=False)
     return s.float()
+
+
+def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+            zero: bool = False) -> torch.Tensor:
+    """A work tensor reused across calls on the CPU (one per ``name`` and thread), uninitialised.
+
+    A fresh multi-megabyte CPU allocation is served from new pages, and touching them costs a page fault
+    per 4 KiB (several ms per 1024x2048 image); reusing the buffer avoids that. Callers must overwrite
+    what they read and never hand a scratch tensor (or a view of it) to the user. With ``zero=True`` a
+    new buffer starts zeroed, and the caller keeps it so: it restores zeros where it wrote before it
+    returns (also on errors). Other devices get a plain ``torch.empty``/``torch.zeros`` (their caching
+    allocators already reuse memory).
+    """
+    if device.type != "cpu":
+        return (torch.zeros if zero else torch.empty)(shape, dtype=dtype, device=device)
+    cache = getattr(_SCRATCH, "cache", None)
+    if cache is None:
+        cache = _SCRATCH.cache = {}
+    key = (name, torch.is_inference_mode_enabled())  # inference tensors cannot be updated outside that mode
+    t = cache.get(key)
+    if t is None or tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+        t = cache[key] = (torch.zeros if zero else torch.empty)(shape, dtype=dtype)
+    return t
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """``torch.isfinite(x).all()`` in one reduction pass: min and max are finite iff every value is
+    (``aminmax`` propagates NaN, and an infinity is the min or the max)."""
+    if x.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(x)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
 def prepare_instances(inst: Instances, table: CategoryTable, size: tuple[int, int],
@@ -117,14 +151,32 @@ def fill_stuff_scores(result: PanopticResult, semantic_logits: torch.Tensor) -> 
         result: Result whose ``score`` for stuff segments is to be filled (modified in place).
         semantic_logits: ``(C, H, W)`` logits at the result's size.
     """
+    if not bool((~result.isthing).any()):
+        return result
+    stride = score_stride(*result.image_size)
+    sub = semantic_logits[:, ::stride, ::stride]
+    return fill_stuff_scores_sampled(result, sub.reshape(sub.shape[0], -1), stride)
+
+
+def score_stride(h: int, w: int) -> int:
+    """Stride of the grid :func:`fill_stuff_scores` samples (rows and columns ``0, stride, 2 * stride, ...``)."""
+    return max(1, math.ceil(math.sqrt(h * w / _SCORE_SAMPLES)))
+
+
+def fill_stuff_scores_sampled(result: PanopticResult, samples: torch.Tensor, stride: int) -> PanopticResult:
+    """:func:`fill_stuff_scores` from logits already sampled on its grid.
+
+    Args:
+        result: As in :func:`fill_stuff_scores`.
+        samples: ``(C, S)`` contiguous: ``semantic_logits[:, ::stride, ::stride]`` flattened row-major
+            (a fusion that reads the logits anyway can collect it while they are in cache).
+        stride: :func:`score_stride` of the image.
+    """
     stuff = ~result.isthing
     if not bool(stuff.any()):
         return result
-    h, w = result.image_size
-    stride = max(1, math.ceil(math.sqrt(h * w / _SCORE_SAMPLES)))
-    sub = semantic_logits[:, ::stride, ::stride]
     seg = result.segment_map[::stride, ::stride].long().reshape(-1)
-    prob = torch.softmax(sub.reshape(sub.shape[0], -1).float(), 0)
+    prob = torch.softmax(samples.float(), 0)
     cat_lut = torch.cat([torch.zeros(1, dtype=torch.int64, device=seg.device), result.category])
     p_own = prob.gather(0, cat_lut[seg][None])[0]
     s = result.num_segments

@@ -4,9 +4,14 @@ The public versions of this baseline differ in defaults and edge rules (see the 
 ``fusion-anchors.md`` §0, §1.1, §2.1, §3.2, §4.1). :class:`HeuristicFusion` re-implements each of them from
 its described rules; ``flavor`` picks the rules and the defaults, keyword arguments override the defaults.
 
+The semantic argmax is needed at every pixel but only as "which stuff class, or a thing class": one pass
+over the logits (:func:`~panoptic.fusion.reduce.first_argmax_keys`, in cache-sized row bands on the CPU)
+writes that as a small integer key per pixel, and collects the logits :func:`fill_stuff_scores` samples.
 Work per instance is box-local (ROI masks are pasted into their box only; full-image masks are cropped to
-the bounding box of their foreground once, for all instances together), and the instance loop keeps its
-keep/drop decisions as tensors, so it never waits for the device.
+the bounding box of their foreground once, for all instances together) and adds the instance to the keys
+of the pixels it paints. One ``bincount`` of the keys then gives every area, and small lookup tables the
+segment ids. On the CPU the instance loop takes its keep/drop decisions on host numbers (a read, no wait);
+on other devices they stay tensors, so the loop never waits for the device.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ from dataclasses import dataclass
 import torch
 
 from ..categories import CategoryTable
-from ..segments import assemble_result
+from ..segments import assemble_from_keys
 from ..structures import Instances, PanopticResult
-from .base import PanopticFusion, fill_stuff_scores
+from .base import PanopticFusion, fill_stuff_scores, fill_stuff_scores_sampled, score_stride, scratch
 from .paste import box_regions, paste_masks
+from .reduce import first_argmax_keys
 
 __all__ = ["HeuristicFusion"]
 
@@ -153,6 +159,12 @@ class HeuristicFusion(PanopticFusion):
     def fuse_image(self, semantic_logits: torch.Tensor, instances: Instances) -> PanopticResult:
         """Fuse one image.
 
+        One pass over the logits (in cache-sized row bands on the CPU, :mod:`panoptic.fusion.reduce`) writes
+        an ``(H, W)`` int32 key per pixel: its semantic class if that is a stuff class, else ``Nst`` ("a
+        thing class"). Instances then add ``(k + 1) * (Nst + 1)`` to the keys of the pixels candidate ``k``
+        paints (box-local). One ``bincount`` of the keys gives the instance areas and the stuff areas
+        before (``"upsnet"``) or after pasting, and a small table turns keys into segment ids.
+
         Args:
             semantic_logits: ``(C, H, W)`` float logits at output size (validated by :meth:`forward`).
             instances: Validated instances on the same device; ``image``-space masks at ``(H, W)``.
@@ -161,22 +173,34 @@ class HeuristicFusion(PanopticFusion):
             The panoptic result of size ``(H, W)``.
         """
         h, w = int(semantic_logits.shape[-2]), int(semantic_logits.shape[-1])
-        sem = semantic_logits.argmax(0)
+        ns, dev = self.table.num_stuff, semantic_logits.device
+        # Stuff scores from logits sampled during the pass, unless they must stay differentiable.
+        exact_scores = torch.is_grad_enabled() and semantic_logits.requires_grad
+        stride = score_stride(h, w)
+        samples = None
+        if ns and not exact_scores:
+            samples = scratch("heuristic.samples", (semantic_logits.shape[0], -(-h // stride), -(-w // stride)),
+                              semantic_logits.dtype, dev)
+        keys = scratch("heuristic.keys", (h, w), torch.int32, dev)
         idx = self._visit_order(instances)
         inst = instances[idx]
-        regions, masks = self._local_masks(inst, (h, w))
-        labels, painted = self._paint_things(regions, masks, (h, w), sem.device)
-        labels = self._add_stuff(labels, painted, sem, len(inst))
-        ns, dev = self.table.num_stuff, sem.device
-        result = assemble_result(
-            labels,
+        with torch.no_grad():
+            first_argmax_keys(semantic_logits, ns, keys, samples, stride)
+            regions, masks = self._local_masks(inst, (h, w))
+            self._paint_things(keys, regions, masks, host=dev.type == "cpu")
+            counts = torch.bincount(keys.reshape(-1), minlength=(len(inst) + 1) * (ns + 1))
+        k = len(inst)
+        result = assemble_from_keys(
+            keys, counts, self._key_labels(counts, k),
             category=torch.cat([inst.labels + ns, torch.arange(ns, device=dev)]),
-            isthing=torch.cat([torch.ones(len(inst), dtype=torch.bool, device=dev),
+            isthing=torch.cat([torch.ones(k, dtype=torch.bool, device=dev),
                                torch.zeros(ns, dtype=torch.bool, device=dev)]),
             score=torch.cat([inst.scores.float(), torch.full((ns,), float("nan"), device=dev)]),
             source=torch.cat([idx, torch.full((ns,), -1, dtype=torch.int64, device=dev)]),
         )
-        return fill_stuff_scores(result, semantic_logits)
+        if samples is None:
+            return fill_stuff_scores(result, semantic_logits)
+        return fill_stuff_scores_sampled(result, samples.reshape(samples.shape[0], -1), stride)
 
     def _visit_order(self, instances: Instances) -> torch.Tensor:
         """``(K,)`` int64 indices of the instances passing the score test, by score descending (stable)."""
@@ -187,53 +211,81 @@ class HeuristicFusion(PanopticFusion):
         # float64, like the references' Python floats (a float32 cast of e.g. 0.55 would move the boundary).
         return order[scores[order].double() >= self.score_threshold]
 
-    def _binarize(self, logits: torch.Tensor) -> torch.Tensor:
+    def _binarize(self, logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Mask logits against the threshold (``out``: e.g. an int32 buffer, 1/0)."""
         if self._rules.strict_mask:
-            return logits > self._mask_logit
-        return logits >= self._mask_logit
+            return torch.gt(logits, self._mask_logit, out=out)
+        return torch.ge(logits, self._mask_logit, out=out)
 
     def _local_masks(self, inst: Instances, size: tuple[int, int]) -> tuple[list[Region], list[torch.Tensor]]:
-        """Half-open ``(y0, y1, x0, x1)`` regions and the ``(y1 - y0, x1 - x0)`` bool masks inside them."""
+        """Half-open ``(y0, y1, x0, x1)`` regions and the ``(y1 - y0, x1 - x0)`` masks inside them: float mask
+        logits (ROI masks pasted into their box, binarised while painting) or bool masks (image space)."""
         if inst.mask_space == "roi":
             regions = box_regions(inst.boxes, size)
-            return regions.paste, [self._binarize(m) for m in paste_masks(inst.mask_logits, regions)]
+            return regions.paste, paste_masks(inst.mask_logits, regions)
         binary = self._binarize(inst.mask_logits)  # (K, H, W), the input's own size
         regions = _foreground_regions(binary)
         return regions, [binary[k, y0:y1, x0:x1] for k, (y0, y1, x0, x1) in enumerate(regions)]
 
-    def _paint_things(self, regions: list[Region], masks: list[torch.Tensor], size: tuple[int, int],
-                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Paint instances in visit order: ``(H, W)`` candidate-index map (-1 unpainted) and painted mask."""
-        labels = torch.full(size, -1, dtype=torch.int64, device=device)
-        painted = torch.zeros(size, dtype=torch.bool, device=device)
+    def _paint_things(self, keys: torch.Tensor, regions: list[Region], masks: list[torch.Tensor],
+                      host: bool) -> None:
+        """Paint instances in visit order: candidate ``k`` adds ``(k + 1) * (Nst + 1)`` to the keys it paints.
+
+        A pixel is unpainted iff its key is ``<= Nst`` (a semantic key). Box-local, in int32 work buffers
+        (vectorised on the CPU, unlike bool ones). With ``host`` (CPU tensors) the keep decision is taken on
+        host numbers (a read, no device wait) and a dropped instance costs no painting; otherwise it stays a
+        tensor, so the loop never waits for the device.
+        """
+        q = self.table.num_stuff + 1
+        size = max((m.numel() for m in masks), default=0)
+        bin_buf = torch.empty(size, dtype=torch.int32, device=keys.device)
+        new_buf = torch.empty(size, dtype=torch.int32, device=keys.device)
         for k, ((y0, y1, x0, x1), m) in enumerate(zip(regions, masks, strict=True)):
-            done = painted[y0:y1, x0:x1]  # a view: the in-place update below writes into `painted`
-            new = m & ~done & self._keep(m, done)
-            labels[y0:y1, x0:x1].masked_fill_(new, k)
-            done |= new
-        return labels, painted
+            if m.numel() == 0:
+                continue  # empty region: no pixel, dropped by the area > 0 rule
+            kb = keys[y0:y1, x0:x1]  # a view: the in-place update below writes into `keys`
+            if m.dtype != torch.bool:
+                m = self._binarize(m, out=bin_buf[:m.numel()].view(m.shape))
+            new = torch.lt(kb, q, out=new_buf[:m.numel()].view(m.shape)).mul_(m)  # mask pixels still unpainted
+            area, free = m.sum(dtype=torch.int32), new.sum(dtype=torch.int32)
+            if host:
+                if self._keep_counts(int(area), int(free)):
+                    kb.add_(new, alpha=(k + 1) * q)
+            else:
+                kb.add_(new * self._keep(area, free), alpha=(k + 1) * q)
 
-    def _keep(self, mask: torch.Tensor, painted: torch.Tensor) -> torch.Tensor:
-        """0-dim bool tensor: whether the instance survives the overlap test (no host sync)."""
-        area = mask.sum(dtype=torch.float64)
-        inter = (mask & painted).sum(dtype=torch.float64)
+    def _keep_counts(self, area: int, free: int) -> bool:
+        """Whether an instance with ``area`` mask pixels, ``free`` of them unpainted, survives the overlap test
+        (Python floats: float64, as in :meth:`_keep`)."""
+        if area <= 0:
+            return False
         if self.min_free_fraction is not None:
-            return (area > 0) & ~((area - inter) / area < self.min_free_fraction)
-        return (area > 0) & ~(inter / (area + self._rules.overlap_eps) > self.overlap_threshold)
+            return not free / area < self.min_free_fraction
+        return not (area - free) / (area + self._rules.overlap_eps) > self.overlap_threshold
 
-    def _add_stuff(self, labels: torch.Tensor, painted: torch.Tensor, sem: torch.Tensor,
-                   first: int) -> torch.Tensor:
-        """Unpainted stuff pixels get candidate ``first + class`` if their class passes the area test."""
-        ns, c = self.table.num_stuff, self.table.num_classes
-        counted = sem < ns
-        if not self._rules.stuff_before_paste:
-            counted = counted & ~painted
-        counts = torch.bincount(torch.where(counted, sem, c).reshape(-1), minlength=c + 1)[:ns]
-        ok = counts.double() >= self.stuff_area_limit
-        stuff_ids = torch.arange(first, first + ns, device=sem.device)
-        lut = torch.full((c,), -1, dtype=torch.int64, device=sem.device)  # thing channels -> void
-        lut[:ns] = torch.where(ok, stuff_ids, torch.full_like(stuff_ids, -1))
-        return torch.where(painted, labels, lut[sem])
+    def _keep(self, area: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
+        """0-dim bool tensor: :meth:`_keep_counts` on tensors (no host sync)."""
+        area, free = area.double(), free.double()
+        if self.min_free_fraction is not None:
+            return (area > 0) & ~(free / area < self.min_free_fraction)
+        return (area > 0) & ~((area - free) / (area + self._rules.overlap_eps) > self.overlap_threshold)
+
+    def _key_labels(self, counts: torch.Tensor, k: int) -> torch.Tensor:
+        """Candidate of every key (``-1``: void), candidates being the ``k`` instances then the stuff classes.
+
+        Key ``j * (Nst + 1) + c``: painted by instance ``j - 1`` (``j >= 1``) or unpainted (``j = 0``), semantic
+        class ``c`` (``c = Nst``: a thing class). An unpainted stuff pixel joins its class's segment if the
+        class passes the area test; an unpainted thing pixel is void.
+        """
+        ns = self.table.num_stuff
+        q, dev = ns + 1, counts.device
+        per_key = counts.reshape(k + 1, q)
+        # stuff area: unpainted pixels, or (UPSNet) all pixels of the raw semantic map
+        area = per_key[:, :ns].sum(0) if self._rules.stuff_before_paste else per_key[0, :ns]
+        ok = area.double() >= self.stuff_area_limit
+        stuff = torch.where(ok, torch.arange(k, k + ns, device=dev), -1)
+        return torch.cat([stuff, torch.full((1,), -1, dtype=torch.int64, device=dev),
+                          torch.arange(k, device=dev).repeat_interleave(q)])
 
 
 def _foreground_regions(binary: torch.Tensor) -> list[Region]:

@@ -8,9 +8,10 @@ import torch
 from torchvision.ops import nms
 
 from ..structures import Instances
+from .base import scratch
 from .paste import BoxRegions, box_regions, paste_masks
 
-__all__ = ["LocalMasks", "PruningConfig", "local_mask_logits", "prune_instances"]
+__all__ = ["LocalMasks", "PruningConfig", "local_mask_logits", "prune_and_paste", "prune_instances"]
 
 
 @dataclass(frozen=True)
@@ -69,10 +70,31 @@ def prune_instances(instances: Instances, image_size: tuple[int, int], config: P
     Returns:
         ``(K,)`` int64 indices into ``instances``.
     """
+    return _prune(instances, image_size, config)[0]
+
+
+def prune_and_paste(instances: Instances, image_size: tuple[int, int],
+                    config: PruningConfig) -> tuple[torch.Tensor, LocalMasks]:
+    """:func:`prune_instances` plus the box-local mask logits of the kept instances.
+
+    The masks pasted for the overlap test are reused, so each kept instance's ROI mask is resized once.
+
+    Returns:
+        The kept indices (as :func:`prune_instances`) and ``local_mask_logits(instances[keep], image_size)``.
+    """
+    keep, local = _prune(instances, image_size, config)
+    if local is None:
+        local = local_mask_logits(instances[keep], image_size)
+    return keep, local
+
+
+def _prune(instances: Instances, image_size: tuple[int, int],
+           config: PruningConfig) -> tuple[torch.Tensor, LocalMasks | None]:
+    """Kept indices and, when the overlap test pasted them, the kept instances' local masks."""
     dev = instances.boxes.device
     idx = torch.nonzero(instances.scores > config.score_threshold)[:, 0]
     if idx.numel() == 0:
-        return idx
+        return idx, None
     order = torch.argsort(instances.scores[idx], descending=True, stable=True)
     idx = idx[order]
     if config.nms_iou is not None:
@@ -80,13 +102,59 @@ def prune_instances(instances: Instances, image_size: tuple[int, int], config: P
         idx = idx[keep]  # nms returns kept indices in descending score order
     idx = idx[: config.max_instances]
     if config.overlap_threshold is None or idx.numel() == 0:
-        return idx
+        return idx, None
     sub = instances[idx]
     local = local_mask_logits(sub, image_size)
     labels = sub.labels.tolist()
+    if dev.type == "cpu":
+        flags = _overlap_flags_host(local, labels, image_size, config.overlap_threshold)
+    else:
+        flags = _overlap_flags_device(local, labels, image_size, config.overlap_threshold, dev)
+    kept = [j for j, f in enumerate(flags) if f]
+    regions = BoxRegions([local.regions.paste[j] for j in kept], [local.regions.crop[j] for j in kept])
+    return idx[torch.tensor(flags, dtype=torch.bool, device=dev)], LocalMasks(regions, [local.logits[j] for j in kept])
+
+
+def _overlap_flags_host(local: LocalMasks, labels: list[int], image_size: tuple[int, int],
+                        threshold: float) -> list[bool]:
+    """The same-class overlap test with the counts read on the host (CPU tensors: a read costs nothing).
+
+    Same rule and the same float64 arithmetic as :func:`_overlap_flags_device`. The per-class canvases
+    are reused all-``False`` buffers: what is painted is cleared again before returning.
+    """
+    canvases: dict[int, torch.Tensor] = {}
+    last = {lab: i for i, lab in enumerate(labels)}  # after its last instance a canvas is not needed
+    painted: list[tuple[torch.Tensor, int, int, int, int]] = []
+    flags = []
+    try:
+        for i, (y0, y1, x0, x1) in enumerate(local.regions.paste):
+            m = local.logits[i] > 0
+            area = int(m.sum())
+            if area == 0:
+                flags.append(False)
+                continue
+            canvas = canvases.get(labels[i])
+            inter = 0 if canvas is None else int((m & canvas[y0:y1, x0:x1]).sum())
+            keep = inter / area <= threshold
+            if keep and last[labels[i]] > i:  # a later instance of this class will look at it
+                if canvas is None:
+                    canvas = canvases[labels[i]] = scratch(f"prune.canvas{labels[i]}", image_size, torch.bool,
+                                                           m.device, zero=True)
+                painted.append((canvas, y0, y1, x0, x1))
+                canvas[y0:y1, x0:x1] |= m
+            flags.append(keep)
+    finally:
+        for canvas, y0, y1, x0, x1 in painted:
+            canvas[y0:y1, x0:x1] = False
+    return flags
+
+
+def _overlap_flags_device(local: LocalMasks, labels: list[int], image_size: tuple[int, int], threshold: float,
+                          dev: torch.device) -> list[bool]:
+    """The same-class overlap test with the flags kept on the device (no host sync per instance)."""
     canvases: dict[int, torch.Tensor] = {}
     keep_flags = []
-    thr = torch.tensor(config.overlap_threshold, dtype=torch.float64, device=dev)
+    thr = torch.tensor(threshold, dtype=torch.float64, device=dev)
     for i, (y0, y1, x0, x1) in enumerate(local.regions.paste):
         m = local.logits[i] > 0
         canvas = canvases.get(labels[i])
@@ -95,8 +163,9 @@ def prune_instances(instances: Instances, image_size: tuple[int, int], config: P
         window = canvas[y0:y1, x0:x1]
         area = m.sum().double()
         inter = (m & window).sum().double()
-        # Flags stay on the device: no host sync per instance.
         keep = (area > 0) & (inter / area.clamp(min=1) <= thr)
         window |= m & keep
         keep_flags.append(keep)
-    return idx[torch.stack(keep_flags)]
+    if not keep_flags:
+        return []
+    return torch.stack(keep_flags).tolist()  # one host transfer for all instances

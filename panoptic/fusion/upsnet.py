@@ -15,10 +15,19 @@ Where the paper and the reference code differ we follow the code (see ``docs``/t
   every other logit is negative (the reference behaves so); with ``N = 0`` the max over crops is 0;
 * the training loss averages over *all* pixels, ignored ones included (``loss_normalization="all"``).
 
-Inference never builds the dense ``(Nst + N + 1, H, W)`` tensor: per-pixel maxima over stuff and thing
-channels take one pass over the semantic logits, and the instance channels are reduced box by box
-(cost = sum of box areas). :meth:`UPSNetFusion.panoptic_logits` keeps the dense form for training and
-tests; :meth:`UPSNetFusion.panoptic_argmax` equals its ``argmax(0)`` exactly, ties included.
+Inference never builds the dense ``(Nst + N + 1, H, W)`` tensor. The instance channels are reduced box
+by box (cost = sum of box areas) into three maps: their maximum, the first instance reaching it, and
+``max_i Y_i``; a pixel outside every crop box needs no work there (every instance channel is 0 and
+``U = max_t X_thing``). Then one pass over the semantic logits, in row bands that stay in cache on the
+CPU, takes the stuff max and first argmax and the thing max, picks the winning channel and writes one
+small integer key per pixel: the stuff class, the instance together with the pixel's semantic class (a
+stuff class, or "a thing class"), or unknown. One ``bincount`` of the keys gives every area and the
+class-assignment statistics; small lookup tables turn the keys into segment ids. Which thing class a
+pixel's semantic argmax is costs a second look only when the class assignment needs it (a possible thing
+mode in ``"semantic"`` mode, or a close call below a 0.5 threshold in ``"heuristic"`` mode).
+:meth:`UPSNetFusion.panoptic_logits` keeps the dense form for training and tests;
+:meth:`UPSNetFusion.panoptic_argmax` equals its ``argmax(0)`` exactly, ties included, and so do the
+channels behind every :meth:`UPSNetFusion.fuse_image` result.
 """
 
 from __future__ import annotations
@@ -31,15 +40,26 @@ import torch
 import torch.nn.functional as F
 
 from ..categories import CategoryTable
-from ..segments import assemble_result
+from ..segments import assemble_from_keys
 from ..structures import Instances, PanopticResult
-from .base import PanopticFusion, fill_stuff_scores, prepare_instances, prepare_semantic
+from .base import (
+    PanopticFusion,
+    fill_stuff_scores,
+    fill_stuff_scores_sampled,
+    prepare_instances,
+    prepare_semantic,
+    score_stride,
+    scratch,
+)
 from .paste import BoxRegions, crop_dense, paste_masks_dense
-from .pruning import LocalMasks, PruningConfig, local_mask_logits, prune_instances
+from .pruning import LocalMasks, PruningConfig, local_mask_logits, prune_and_paste
 
 __all__ = ["PanopticTargets", "UPSNetFusion"]
 
 ClassAssignment = Literal["heuristic", "detector", "semantic"]
+
+# Pixels per row band of the per-pixel pass on the CPU: the band's intermediates stay in cache.
+_CHUNK_PIXELS = 1 << 18
 
 
 @dataclass
@@ -107,7 +127,8 @@ class UPSNetFusion(PanopticFusion):
     ) -> None:
         super().__init__(table)
         if class_assignment not in ("heuristic", "detector", "semantic"):
-            raise ValueError(f"class_assignment must be 'heuristic', 'detector' or 'semantic', got {class_assignment!r}.")
+            raise ValueError("class_assignment must be 'heuristic', 'detector' or 'semantic', "
+                             f"got {class_assignment!r}.")
         if not 0.0 <= unknown_fraction < 1.0:
             raise ValueError(f"unknown_fraction must be in [0, 1), got {unknown_fraction}.")
         if loss_normalization not in ("all", "valid"):
@@ -125,10 +146,11 @@ class UPSNetFusion(PanopticFusion):
     def fuse_image(self, semantic_logits: torch.Tensor, instances: Instances) -> PanopticResult:
         """Prune, take the panoptic argmax, assign classes, void small stuff. See the class docstring."""
         size = (int(semantic_logits.shape[1]), int(semantic_logits.shape[2]))
-        keep = prune_instances(instances, size, self.pruning)
+        keep, local = prune_and_paste(instances, size, self.pruning)
         kept = instances[keep]
-        channel = self._argmax(semantic_logits, kept, local_mask_logits(kept, size))
-        return self._to_result(semantic_logits, kept, keep, channel)
+        pairs = len(kept) > 0 and self.class_assignment != "detector"
+        keys, counts, unknown, samples = self._keys(semantic_logits, kept, local, pairs, self.unknown, True)
+        return self._to_result(semantic_logits, kept, keep, keys, counts, unknown, samples, pairs)
 
     def panoptic_argmax(self, semantic_logits: torch.Tensor, instances: Instances) -> torch.Tensor:
         """``(H, W)`` int64 index into the channels of :meth:`panoptic_logits`, computed box-locally.
@@ -146,94 +168,245 @@ class UPSNetFusion(PanopticFusion):
         return self._argmax(sem, inst, local_mask_logits(inst, size))
 
     def _argmax(self, sem: torch.Tensor, inst: Instances, local: LocalMasks) -> torch.Tensor:
-        nst, n = self.table.num_stuff, len(inst)
-        h, w = sem.shape[1:]
-        dev = sem.device
-        neg_inf = torch.tensor(float("-inf"), device=dev)
-        smax, sarg = _max_argmax(sem[:nst], (h, w))
-        tmax = sem[nst:].amax(0) if self.table.num_things else torch.full((h, w), float("-inf"), device=dev)
-        if n == 0:
-            ival = neg_inf.expand(h, w)
-            iidx = torch.zeros(h, w, dtype=torch.int64, device=dev)
-            ymax = torch.zeros(h, w, device=dev)
-        else:
-            ival, iidx, ymax = self._instance_max(sem, inst, local)
-        if self.unknown:
-            u = tmax - ymax
-        else:
-            u = neg_inf.expand(h, w)
-        # First maximum wins, channel order stuff < instances < unknown.
-        stuff_wins = (smax >= ival) & (smax >= u)
-        inst_wins = ~stuff_wins & (ival >= u)
-        unknown_idx = torch.tensor(nst + n, device=dev)
-        return torch.where(stuff_wins, sarg, torch.where(inst_wins, nst + iidx, unknown_idx))
+        """Channel map (int64 copy): without ``pairs`` the keys of :meth:`_keys` are channel indices."""
+        return self._keys(sem, inst, local, pairs=False, want_unknown=False, want_samples=False)[0].long()
 
-    def _instance_max(self, sem: torch.Tensor, inst: Instances,
-                      local: LocalMasks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Max and first argmax over instance channels, and max over the crops ``Y_i``, per pixel."""
-        nst, n = self.table.num_stuff, len(inst)
-        h, w = sem.shape[1:]
+    @torch.no_grad()
+    def _keys(self, sem: torch.Tensor, inst: Instances, local: LocalMasks, pairs: bool, want_unknown: bool,
+              want_samples: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Winning channel of every pixel as an ``(H, W)`` int32 key map, the count of every key, the
+        unknown mask (``None`` unless ``want_unknown`` and some pixel is unknown) and, if ``want_samples``,
+        the logits on the grid of :func:`~panoptic.fusion.base.fill_stuff_scores` as ``(C, S)`` (collected
+        while each band is in cache).
+
+        Keys: stuff channel ``k`` -> ``k``; instance ``i`` -> ``Nst + i``, or with ``pairs``
+        ``Nst + i * (Nst + 1) + c`` where ``c`` is the semantic argmax (over all ``C`` classes, first
+        maximum) if it is a stuff class and ``c = Nst`` if it is a thing class; unknown -> the last key
+        ``Nst + N`` (``Nst + N * (Nst + 1)`` with ``pairs``). Without ``pairs`` the key map is the channel
+        map, i.e. the dense ``argmax(0)``.
+
+        The key map and the samples are scratch buffers (see :func:`~panoptic.fusion.base.scratch`): use
+        them before the next call. Per-pixel work runs in row bands of about ``_CHUNK_PIXELS`` pixels on the
+        CPU (their intermediates stay in cache) and in one band on other devices.
+        """
+        nst = self.table.num_stuff
+        n = len(inst)
+        h, w = int(sem.shape[1]), int(sem.shape[2])
         dev = sem.device
-        cval = torch.full((h, w), float("-inf"), device=dev)  # best Z_i among instances covering p
-        cidx = torch.full((h, w), -1, dtype=torch.int64, device=dev)
-        ycov = torch.full((h, w), float("-inf"), device=dev)  # best Y_i among instances covering p
-        # first instance NOT covering p: it supplies the zero that every uncovered channel holds
-        first_out = torch.zeros(h, w, dtype=torch.int64, device=dev)
+        unk = nst + n * (nst + 1 if pairs else 1)
+        keys = scratch("upsnet.keys", (h, w), torch.int32, dev)
+        unknown = torch.empty((h, w), dtype=torch.bool, device=dev) if want_unknown else None
+        stride = score_stride(h, w)
+        samples = None
+        if want_samples:
+            samples = scratch("upsnet.samples", (sem.shape[0], -(-h // stride), -(-w // stride)), sem.dtype, dev)
+        kd = torch.float32 if unk < 1 << 24 else torch.float64  # keys as floats: exact below 2**24 (2**53)
+        inst_maps = self._instance_max(sem, inst, local, nst + 1 if pairs else 1, kd) if n else None
+        rows = h if dev.type != "cpu" else max(1, min(h, _CHUNK_PIXELS // w))
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            out = keys[r0:r1]
+            self._decide(sem[:, r0:r1], None if inst_maps is None else [t[r0:r1] for t in inst_maps], out, pairs,
+                         unk)
+            if unknown is not None:
+                torch.eq(out, unk, out=unknown[r0:r1])
+            first = -(-r0 // stride) * stride  # first grid row in the band
+            if samples is not None and first < r1:
+                part = sem[:, first:r1:stride, ::stride]
+                samples[:, first // stride:first // stride + part.shape[1]].copy_(part)
+        counts = torch.bincount(keys.reshape(-1), minlength=unk + 1)
+        if unknown is not None and not bool(counts[unk]):
+            unknown = None  # the caller uses an all-False mask that is never written (cheaper)
+        return keys, counts, unknown, None if samples is None else samples.reshape(samples.shape[0], -1)
+
+    def _decide(self, s: torch.Tensor, band: list[torch.Tensor] | None, out: torch.Tensor, pairs: bool,
+                unk: int) -> None:
+        """Write the keys of one row band ``s`` ``(C, R, W)`` into ``out`` ``(R, W)``.
+
+        Channel order stuff < instances < unknown, first maximum wins: stuff wins where
+        ``smax >= max(ival, U)``, an instance where ``ival >= U``, else unknown; absent channels never win.
+        With instances, the choice is blended arithmetically from 0/1 comparison results in floating point
+        (keys are small integers, exact there): comparisons with a float output and ``addcmul`` are
+        vectorised on the CPU, ``bool`` outputs and ``where`` are several times slower.
+        """
+        nst, nth = self.table.num_stuff, self.table.num_things
+        smax = sidx = tmax = None
+        if nst:
+            smax, sidx = torch.max(s[:nst], 0)  # first maximum
+        if nth and (self.unknown or (pairs and smax is not None)):
+            tmax = s[nst:].amax(0)
+        if band is None:  # no instance channel
+            if sidx is None:
+                out.fill_(unk)  # unknown, or no channel at all (the dense head's empty argmax): key unk, void
+            elif self.unknown and tmax is not None:
+                torch.where(smax >= tmax, sidx.to(out.dtype), torch.tensor(unk, dtype=out.dtype, device=out.device),
+                            out=out)  # U = max thing - 0
+            else:
+                out.copy_(sidx)
+            return
+        ival, vmap, ymax = band
+        kd = vmap.dtype  # floating point, exact for the keys (see _keys)
+        sf = None if sidx is None else sidx.to(kd)
+        if pairs and smax is not None:  # stuff class where it is the semantic argmax, else the thing code
+            code = torch.addcmul(sf, torch.gt(tmax, smax, out=torch.empty_like(sf)), torch.rsub(sf, nst))
+            ikey = code.add_(vmap)
+        else:
+            ikey = vmap + nst if pairs else vmap.clone()
+        if self.unknown:
+            u = torch.sub(tmax, ymax)
+            inst_wins = torch.ge(ival, u, out=torch.empty_like(ikey))
+            ikey = ikey.sub_(unk).mul_(inst_wins).add_(unk)  # unk + inst_wins * (ikey - unk)
+            if smax is None:
+                out.copy_(ikey)
+                return
+            stuff_wins = torch.ge(smax, torch.maximum(ival, u), out=inst_wins)
+        elif smax is None:
+            out.copy_(ikey)
+            return
+        else:
+            stuff_wins = torch.ge(smax, ival, out=torch.empty_like(ikey))
+        out.copy_(torch.addcmul(ikey, stuff_wins, sf.sub_(ikey)))  # ikey + stuff_wins * (sidx - ikey)
+
+    def _instance_max(self, sem: torch.Tensor, inst: Instances, local: LocalMasks, step: int,
+                      key_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per pixel: max over the instance channels ``ival``, key base ``Nst + i * step`` of its first
+        argmax ``vmap`` (``key_dtype``, a floating type exact for the keys), and ``ymax = max_i Y_i`` (the
+        unknown channel's subtrahend), for ``N >= 1``.
+
+        Box-local. Outside its crop box an instance channel (and its ``Y_i``) is 0; that zero enters a
+        pixel's running maximum at the first instance whose box misses the pixel. So the maps start at
+        instance 0's values: its ``Z_0``/``Y_0`` in its box, 0 elsewhere. Instance ``i >= 1`` updates its box
+        (strict ``>``: first maximum), and its zero enters only where every earlier box covered the pixel:
+        the intersection of boxes ``0..i-1`` (a rectangle, usually empty after a few instances) minus box ``i``.
+        The key base grows with ``i``, so "instance ``i`` is strictly better here" updates ``vmap`` as
+        ``max(vmap, better * base_i)`` with ``better`` a 0/1 float (vectorised, unlike a ``bool`` mask).
+        The maps are scratch buffers.
+        """
+        nst = self.table.num_stuff
+        h, w = int(sem.shape[1]), int(sem.shape[2])
+        dev = sem.device
+        ival = scratch("upsnet.ival", (h, w), sem.dtype, dev).zero_()
+        ymax = scratch("upsnet.ymax", (h, w), sem.dtype, dev).zero_()
+        vmap = scratch("upsnet.vmap", (h, w), key_dtype, dev).fill_(nst)
         channels = (inst.labels + nst).tolist()
-        for i, ((cy0, cy1, cx0, cx1), (py0, py1, px0, px1)) in enumerate(zip(local.regions.crop,
-                                                                              local.regions.paste)):
+        common = (0, h, 0, w)  # pixels covered by the boxes of all instances so far
+        for i, (crop, paste) in enumerate(zip(local.regions.crop, local.regions.paste, strict=True)):
+            v = nst + i * step
+            if i:
+                for y0, y1, x0, x1 in _rect_minus(common, crop):
+                    iv = ival[y0:y1, x0:x1]
+                    vmap[y0:y1, x0:x1].masked_fill_(iv < 0, v)
+                    iv.clamp_(min=0)
+                    ymax[y0:y1, x0:x1].clamp_(min=0)
+            common = _rect_and(common, crop)
+            cy0, cy1, cx0, cx1 = crop
             if cy1 <= cy0 or cx1 <= cx0:
                 continue
+            py0, py1, px0, px1 = paste
             y = sem[channels[i], cy0:cy1, cx0:cx1]
+            iv = ival[cy0:cy1, cx0:cx1]
+            ym = ymax[cy0:cy1, cx0:cx1]
+            if i == 0:
+                iv.copy_(y)
+                iv[py0 - cy0:py1 - cy0, px0 - cx0:px1 - cx0] += local.logits[0]
+                ym.copy_(y)
+                continue
             z = y.clone()
             z[py0 - cy0:py1 - cy0, px0 - cx0:px1 - cx0] += local.logits[i]
-            cv, ci = cval[cy0:cy1, cx0:cx1], cidx[cy0:cy1, cx0:cx1]
-            better = z > cv
-            cv.copy_(torch.where(better, z, cv))
-            ci.masked_fill_(better, i)
-            yc = ycov[cy0:cy1, cx0:cx1]
-            torch.maximum(yc, y, out=yc)
-            fo = first_out[cy0:cy1, cx0:cx1]
-            fo.masked_fill_(fo == i, i + 1)
-        has_zero = first_out < n
-        zero = torch.zeros((), device=dev)
-        ival = torch.where(has_zero, torch.maximum(cval, zero), cval)
-        tie_idx = torch.where(cidx >= 0, torch.minimum(cidx, first_out), first_out)
-        iidx = torch.where(has_zero & (cval <= 0), torch.where(cval == 0, tie_idx, first_out), cidx)
-        ymax = torch.where(has_zero, torch.maximum(ycov, zero), ycov)
-        return ival, iidx, ymax
+            vm = vmap[cy0:cy1, cx0:cx1]
+            torch.maximum(vm, torch.gt(z, iv, out=torch.empty_like(vm)).mul_(v), out=vm)
+            torch.maximum(iv, z, out=iv)
+            torch.maximum(ym, y, out=ym)
+        return ival, vmap, ymax
 
-    def _to_result(self, sem: torch.Tensor, kept: Instances, source: torch.Tensor,
-                   channel: torch.Tensor) -> PanopticResult:
-        """Class assignment and stuff area threshold on the channel map; build the segment table."""
+    def _to_result(self, sem: torch.Tensor, kept: Instances, source: torch.Tensor, keys: torch.Tensor,
+                   counts: torch.Tensor, unknown: torch.Tensor | None, samples: torch.Tensor,
+                   pairs: bool) -> PanopticResult:
+        """Class assignment and stuff area threshold on the key counts; build the segment table."""
         nst, n, c = self.table.num_stuff, len(kept), self.table.num_classes
         dev = sem.device
-        is_unknown = channel == nst + n if self.unknown else torch.zeros_like(channel, dtype=torch.bool)
+        step = nst + 1 if pairs else 1
+        unk = nst + n * step
         inst_cat = kept.labels + nst  # (n,) contiguous category of each instance channel
         target = torch.arange(nst + n, device=dev)  # candidate each channel maps to
-        if n and self.class_assignment != "detector":
-            inst_cat, target = self._assign_classes(sem, channel, inst_cat, target)
-        lut = torch.cat([target, torch.tensor([-1], device=dev)])
-        labels = lut[channel]
+        if pairs:
+            pair_counts = counts[nst:unk].reshape(n, step)
+            channel_area = torch.cat([counts[:nst], pair_counts.sum(1)])
+            class_counts = self._class_counts(sem, keys, pair_counts)
+            inst_cat, target = self._assign_classes(class_counts, inst_cat, target)
+        else:
+            channel_area = counts[:nst + n]
+        label = target
         if nst and self.stuff_area_limit > 0:
-            area = torch.bincount(labels.reshape(-1) + 1, minlength=nst + n + 1)[1:nst + 1]
-            small = torch.cat([area < self.stuff_area_limit, torch.zeros(n + 1, dtype=torch.bool, device=dev)])
-            labels = torch.where(small[labels], torch.full_like(labels, -1), labels)
+            area = torch.zeros(nst + n, dtype=torch.int64, device=dev).index_add_(0, target, channel_area)[:nst]
+            small = torch.cat([area < self.stuff_area_limit, torch.zeros(n, dtype=torch.bool, device=dev)])
+            label = torch.where(small[target], -1, target)
+        void = torch.full((1,), -1, dtype=torch.int64, device=dev)
+        key_label = torch.cat([label[:nst], label[nst:].repeat_interleave(step), void])
         category = torch.cat([torch.arange(nst, device=dev), inst_cat])
         isthing = self.table.isthing_tensor(dev)[category] if c else torch.zeros(0, dtype=torch.bool, device=dev)
         score = torch.cat([torch.full((nst,), float("nan"), device=dev), kept.scores.float()])
         src = torch.cat([torch.full((nst,), -1, dtype=torch.int64, device=dev), source])
-        result = assemble_result(labels, category, isthing, score, src, unknown_mask=is_unknown)
-        return fill_stuff_scores(result, sem)
+        result = assemble_from_keys(keys, counts, key_label, category, isthing, score, src, unknown_mask=unknown)
+        if torch.is_grad_enabled() and sem.requires_grad:  # keep the scores differentiable, as before
+            return fill_stuff_scores(result, sem)
+        return fill_stuff_scores_sampled(result, samples, score_stride(*result.image_size))
 
-    def _assign_classes(self, sem: torch.Tensor, channel: torch.Tensor, inst_cat: torch.Tensor,
+    def _class_counts(self, sem: torch.Tensor, keys: torch.Tensor, pair_counts: torch.Tensor) -> torch.Tensor:
+        """``(N, C)`` counts of the semantic argmax over each instance's pixels, as the assignment needs them.
+
+        ``pair_counts`` ``(N, Nst + 1)`` has exact stuff-class counts and, last, the count of pixels whose
+        argmax is *some* thing class. Which thing class matters only if the mode may be a thing class and
+        the rule uses it; otherwise the thing pixels are put on the first thing class, which gives the same
+        decision. The exact per-thing counts take one more pass (:meth:`_thing_class_counts`).
+        """
+        nst, nth = self.table.num_stuff, self.table.num_things
+        n = pair_counts.shape[0]
+        stuff, things = pair_counts[:, :nst], pair_counts[:, nst]
+        area = pair_counts.sum(1)
+        top = stuff.amax(1) if nst else torch.zeros_like(things)
+        stuff_mode = top >= things  # the mode is a stuff class (ties go to stuff, which comes first)
+        if self.class_assignment == "heuristic":
+            # Only a stuff mode with frequency > threshold matters; a thing mode is decided unless the best
+            # stuff count could still beat the best thing class (>= things / nth pixels).
+            freq = top.double() / area.clamp(min=1).double()
+            open_ = (freq > self.assignment_threshold) & (area > 0) & ~stuff_mode & (top * nth >= things)
+        else:  # "semantic": the thing mode itself is the new category
+            open_ = (area > 0) & ~stuff_mode
+        if bool(open_.any()):  # one host sync per image
+            thing_counts = self._thing_class_counts(sem, keys, n)
+        else:
+            thing_counts = torch.zeros(n, nth, dtype=torch.int64, device=pair_counts.device)
+            thing_counts[:, 0] = things
+        return torch.cat([stuff, thing_counts], 1)
+
+    @torch.no_grad()
+    def _thing_class_counts(self, sem: torch.Tensor, keys: torch.Tensor, n: int) -> torch.Tensor:
+        """``(N, nth)`` exact counts of the thing-class argmax over the pixels keyed "instance i, thing"."""
+        nst, nth = self.table.num_stuff, self.table.num_things
+        h, w = int(sem.shape[1]), int(sem.shape[2])
+        dev = sem.device
+        step = nst + 1
+        unk = nst + n * step
+        is_thing_key = torch.zeros(unk + 1, dtype=torch.bool, device=dev)
+        is_thing_key[2 * nst:unk:step] = True
+        total = torch.zeros(n * nth, dtype=torch.int64, device=dev)
+        rows = h if dev.type != "cpu" else max(1, min(h, _CHUNK_PIXELS // w))
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            kb = keys[r0:r1].reshape(-1)
+            idx = torch.nonzero(is_thing_key[kb])[:, 0]
+            if idx.numel() == 0:
+                continue
+            inst_idx = torch.div(kb[idx] - 2 * nst, step, rounding_mode="floor")
+            cls = sem[nst:, r0:r1].reshape(nth, -1).index_select(1, idx).argmax(0)  # first maximum
+            total += torch.bincount(inst_idx * nth + cls, minlength=n * nth)
+        return total.reshape(n, nth)
+
+    def _assign_classes(self, counts: torch.Tensor, inst_cat: torch.Tensor,
                         target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        nst, c = self.table.num_stuff, self.table.num_classes
-        n = inst_cat.numel()
-        sem_arg = semantic_argmax(sem, nst)
-        sel = (channel >= nst) & (channel < nst + n)
-        keys = (channel[sel] - nst) * c + sem_arg[sel]
-        counts = torch.bincount(keys, minlength=n * c).reshape(n, c)
+        """Class assignment from ``counts`` ``(N, C)``: pixels of instance ``i`` with semantic argmax ``c``."""
+        nst = self.table.num_stuff
         area = counts.sum(1)
         mode_count, mode = counts.max(1)  # first (smallest) class on ties
         freq = mode_count.double() / area.clamp(min=1).double()
@@ -370,13 +543,21 @@ def semantic_argmax(sem: torch.Tensor, num_stuff: int) -> torch.Tensor:
     return sem.argmax(0) if sem.shape[0] else torch.zeros(sem.shape[1:], dtype=torch.int64, device=sem.device)
 
 
-def _max_argmax(x: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Channel max and first argmax of ``(K, H, W)``; ``-inf``/0 when ``K == 0``."""
-    if x.shape[0] == 0:
-        return (torch.full(size, float("-inf"), device=x.device),
-                torch.zeros(size, dtype=torch.int64, device=x.device))
-    vals, idx = x.max(0)
-    return vals, idx
+def _rect_and(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """Intersection of two half-open ``(y0, y1, x0, x1)`` rectangles (possibly empty)."""
+    return max(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), min(a[3], b[3])
+
+
+def _rect_minus(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
+    """``a`` minus ``b`` as at most four disjoint non-empty rectangles."""
+    y0, y1, x0, x1 = a
+    if y1 <= y0 or x1 <= x0:
+        return []
+    iy0, iy1, ix0, ix1 = _rect_and(a, b)
+    if iy1 <= iy0 or ix1 <= ix0:
+        return [a]
+    parts = [(y0, iy0, x0, x1), (iy1, y1, x0, x1), (iy0, iy1, x0, ix0), (iy0, iy1, ix1, x1)]
+    return [r for r in parts if r[1] > r[0] and r[3] > r[2]]
 
 
 def _paste_as_crop(local: LocalMasks) -> BoxRegions:

@@ -1,0 +1,278 @@
+"""Fusion speed per image at 1024x2048 (Cityscapes categories): UPSNet head, heuristic, panopticapi, bounds.
+
+For 20, 50 and 100 instances, all in one run and interleaved inside every repetition (A B C D E, A B C D E,
+…), median wall-clock milliseconds per image on the CPU device, with torch's default thread count:
+
+* ``upsnet``: ``UPSNetFusion(table)(sem, [inst])`` (the whole user call: validation, pruning, argmax, class
+  assignment, stuff area, segment table, stuff scores);
+* ``heuristic``: ``HeuristicFusion(table)`` (default ``"panopticapi"`` flavour), the same call;
+* ``panopticapi``: panopticapi's per-image core ``combine_to_panoptic_single_core`` (RLE area/merge, RLE
+  decode, numpy painting, ``id2rgb`` + PNG write to a temporary folder), called in-process for one image;
+  its RLE inputs (instance masks = pasted mask logits ``>= 0``, one RLE per stuff class of the semantic
+  argmax) are prepared before the timer, as its JSON inputs already hold RLE;
+* ``dense``: the dense reference of the UPSNet head on the instances UPSNet keeps after pruning:
+  ``torch.cat([stuff, instance channels, unknown]).argmax(0)``, channels prebuilt (only concatenation and
+  argmax are timed); it is asserted equal to the channel map of the fast path once, outside the timer;
+* ``floor``: one ``amax`` over the channels of the ``(1, 19, H, W)`` semantic logits.
+
+Scenes are synthetic but structured: smooth semantic logits (random values on a coarse grid, upsampled
+bicubically), thing channels raised under each instance's mask, boxes with log-uniform sides in 20-400 px,
+28x28 elliptical ROI mask logits with smooth noise, scores in (0.5, 1).
+
+Usage::
+
+    python benchmarks/fusion_speed.py --quick
+    python benchmarks/fusion_speed.py --repeats 9 --json fusion_speed.json
+    python benchmarks/fusion_speed.py --threads 1    # steadier on a busy machine
+
+On a shared machine the multi-threaded numbers of the many-op implementations (UPSNet's fast path, the
+heuristic) degrade far more than the few-op references when other processes compete for the cores (each
+parallel op waits for a descheduled worker thread); the load average is printed and stored with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from panoptic import CategoryTable, Instances
+from panoptic.fusion import UPSNetFusion, box_regions, paste_masks, prune_instances
+
+H, W = 1024, 2048
+COUNTS = (20, 50, 100)
+IMPLS = ("upsnet", "heuristic", "panopticapi", "dense", "floor")
+
+
+@dataclass
+class Scene:
+    sem: torch.Tensor  # (1, C, H, W)
+    inst: Instances
+    pa_inputs: dict[str, Any] | None  # panopticapi core arguments (RLE), or None if not installed
+    dense_parts: list[torch.Tensor]  # prebuilt channels of the dense reference
+    kept: int  # instances UPSNet keeps after pruning
+
+
+def _smooth(g: torch.Generator, k: int, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """``(k, *size)`` smooth random field: normal values on a coarse grid, upsampled bicubically."""
+    coarse = torch.randn(1, k, *grid, generator=g)
+    return F.interpolate(coarse, size=size, mode="bicubic", align_corners=False)[0]
+
+
+def make_inputs(n: int, table: CategoryTable, seed: int, h: int = H,
+                w: int = W) -> tuple[torch.Tensor, Instances]:
+    """Semantic logits ``(1, C, h, w)`` and ``n`` ROI instances of one synthetic scene."""
+    g = torch.Generator().manual_seed(seed)
+    nst, nth = table.num_stuff, table.num_things
+    sem = torch.cat([_smooth(g, nst, (6, 12), (h, w)) * 3.0, _smooth(g, nth, (12, 24), (h, w)) * 2.0 - 2.5])
+    side = torch.exp(torch.empty(n, 2).uniform_(math.log(20), math.log(400), generator=g))
+    centre = torch.rand(n, 2, generator=g) * torch.tensor([w - 1.0, h - 1.0])
+    boxes = torch.cat([centre - side / 2, centre + side / 2], 1)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w - 1)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h - 1)
+    labels = torch.randint(0, nth, (n,), generator=g)
+    scores = 0.5 + 0.5 * (0.001 + 0.998 * torch.rand(n, generator=g))
+    axis = torch.linspace(-1, 1, 28)
+    r2 = (axis[None, :, None] ** 2 * (0.7 + 0.6 * torch.rand(n, 1, 1, generator=g))
+          + axis[None, None, :] ** 2 * (0.7 + 0.6 * torch.rand(n, 1, 1, generator=g)))
+    noise = F.interpolate(torch.randn(n, 1, 7, 7, generator=g), size=(28, 28), mode="bicubic",
+                          align_corners=False)[:, 0]
+    masks = 6.0 * (0.75 - r2) + 1.5 * noise
+    inst = Instances(boxes, scores, labels, masks)
+    # The semantic head agrees (mostly) with the detector: raise the instance's class under its mask.
+    regions = box_regions(boxes, (h, w))
+    for i, ((y0, y1, x0, x1), m) in enumerate(zip(regions.paste, paste_masks(masks, regions), strict=True)):
+        if y1 > y0 and x1 > x0:
+            sem[nst + int(labels[i]), y0:y1, x0:x1] += 2.0 * m.clamp(min=0)
+    return sem[None].contiguous(), inst
+
+
+def panopticapi_inputs(sem: torch.Tensor, inst: Instances, table: CategoryTable) -> dict[str, Any]:
+    """Arguments of ``combine_to_panoptic_single_core`` for one image (RLE-encoded, as in its JSON inputs)."""
+    from pycocotools import mask as coco_mask
+
+    h, w = sem.shape[-2:]
+    order = torch.argsort(inst.scores, descending=True, stable=True).tolist()
+    regions = box_regions(inst.boxes, (h, w))
+    pasted = paste_masks(inst.mask_logits, regions)
+    anns = []
+    canvas = np.zeros((h, w), dtype=np.uint8, order="F")
+    for i in order:
+        y0, y1, x0, x1 = regions.paste[i]
+        canvas[:] = 0
+        if y1 > y0 and x1 > x0:
+            canvas[y0:y1, x0:x1] = (pasted[i] >= 0).numpy()
+        if float(inst.scores[i]) < 0.5:
+            continue
+        anns.append({"segmentation": coco_mask.encode(canvas), "score": float(inst.scores[i]),
+                     "category_id": table.to_dataset(table.num_stuff + int(inst.labels[i]))})
+    arg = sem[0].argmax(0).numpy()
+    stuff = []
+    for k in np.unique(arg):
+        if int(k) < table.num_stuff:
+            stuff.append({"segmentation": coco_mask.encode(np.asfortranarray((arg == k).astype(np.uint8))),
+                          "category_id": table.to_dataset(int(k))})
+    categories = {c["id"]: c for c in table.to_coco()}
+    images = {0: {"id": 0, "height": int(h), "width": int(w), "file_name": "image.png"}}
+    return {"img_id2img": images, "inst_by_image": {0: anns}, "sem_by_image": {0: stuff},
+            "categories": categories}
+
+
+def dense_parts(fusion: UPSNetFusion, sem: torch.Tensor,
+                inst: Instances) -> tuple[list[torch.Tensor], Instances]:
+    """Stuff, instance and unknown channels of the dense head on the instances UPSNet keeps."""
+    keep = prune_instances(inst, tuple(sem.shape[-2:]), fusion.pruning)
+    kept = inst[keep]
+    z = fusion.panoptic_logits(sem[0], kept)
+    nst = fusion.table.num_stuff
+    return [z[:nst], z[nst:-1], z[-1:]], kept
+
+
+def build_scenes(table: CategoryTable, counts: tuple[int, ...], seed: int, with_pa: bool, h: int = H,
+                 w: int = W) -> dict[int, Scene]:
+    fusion = UPSNetFusion(table)
+    scenes = {}
+    for n in counts:
+        sem, inst = make_inputs(n, table, seed + n, h, w)
+        t = time.perf_counter()
+        pa = panopticapi_inputs(sem, inst, table) if with_pa else None
+        t_rle = time.perf_counter() - t
+        parts, kept = dense_parts(fusion, sem, inst)
+        # The fast path must give exactly the dense argmax (checked once, outside the timer).
+        fast = fusion.panoptic_argmax(sem[0], kept)
+        if not torch.equal(fast, torch.cat(parts).argmax(0)):
+            raise AssertionError(f"UPSNetFusion fast path differs from the dense argmax (n={n}).")
+        scenes[n] = Scene(sem, inst, pa, parts, len(kept))
+        note = f", RLE encoding for panopticapi {1000 * t_rle:.0f} ms (not timed)" if with_pa else ""
+        print(f"scene n={n}: UPSNet keeps {len(kept)} instances{note}", file=sys.stderr)
+    return scenes
+
+
+def _heuristic() -> tuple[Any, str | None]:
+    try:
+        from panoptic.fusion.heuristic import HeuristicFusion
+    except Exception as e:  # being written by another helper: report and go on
+        return None, f"{type(e).__name__}: {e}"
+    return HeuristicFusion, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smoke run (< 60 s): 1 repetition at 512x1024")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="interleaved repetitions (default 7; 1 with --quick)")
+    p.add_argument("--json", type=Path, default=None, help="write the medians to this JSON file")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads for the whole run (default: torch's default). On a shared machine "
+                        "1 thread gives steadier numbers: with 2 threads every parallel op waits for both")
+    args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 7)
+    h, w = (H // 2, W // 2) if args.quick else (H, W)
+    table = CategoryTable.cityscapes()
+
+    try:
+        from panopticapi.combine_semantic_and_instance_predictions import combine_to_panoptic_single_core
+    except Exception as e:
+        combine_to_panoptic_single_core = None
+        print(f"panopticapi not available ({type(e).__name__}: {e}); pip install --no-deps panopticapi-lite "
+              "pycocotools", file=sys.stderr)
+    heuristic_cls, heuristic_err = _heuristic()
+    if heuristic_cls is None:
+        print(f"HeuristicFusion not importable, skipped: {heuristic_err}", file=sys.stderr)
+
+    t = time.perf_counter()
+    scenes = build_scenes(table, COUNTS, args.seed, combine_to_panoptic_single_core is not None, h, w)
+    print(f"built {len(scenes)} scenes in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+
+    upsnet = UPSNetFusion(table)
+    heuristic = heuristic_cls(table) if heuristic_cls is not None else None
+    tmp = tempfile.TemporaryDirectory()
+
+    def run_pa(s: Scene) -> None:
+        a = s.pa_inputs
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints a progress line per call
+            combine_to_panoptic_single_core(0, [0], a["img_id2img"], a["inst_by_image"], a["sem_by_image"],
+                                            tmp.name, 0.5, 4096, a["categories"])
+
+    calls: dict[str, Callable[[Scene], Any] | None] = {
+        "upsnet": lambda s: upsnet(s.sem, [s.inst]),
+        "heuristic": (lambda s: heuristic(s.sem, [s.inst])) if heuristic is not None else None,
+        "panopticapi": run_pa if combine_to_panoptic_single_core is not None else None,
+        "dense": lambda s: torch.cat(s.dense_parts).argmax(0),
+        "floor": lambda s: s.sem.amax(1),
+    }
+    times: dict[int, dict[str, list[float]]] = {n: {k: [] for k in IMPLS} for n in COUNTS}
+    with torch.inference_mode():
+        for n in COUNTS:  # warm-up (allocator, lazy imports), not timed
+            for fn in calls.values():
+                if fn is not None:
+                    fn(scenes[n])
+        for _ in range(repeats):
+            for n in COUNTS:
+                for name in IMPLS:
+                    fn = calls[name]
+                    if fn is None:
+                        continue
+                    t0 = time.perf_counter()
+                    fn(scenes[n])
+                    times[n][name].append(1000 * (time.perf_counter() - t0))
+    tmp.cleanup()
+
+    out: dict[str, Any] = {}
+    for n in COUNTS:
+        out[str(n)] = {f"{k}_ms": (round(statistics.median(v), 2) if v else None)
+                       for k, v in times[n].items()}
+        out[str(n)]["upsnet_kept"] = scenes[n].kept
+    out["machine"] = {
+        "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "numpy": np.__version__, "python": platform.python_version(), "processor": platform.processor(),
+        "repeats": repeats, "image": [h, w], "timer": "wall clock (time.perf_counter), median per image",
+        "loadavg_start": [round(v, 2) for v in load_start], "loadavg_end": [round(v, 2) for v in os.getloadavg()],
+        "heuristic": ("HeuristicFusion() default flavour" if heuristic is not None
+                      else f"skipped: {heuristic_err}"),
+    }
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.1f}"
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return "n/a" if a is None or b is None else f"{a / b:.2f}x"
+
+    print(f"\nmedian ms per image, {h}x{w}, {repeats} interleaved repetitions, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, load average {load_start[0]:.2f} at the "
+          f"start, {os.getloadavg()[0]:.2f} at the end\n")
+    print("| instances (kept by UPSNet) | upsnet | heuristic | panopticapi | dense | floor | upsnet / floor "
+          "| panopticapi / heuristic | dense / upsnet |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n in COUNTS:
+        r = out[str(n)]
+        u, hh, pa, d, f = (r[f"{k}_ms"] for k in IMPLS)
+        print(f"| {n} ({r['upsnet_kept']}) | {fmt(u)} | {fmt(hh)} | {fmt(pa)} | {fmt(d)} | {fmt(f)} "
+              f"| {ratio(u, f)} | {ratio(pa, hh)} | {ratio(d, u)} |")
+    if args.json is not None:
+        args.json.write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Fast per-pixel reductions over the channel dimension of ``(C, H, W)`` logits, shared by the fusions.
+
+``torch.argmax(x, 0)`` (and ``torch.max(x, 0)``) over the channels of a ``(C, H, W)`` CPU tensor is not
+vectorised and costs about ten times a pass of ``amax``. The same first-maximum index comes from
+vectorised operations only: the maximum ``m`` (``amax``), the float mask ``x == m`` (a comparison with a
+float output; a ``bool`` output is several times slower on the CPU), ``c + C * (x != m)`` per channel
+``c`` and its minimum over the channels. Comparisons with the maximum are exact, so ties resolve to
+the first channel like ``argmax``, and ``-0.0 == 0.0`` as there.
+
+On the CPU the work runs in row bands of about :data:`BAND_PIXELS` pixels, so a band's intermediates stay
+in cache and the logits are read from memory once; other devices take the image in one band.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import scratch
+
+__all__ = ["BAND_PIXELS", "band_rows", "first_argmax_keys"]
+
+#: Pixels per row band on the CPU.
+BAND_PIXELS = 1 << 16
+
+
+def band_rows(h: int, w: int, device: torch.device, pixels: int | None = None) -> int:
+    """Rows per band for an ``(H, W)`` image: about ``pixels`` (default :data:`BAND_PIXELS`) pixels on the
+    CPU, all ``H`` elsewhere."""
+    if device.type != "cpu":
+        return max(1, h)
+    return max(1, min(h, (BAND_PIXELS if pixels is None else pixels) // max(1, w)))
+
+
+@torch.no_grad()
+def first_argmax_keys(logits: torch.Tensor, num_first: int, out: torch.Tensor,
+                      samples: torch.Tensor | None = None, stride: int = 1) -> None:
+    """Per pixel, the first maximum over all channels if it is one of the first ``num_first``, else ``num_first``.
+
+    Equals ``torch.where(a < k, a, k)`` with ``a = logits.argmax(0)`` and ``k = num_first`` (first maximum on
+    ties; a channel after ``k`` wins only if it is strictly larger than channels ``0 .. k - 1``), e.g. the
+    stuff class of a pixel whose semantic argmax is a stuff channel, or ``num_stuff`` for "some thing class".
+
+    Args:
+        logits: ``(C, H, W)`` finite floating-point logits, any strides.
+        num_first: ``k`` in ``0 .. C``.
+        out: ``(H, W)`` integer tensor (e.g. int32) on the same device, written in full.
+        samples: Optional ``(C, ceil(H / stride), ceil(W / stride))`` tensor, filled with
+            ``logits[:, ::stride, ::stride]`` while each band is in cache.
+        stride: Sampling stride of ``samples``.
+    """
+    c, h, w = logits.shape
+    k = int(num_first)
+    if not 0 <= k <= c:
+        raise ValueError(f"num_first must be in 0..{c}, got {k}.")
+    dev = logits.device
+    rows = band_rows(h, w, dev)
+    if k:
+        # channel j -> j where it reaches the maximum, j + k elsewhere; the minimum is the key (k: none).
+        # Small integers, exact in float32 (the dtype of the comparison's output here).
+        base = torch.arange(k, k + k, dtype=torch.float32, device=dev).view(k, 1, 1)
+        # work buffers, reused across calls on the CPU (fresh multi-megabyte buffers cost page faults)
+        peak = scratch("reduce.peak", (rows, w), logits.dtype, dev)
+        cand = scratch("reduce.cand", (k, rows, w), torch.float32, dev)
+        key = scratch("reduce.key", (rows, w), torch.float32, dev)
+    else:
+        out.fill_(0)
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        if k:
+            band = logits[:, r0:r1]
+            n = r1 - r0
+            m, e, q = peak[:n], cand[:, :n], key[:n]
+            torch.amax(band, 0, out=m)
+            torch.eq(band[:k], m, out=e)  # 1.0 where channel j reaches the maximum
+            torch.sub(base, e, alpha=k, out=e)
+            torch.amin(e, 0, out=q)
+            out[r0:r1].copy_(q)
+        if samples is not None:
+            first = -(-r0 // stride) * stride  # first sampled row in the band
+            if first < r1:
+                part = logits[:, first:r1:stride, ::stride]
+                samples[:, first // stride:first // stride + part.shape[1]].copy_(part)

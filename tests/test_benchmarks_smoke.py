@@ -1,0 +1,28 @@
+"""Smoke test of benchmarks/model_speed.py: its --quick mode runs end to end and writes the documented JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "model_speed.py"
+
+
+def test_model_speed_quick_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "model_speed.json"
+    # --quick, shrunk further (a tiny image, one timed training iteration) to keep the test well under a minute.
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--sizes", "64x128", "--train-iters", "1", "--threads", "1",
+           "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    row = data["64x128"]
+    for model in ("upsnet", "mrcnn_psp"):
+        assert 0 < row[f"{model}_fusion_ms"] < row[f"{model}_ms"]
+        det = row[f"{model}_detections"]
+        assert det["fused"] == min(det["raw"], 100)
+    assert data["train_img_per_s"] > 0
+    assert data["target_2x_met"] is None  # 1024x2048 was not run
+    assert "| 64x128 |" in proc.stdout
