@@ -51,7 +51,9 @@ Usage::
     python benchmarks/model_speed.py --sizes 256x512 --repeats 5 --train-iters 0
 
 The speedup target of the issue is UPSNet >= 2x faster than MR-CNN-PSP at 1024x2048 (the paper reports 4.7x on
-a GPU); the script prints whether the measured whole-forward ratio meets it, and stores it as ``target_2x_met``.
+a GPU); the script prints whether the measured whole-forward ratio meets it and stores it as ``target_2x_met``,
+judged on ``speedup_clean`` when both models had a clean run, else on the medians (then ``target_basis`` says
+that every pair was contended and the verdict is unreliable).
 """
 
 from __future__ import annotations
@@ -336,7 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         out["train_img_per_s"] = None
     target = out.get(TARGET_SIZE)
-    out["target_2x_met"] = None if target is None else bool(target["speedup"] >= TARGET_SPEEDUP)
+    if target is None:
+        out["target_2x_met"], out["target_basis"] = None, None
+    elif target["speedup_clean"] is not None:
+        out["target_2x_met"], out["target_basis"] = bool(target["speedup_clean"] >= TARGET_SPEEDUP), "clean runs"
+    else:
+        out["target_2x_met"] = bool(target["speedup"] >= TARGET_SPEEDUP)
+        out["target_basis"] = "medians; no clean run of both models (contended machine): unreliable"
     load_end = os.getloadavg()
     out["machine"] = {
         "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -378,9 +386,11 @@ def main(argv: list[str] | None = None) -> int:
               f"foreign cores {tr['foreign_cores']})")
     if target is not None:
         verdict = "MET" if out["target_2x_met"] else "NOT MET"
-        print(f"\ntarget UPSNet >= {TARGET_SPEEDUP:g}x faster than MR-CNN-PSP at {TARGET_SIZE}: {verdict} "
+        print(f"\ntarget UPSNet >= {TARGET_SPEEDUP:g}x faster than MR-CNN-PSP at {TARGET_SIZE}: {verdict}, judged on "
+              f"the {out['target_basis']} "
               f"({target['speedup']:.2f}x whole forward, {target['network_speedup']:.2f}x network only, medians; "
-              f"{_ratio(target['speedup_clean'])} on the clean runs, {target['clean_runs']})")
+              f"{_ratio(target['speedup_clean'])} on the clean runs: UPSNet {target['clean_runs']['upsnet']}, "
+              f"MR-CNN-PSP {target['clean_runs']['mrcnn_psp']} of {repeats})")
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0
