@@ -538,10 +538,6 @@ class UPSNetFusion(PanopticFusion):
         return torch.stack(losses).mean()
 
 
-def semantic_argmax(sem: torch.Tensor, num_stuff: int) -> torch.Tensor:
-    """``(H, W)`` int64 argmax over all channels of ``sem`` ``(C, H, W)`` (first maximum on ties)."""
-    return sem.argmax(0) if sem.shape[0] else torch.zeros(sem.shape[1:], dtype=torch.int64, device=sem.device)
-
 
 def _rect_and(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     """Intersection of two half-open ``(y0, y1, x0, x1)`` rectangles (possibly empty)."""
