@@ -24,10 +24,13 @@ Usage::
     python benchmarks/fusion_speed.py --quick
     python benchmarks/fusion_speed.py --repeats 9 --json fusion_speed.json
     python benchmarks/fusion_speed.py --threads 1    # steadier on a busy machine
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/fusion_speed.py --repeats 9    # busy machine, two threads
 
 On a shared machine the multi-threaded numbers of the many-op implementations (UPSNet's fast path, the
 heuristic) degrade far more than the few-op references when other processes compete for the cores (each
-parallel op waits for a descheduled worker thread); the load average is printed and stored with the results.
+parallel op waits for a descheduled worker thread, and OpenMP's default spin-waiting makes it worse: set
+``OMP_WAIT_POLICY=PASSIVE`` there); the load average and ``OMP_WAIT_POLICY`` are printed and stored with the
+results.
 """
 
 from __future__ import annotations
@@ -248,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         "numpy": np.__version__, "python": platform.python_version(), "processor": platform.processor(),
         "repeats": repeats, "image": [h, w], "timer": "wall clock (time.perf_counter), median per image",
         "loadavg_start": [round(v, 2) for v in load_start], "loadavg_end": [round(v, 2) for v in os.getloadavg()],
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "heuristic": ("HeuristicFusion() default flavour" if heuristic is not None
                       else f"skipped: {heuristic_err}"),
     }
@@ -259,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         return "n/a" if a is None or b is None else f"{a / b:.2f}x"
 
     print(f"\nmedian ms per image, {h}x{w}, {repeats} interleaved repetitions, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, load average {load_start[0]:.2f} at the "
-          f"start, {os.getloadavg()[0]:.2f} at the end\n")
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, load average {load_start[0]:.2f} at the start, "
+          f"{os.getloadavg()[0]:.2f} at the end\n")
     print("| instances (kept by UPSNet) | upsnet | heuristic | panopticapi | dense | floor | upsnet / floor "
           "| panopticapi / heuristic | dense / upsnet |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -381,6 +381,15 @@ def test_bad_inputs_surface_as_value_errors() -> None:
     bad_sem[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         fusion(bad_sem, [good])
+    for value in (float("inf"), float("-inf")):  # -inf is never a maximum, and is still rejected
+        bad_sem = sem.clone()
+        bad_sem[0, 3, 5, 6] = value
+        with pytest.raises(ValueError, match="NaN or inf"):
+            fusion(bad_sem, [good])
+        bad_big = torch.zeros(1, 4, 32, 32)  # a 32 -> 8 resize never reads (0, 0): checked before resizing
+        bad_big[0, 2, 0, 0] = value
+        with pytest.raises(ValueError, match="NaN or inf"):
+            fusion(bad_big, [Instances.empty()], output_size=(8, 8))
     with pytest.raises(ValueError, match="NaN"):
         fusion(sem, [Instances(good.boxes, good.scores, good.labels, torch.full((1, 28, 28), float("nan")))])
     with pytest.raises(ValueError, match="labels"):
@@ -533,3 +542,34 @@ def test_cuda_matches_cpu(flavor: str) -> None:
     gpu = fusion.cuda()(sem.cuda(), [roi.to("cuda"), image.to("cuda")])
     for a, b in zip(cpu, gpu, strict=True):
         assert a.equal(b.to("cpu"), segmentation_only=True) and torch.equal(a.source, b.source.cpu())
+
+
+# ------------------------------------------------------------------------- channel reductions
+@pytest.mark.parametrize("num_first", [0, 1, 2, 11, 23, 24, 30])
+@pytest.mark.parametrize("extra", [0, 8])
+def test_first_argmax_keys_equals_argmax_with_ties(num_first: int, extra: int) -> None:
+    # Integer logits make ties common; -0.0 and 0.0 tie too. 24+ channels take the fallback path. Several
+    # row bands (the last one short) and a non-contiguous input.
+    from panoptic.fusion.reduce import first_argmax_keys, first_index_of
+
+    c = max(num_first + extra, 1)
+    g = torch.Generator().manual_seed(num_first * 31 + extra)
+    x = torch.randint(-3, 3, (c, 300, 500), generator=g).float()[:, :, ::2]
+    x[0, 0, :5] = -0.0
+    a = x.argmax(0)
+    expected = torch.where(a < num_first, a, num_first)
+    out = torch.empty(300, 250, dtype=torch.int32)
+    first_argmax_keys(x, num_first, out)
+    assert torch.equal(out.long(), expected)
+    if num_first:
+        keys = first_index_of(x[:num_first], x.amax(0))
+        assert torch.equal(keys.long(), expected)
+        floats = first_index_of(x[:num_first], x.amax(0), out=torch.empty(300, 250))
+        assert torch.equal(floats.long(), expected)
+
+
+def test_huge_finite_logits_are_accepted() -> None:
+    # Finite logits whose sum overflows float32 are valid input (the fast finiteness check must not reject them).
+    sem = sem_logits(grid(ALL_S, SEM)) * 3.0e37
+    res = HeuristicFusion(make_table(), stuff_area_limit=1)(sem, [Instances.empty()])[0]
+    assert res.area.tolist() == [64]

@@ -235,3 +235,41 @@ def test_output_size_upsamples_semantic_logits_before_fusion():
     assert res.image_size == (8, 8)
     # bilinear (align_corners=False): output column 3 samples input column 1.25 -> 0.25 * 5 > 0
     assert (res.segment_map[:, :3] == 1).all() and (res.segment_map[:, 3:] == 2).all()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("channel", [0, 3])  # a stuff and a thing channel
+def test_one_non_finite_logit_raises(value, channel):
+    # A single bad value anywhere, also where it would not be a channel maximum (-inf), is rejected up front.
+    table = tiny_table(2, 2)
+    sem = torch.randn(1, 4, 6, 9, generator=torch.Generator().manual_seed(0))
+    sem[0, channel, 4, 7] = value
+    inst = img_instances([[1, 1, 4, 3]], [0], [torch.full((6, 9), 2.0)])
+    fusion = UPSNetFusion(table, pruning=NO_PRUNE)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        fusion(sem, [inst])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        fusion.panoptic_argmax(sem[0], inst)
+
+
+def test_huge_finite_logits_are_accepted():
+    # Finite logits whose sum overflows float32 are valid input (the fast finiteness check must not reject them).
+    table = tiny_table(2, 2)
+    sem = torch.full((1, 4, 5, 5), 3.0e38)
+    sem[0, :2, :, 2:] = -3.0e38  # right: a thing class is far larger and no instance covers it -> unknown
+    fusion = UPSNetFusion(table, stuff_area_limit=0)
+    res = fusion(sem, [Instances.empty()])[0]
+    assert res.category.tolist() == [0] and res.area.tolist() == [10]  # left: stuff 0 ties everything, wins
+    assert int(res.unknown_mask.sum()) == 15
+    z = fusion.panoptic_logits(sem[0], Instances.empty())
+    assert torch.equal(fusion.panoptic_argmax(sem[0], Instances.empty()), z.argmax(0))
+
+
+def test_non_finite_logit_that_a_downsampling_resize_skips_still_raises():
+    # Resizing 16x16 -> 4x4 (bilinear, align_corners=False) reads rows/cols 4i+1 and 4i+2 only: the fusion never
+    # sees (0, 0), so the raw logits are checked before the resize.
+    table = tiny_table(2, 2)
+    sem = torch.zeros(1, 4, 16, 16)
+    sem[0, 1, 0, 0] = float("-inf")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        UPSNetFusion(table)(sem, [Instances.empty()], output_size=(4, 4))

@@ -14,7 +14,7 @@ from torch import nn
 from ..categories import CategoryTable
 from ..structures import Instances, PanopticResult
 
-__all__ = ["PanopticFusion", "fill_stuff_scores", "prepare_instances", "prepare_semantic"]
+__all__ = ["FiniteCheck", "PanopticFusion", "fill_stuff_scores", "prepare_instances", "prepare_semantic"]
 
 _SCORE_SAMPLES = 1 << 16
 _SCRATCH = threading.local()
@@ -29,6 +29,10 @@ class PanopticFusion(nn.Module, ABC):
     Args:
         table: Category table; fixes the channel layout (stuff first, then things).
     """
+
+    #: Whether :meth:`fuse_image` itself rejects non-finite logits (with :class:`FiniteCheck`, while it reads
+    #: them anyway), so that :meth:`forward` can skip the separate pass over logits it does not resize.
+    checks_finite: bool = False
 
     def __init__(self, table: CategoryTable) -> None:
         super().__init__()
@@ -46,7 +50,8 @@ class PanopticFusion(nn.Module, ABC):
         Returns:
             ``B`` results of size ``(H, W)``.
         """
-        sem = prepare_semantic(semantic_logits, self.table, len(instances), output_size)
+        sem = prepare_semantic(semantic_logits, self.table, len(instances), output_size,
+                               check_finite=not self.checks_finite)
         size = (int(sem.shape[-2]), int(sem.shape[-1]))
         out = []
         for b, inst in enumerate(instances):
@@ -65,8 +70,12 @@ class PanopticFusion(nn.Module, ABC):
 
 
 def prepare_semantic(semantic_logits: torch.Tensor, table: CategoryTable, batch: int,
-                     output_size: tuple[int, int] | None) -> torch.Tensor:
-    """Validate ``(B, C, h, w)`` logits against the table and resize them to ``output_size``."""
+                     output_size: tuple[int, int] | None, check_finite: bool = True) -> torch.Tensor:
+    """Validate ``(B, C, h, w)`` logits against the table and resize them to ``output_size``.
+
+    With ``check_finite=False`` the caller rejects non-finite values itself (see :class:`FiniteCheck`); logits
+    that are resized are checked here anyway (a downsampling resize need not read every value).
+    """
     s = semantic_logits
     if not isinstance(s, torch.Tensor) or s.ndim != 4:
         shape = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
@@ -83,16 +92,47 @@ def prepare_semantic(semantic_logits: torch.Tensor, table: CategoryTable, batch:
                          "pass one Instances per image (Instances.empty() for none).")
     if s.shape[2] == 0 or s.shape[3] == 0:
         raise ValueError(f"semantic_logits has an empty spatial size {tuple(s.shape[2:])}.")
-    if not _all_finite(s):
-        raise ValueError("semantic_logits contains NaN or inf; check the model output (e.g. clamp or "
-                         "torch.nan_to_num) before fusion.")
     if output_size is not None:
         if len(output_size) != 2 or any(int(v) <= 0 for v in output_size):
             raise ValueError(f"output_size must be (H, W) with positive ints, got {output_size!r}.")
         output_size = (int(output_size[0]), int(output_size[1]))
-        if tuple(s.shape[-2:]) != output_size:
-            s = F.interpolate(s.float(), size=output_size, mode="bilinear", align_corners=False)
+    resize = output_size is not None and tuple(s.shape[-2:]) != output_size
+    if (check_finite or resize) and not _all_finite(s):
+        raise ValueError(_NON_FINITE)
+    if resize:
+        s = F.interpolate(s.float(), size=output_size, mode="bilinear", align_corners=False)
     return s.float()
+
+
+_NON_FINITE = ("semantic_logits contains NaN or inf; check the model output (e.g. clamp or torch.nan_to_num) "
+               "before fusion.")
+
+
+class FiniteCheck:
+    """The finiteness check of :func:`prepare_semantic`, folded into a pass that reads the logits anyway.
+
+    The pass hands every part of the logits it reads (each value exactly once) to :meth:`add`, right after
+    reading it, while it is in cache: summing it there costs a fraction of a separate pass over memory. A sum
+    is finite only if every term is; :meth:`raise_if_not_finite` settles a non-finite total (possibly an
+    overflow of finite values) with the exact check and raises :func:`prepare_semantic`'s ``ValueError``.
+
+    Args:
+        logits: The whole tensor the parts come from (for the exact check).
+    """
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+        self._sums: list[torch.Tensor] = []
+
+    def add(self, part: torch.Tensor) -> None:
+        """Sum one part (any shape and strides)."""
+        if part.numel():
+            self._sums.append(torch.sum(part, tuple(range(part.ndim))))
+
+    def raise_if_not_finite(self) -> None:
+        """``ValueError`` if a value added is NaN or infinite (one host sync)."""
+        if self._sums and not bool(torch.isfinite(torch.stack(self._sums).sum())) and not _all_finite(self.logits):
+            raise ValueError(_NON_FINITE)
 
 
 def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
@@ -119,9 +159,16 @@ def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch
 
 
 def _all_finite(x: torch.Tensor) -> bool:
-    """``torch.isfinite(x).all()`` in one reduction pass: min and max are finite iff every value is
-    (``aminmax`` propagates NaN, and an infinity is the min or the max)."""
+    """``torch.isfinite(x).all()`` in one reduction pass.
+
+    A sum is finite only if every term is (NaN propagates, ``inf`` stays ``inf`` or meets ``-inf`` as NaN), and
+    it is the cheapest full reduction on the CPU (no NaN-aware compare). A non-finite sum can also come from
+    finite values overflowing, so that case is settled by min and max (``aminmax`` propagates NaN, and an
+    infinity is the min or the max).
+    """
     if x.numel() == 0:
+        return True
+    if bool(torch.isfinite(x.sum())):
         return True
     lo, hi = torch.aminmax(x)
     return bool(torch.isfinite(lo) & torch.isfinite(hi))

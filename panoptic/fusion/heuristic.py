@@ -6,7 +6,8 @@ its described rules; ``flavor`` picks the rules and the defaults, keyword argume
 
 The semantic argmax is needed at every pixel but only as "which stuff class, or a thing class": one pass
 over the logits (:func:`~panoptic.fusion.reduce.first_argmax_keys`, in cache-sized row bands on the CPU)
-writes that as a small integer key per pixel, and collects the logits :func:`fill_stuff_scores` samples.
+writes that as a small integer key per pixel, collects the logits :func:`fill_stuff_scores` samples, and
+sums the logits for the NaN/inf check while they are in cache (:class:`~panoptic.fusion.base.FiniteCheck`).
 Work per instance is box-local (ROI masks are pasted into their box only; full-image masks are cropped to
 the bounding box of their foreground once, for all instances together) and adds the instance to the keys
 of the pixels it paints. One ``bincount`` of the keys then gives every area, and small lookup tables the
@@ -24,7 +25,14 @@ import torch
 from ..categories import CategoryTable
 from ..segments import assemble_from_keys
 from ..structures import Instances, PanopticResult
-from .base import PanopticFusion, fill_stuff_scores, fill_stuff_scores_sampled, score_stride, scratch
+from .base import (
+    FiniteCheck,
+    PanopticFusion,
+    fill_stuff_scores,
+    fill_stuff_scores_sampled,
+    score_stride,
+    scratch,
+)
 from .paste import box_regions, paste_masks
 from .reduce import first_argmax_keys
 
@@ -121,6 +129,8 @@ class HeuristicFusion(PanopticFusion):
         ([1, 0], [4, 12])
     """
 
+    checks_finite = True  # in its one pass over the logits
+
     def __init__(self, table: CategoryTable, flavor: str = "panopticapi", *,
                  score_threshold: float | None = None, overlap_threshold: float | None = None,
                  min_free_fraction: float | None = None, stuff_area_limit: float | None = None,
@@ -185,7 +195,9 @@ class HeuristicFusion(PanopticFusion):
         idx = self._visit_order(instances)
         inst = instances[idx]
         with torch.no_grad():
-            first_argmax_keys(semantic_logits, ns, keys, samples, stride)
+            finite = FiniteCheck(semantic_logits)
+            first_argmax_keys(semantic_logits, ns, keys, samples, stride, finite)
+            finite.raise_if_not_finite()
             regions, masks = self._local_masks(inst, (h, w))
             self._paint_things(keys, regions, masks, host=dev.type == "cpu")
             counts = torch.bincount(keys.reshape(-1), minlength=(len(inst) + 1) * (ns + 1))

@@ -1,11 +1,14 @@
 """Fast per-pixel reductions over the channel dimension of ``(C, H, W)`` logits, shared by the fusions.
 
 ``torch.argmax(x, 0)`` (and ``torch.max(x, 0)``) over the channels of a ``(C, H, W)`` CPU tensor is not
-vectorised and costs many times a pass of ``amax``. The same first-maximum index comes from vectorised
+vectorised and costs several times a pass of ``amax``. The same first-maximum index comes from vectorised
 operations only (:func:`first_index_of`): the maximum ``m`` (``amax``), the float mask ``x == m`` (a
-comparison with a float output; a ``bool`` output is several times slower on the CPU),
-``c + C * (x != m)`` per channel ``c``, and its minimum over the channels. Comparisons with the maximum are
-exact, so ties resolve to the first channel as in ``argmax``, and ``-0.0 == 0.0`` as there.
+comparison with a float output; a ``bool`` output is several times slower on the CPU), and then, for up to
+:data:`MASK_CHANNELS` channels, one matrix-vector product that sums ``2**-c`` over the channels ``c`` reaching
+the maximum: the float exponent of that sum is the first such channel, read with two integer operations.
+The sum of distinct powers of two is exact in float32 (in any order), and comparisons with the maximum are
+exact, so ties resolve to the first channel as in ``argmax``, and ``-0.0 == 0.0`` as there. More channels
+take ``c + C * (x != m)`` per channel and its minimum over the channels.
 
 On the CPU, :func:`first_argmax_keys` runs in row bands of about :data:`BAND_PIXELS` pixels, so a band's
 intermediates stay in cache and the logits are read from memory once; other devices take the image in one
@@ -16,14 +19,22 @@ from __future__ import annotations
 
 import torch
 
-from .base import scratch
+from .base import FiniteCheck, scratch
 
-__all__ = ["BAND_PIXELS", "band_rows", "first_argmax_keys", "first_index_of"]
+__all__ = ["BAND_PIXELS", "MASK_CHANNELS", "band_rows", "first_argmax_keys", "first_index_of", "sample_rows"]
 
 #: Pixels per row band on the CPU. At 1024x2048 with Cityscapes' 19 channels, 64K-128K pixels are fastest
 #: (the band's logits and work buffers stay in cache); the larger end halves the number of parallel regions,
 #: which matters when other processes compete for the cores.
 BAND_PIXELS = 1 << 17
+
+#: Most channels :func:`first_index_of` handles with the power-of-two mask: ``2**0 .. 2**-K`` (the last term
+#: stands for "none") must fit in float32's 24-bit significand.
+MASK_CHANNELS = 23
+
+# XOR with this flips the low 30 bits of a float32 in [2**-23, 2): its 7 low exponent bits ``127 - c`` become
+# ``c`` (bit 30, the exponent's top bit, is 0 below 2); a right shift by 23 then drops the significand.
+_EXPONENT_FLIP = (1 << 30) - 1
 
 
 def band_rows(h: int, w: int, device: torch.device, pixels: int | None = None) -> int:
@@ -40,27 +51,55 @@ def first_index_of(x: torch.Tensor, peak: torch.Tensor, work: torch.Tensor | Non
 
     With ``peak = x.amax(0)`` this is ``x.argmax(0)`` (first maximum on ties); with the maximum over more
     channels than ``x`` (e.g. stuff and thing channels, ``x`` the stuff ones) it is the first maximum if it
-    lies in ``x``, else ``K``. Exact for ``K <= 2**23`` (keys below ``2 * K`` in float32).
+    lies in ``x``, else ``K``. Exact for ``K <= 2**23``.
 
     Args:
-        x: ``(K, ...)`` floating point, ``K >= 1``.
+        x: ``(K, ...)`` finite floating point, ``K >= 1``.
         peak: ``(...)``, broadcastable against ``x[0]``.
-        work: Optional ``(K, ...)`` float32 buffer (overwritten).
-        out: Optional ``(...)`` output; default a new float32 tensor (integral values).
+        work: Optional float32 buffer of ``x``'s shape (overwritten); its trailing dimensions must flatten
+            to one (e.g. a slice of a contiguous buffer along its second dimension).
+        out: Optional ``(...)`` output (integer or floating point), written in full.
+
+    Returns:
+        ``out``, or a new int32 tensor when it is ``None``.
     """
     k = int(x.shape[0])
     cand = torch.eq(x, peak, out=work) if work is not None else torch.eq(x, peak).float()  # 1.0 at a maximum
+    shape = cand.shape[1:]
+    if k <= MASK_CHANNELS and cand.dtype == torch.float32:
+        flat = cand.reshape(k, -1)  # a view for `work` as documented (the product reads it in place)
+        weight, none = _mask_terms(k, cand.device)
+        total = torch.addmv(none, flat.t(), weight)  # sum of 2**-c over the maximal channels, + 2**-K
+        bits = total.view(torch.int32)
+        if out is not None and out.dtype == torch.int32 and out.is_contiguous():
+            key = torch.bitwise_xor(bits, _EXPONENT_FLIP, out=out.view(-1))
+            key.bitwise_right_shift_(23)
+            return out
+        key = torch.bitwise_xor(bits, _EXPONENT_FLIP).bitwise_right_shift_(23).view(shape)
+        return key if out is None else out.copy_(key)
     base = torch.arange(k, 2 * k, dtype=cand.dtype, device=cand.device).view(k, *([1] * (cand.ndim - 1)))
     torch.sub(base, cand, alpha=k, out=cand)  # channel j -> j where it reaches the peak, j + k elsewhere
-    if out is not None and out.dtype == cand.dtype:
-        return torch.amin(cand, 0, out=out)
     low = torch.amin(cand, 0)
-    return low if out is None else out.copy_(low)
+    return low.to(torch.int32) if out is None else out.copy_(low)
+
+
+def _mask_terms(k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(2**-c for c < k)`` and ``[2**-k]`` as float32 on ``device`` (cached)."""
+    key = (k, str(device))
+    terms = _MASK_TERMS.get(key)
+    if terms is None:
+        p = torch.pow(2.0, -torch.arange(k + 1, dtype=torch.float64)).float().to(device)
+        terms = _MASK_TERMS[key] = (p[:k].contiguous(), p[k:].contiguous())
+    return terms
+
+
+_MASK_TERMS: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 @torch.no_grad()
 def first_argmax_keys(logits: torch.Tensor, num_first: int, out: torch.Tensor,
-                      samples: torch.Tensor | None = None, stride: int = 1) -> None:
+                      samples: torch.Tensor | None = None, stride: int = 1,
+                      finite: FiniteCheck | None = None) -> None:
     """Per pixel, the first maximum over all channels if it is one of the first ``num_first``, else ``num_first``.
 
     Equals ``torch.where(a < k, a, k)`` with ``a = logits.argmax(0)`` and ``k = num_first`` (first maximum on
@@ -73,8 +112,10 @@ def first_argmax_keys(logits: torch.Tensor, num_first: int, out: torch.Tensor,
         num_first: ``k`` in ``0 .. C``.
         out: ``(H, W)`` integer tensor (e.g. int32) on the same device, written in full.
         samples: Optional ``(C, ceil(H / stride), ceil(W / stride))`` tensor, filled with
-            ``logits[:, ::stride, ::stride]`` while each band is in cache.
+            ``logits[:, ::stride, ::stride]`` while each band is in cache (:func:`sample_rows`).
         stride: Sampling stride of ``samples``.
+        finite: Optional check that every band is handed to, right after it is read (the caller then calls
+            its :meth:`~panoptic.fusion.base.FiniteCheck.raise_if_not_finite`).
     """
     c, h, w = logits.shape
     k = int(num_first)
@@ -86,7 +127,6 @@ def first_argmax_keys(logits: torch.Tensor, num_first: int, out: torch.Tensor,
         # work buffers, reused across calls on the CPU (fresh multi-megabyte buffers cost page faults)
         peak = scratch("reduce.peak", (rows, w), logits.dtype, dev)
         cand = scratch("reduce.cand", (k, rows, w), torch.float32, dev)
-        key = scratch("reduce.key", (rows, w), torch.float32, dev)
     else:
         out.fill_(0)
     for r0 in range(0, h, rows):
@@ -95,9 +135,25 @@ def first_argmax_keys(logits: torch.Tensor, num_first: int, out: torch.Tensor,
             band = logits[:, r0:r1]
             n = r1 - r0
             m = torch.amax(band, 0, out=peak[:n])
-            out[r0:r1].copy_(first_index_of(band[:k], m, work=cand[:, :n], out=key[:n]))
+        if finite is not None:  # right after the band was read, before the mask evicts it from cache
+            finite.add(logits[:, r0:r1])
         if samples is not None:
-            first = -(-r0 // stride) * stride  # first sampled row in the band
-            if first < r1:
-                part = logits[:, first:r1:stride, ::stride]
-                samples[:, first // stride:first // stride + part.shape[1]].copy_(part)
+            sample_rows(logits, r0, r1, samples, stride)
+        if k:
+            first_index_of(band[:k], m, work=cand[:, :n], out=out[r0:r1])
+
+
+def sample_rows(logits: torch.Tensor, r0: int, r1: int, samples: torch.Tensor, stride: int) -> None:
+    """Copy the grid samples ``logits[:, ::stride, ::stride]`` of rows ``r0 .. r1 - 1`` into ``samples``.
+
+    Args:
+        logits: ``(K, H, W)`` (e.g. a channel range of the logits).
+        r0: First row of the band.
+        r1: End of the band (exclusive).
+        samples: ``(K, ceil(H / stride), ceil(W / stride))``, the matching channels of the sample buffer.
+        stride: Grid stride.
+    """
+    first = -(-r0 // stride) * stride  # first grid row in the band
+    if first < r1:
+        part = logits[:, first:r1:stride, ::stride]
+        samples[:, first // stride:first // stride + part.shape[1]].copy_(part)

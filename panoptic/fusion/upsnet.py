@@ -19,9 +19,10 @@ Inference never builds the dense ``(Nst + N + 1, H, W)`` tensor. The instance ch
 by box (cost = sum of box areas) into three maps: their maximum, the first instance reaching it, and
 ``max_i Y_i``; a pixel outside every crop box needs no work there (every instance channel is 0 and
 ``U = max_t X_thing``). Then one pass over the semantic logits, in row bands that stay in cache on the
-CPU, takes the stuff max and first argmax and the thing max, picks the winning channel and writes one
-small integer key per pixel: the stuff class, the instance together with the pixel's semantic class (a
-stuff class, or "a thing class"), or unknown. One ``bincount`` of the keys gives every area and the
+CPU, takes the stuff max and first argmax and the thing max (and sums the logits for the NaN/inf check,
+:class:`~panoptic.fusion.base.FiniteCheck`), picks the winning channel and writes one small integer key per
+pixel: the stuff class, the instance together with the pixel's semantic class (a stuff class, or "a thing
+class"), or unknown. One ``bincount`` of the keys gives every area and the
 class-assignment statistics; small lookup tables turn the keys into segment ids. Which thing class a
 pixel's semantic argmax is costs a second look only when the class assignment needs it (a possible thing
 mode in ``"semantic"`` mode, or a close call below a 0.5 threshold in ``"heuristic"`` mode).
@@ -32,7 +33,10 @@ channels behind every :meth:`UPSNetFusion.fuse_image` result.
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,6 +47,7 @@ from ..categories import CategoryTable
 from ..segments import assemble_from_keys
 from ..structures import Instances, PanopticResult
 from .base import (
+    FiniteCheck,
     PanopticFusion,
     fill_stuff_scores,
     fill_stuff_scores_sampled,
@@ -53,6 +58,7 @@ from .base import (
 )
 from .paste import BoxRegions, crop_dense, paste_masks_dense
 from .pruning import LocalMasks, PruningConfig, local_mask_logits, prune_and_paste
+from .reduce import first_index_of, sample_rows
 
 __all__ = ["PanopticTargets", "UPSNetFusion"]
 
@@ -60,6 +66,8 @@ ClassAssignment = Literal["heuristic", "detector", "semantic"]
 
 # Pixels per row band of the per-pixel pass on the CPU: the band's intermediates stay in cache.
 _CHUNK_PIXELS = 1 << 18
+# Pixels per sub-band of the stuff argmax on the CPU: its (Nst, rows, W) channel mask stays in cache.
+_ARGMAX_PIXELS = 1 << 17
 
 
 @dataclass
@@ -112,6 +120,8 @@ class UPSNetFusion(PanopticFusion):
                 [1, 1, 1, 1]], dtype=torch.int32)
     """
 
+    checks_finite = True  # in its pass over the logits (see _keys)
+
     def __init__(
         self,
         table: CategoryTable,
@@ -163,7 +173,7 @@ class UPSNetFusion(PanopticFusion):
             instances: Boxes in pixels of ``(H, W)``.
         """
         size = (int(semantic_logits.shape[1]), int(semantic_logits.shape[2]))
-        sem = prepare_semantic(semantic_logits[None], self.table, 1, None)[0]
+        sem = prepare_semantic(semantic_logits[None], self.table, 1, None, check_finite=False)[0]
         inst = prepare_instances(instances, self.table, size, sem.device)
         return self._argmax(sem, inst, local_mask_logits(inst, size))
 
@@ -195,7 +205,6 @@ class UPSNetFusion(PanopticFusion):
         dev = sem.device
         unk = nst + n * (nst + 1 if pairs else 1)
         keys = scratch("upsnet.keys", (h, w), torch.int32, dev)
-        unknown = torch.empty((h, w), dtype=torch.bool, device=dev) if want_unknown else None
         stride = score_stride(h, w)
         samples = None
         if want_samples:
@@ -203,38 +212,52 @@ class UPSNetFusion(PanopticFusion):
         kd = torch.float32 if unk < 1 << 24 else torch.float64  # keys as floats: exact below 2**24 (2**53)
         inst_maps = self._instance_max(sem, inst, local, nst + 1 if pairs else 1, kd) if n else None
         rows = h if dev.type != "cpu" else max(1, min(h, _CHUNK_PIXELS // w))
+        work = _BandWork(rows, w, nst, sem.dtype, kd, dev)
+        work.finite = FiniteCheck(sem)
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
-            out = keys[r0:r1]
-            self._decide(sem[:, r0:r1], None if inst_maps is None else [t[r0:r1] for t in inst_maps], out, pairs,
-                         unk)
-            if unknown is not None:
-                torch.eq(out, unk, out=unknown[r0:r1])
-            first = -(-r0 // stride) * stride  # first grid row in the band
-            if samples is not None and first < r1:
-                part = sem[:, first:r1:stride, ::stride]
-                samples[:, first // stride:first // stride + part.shape[1]].copy_(part)
+            band = work.view(r1 - r0)
+            if samples is not None:
+                band.sampler = functools.partial(_sample_band, sem, r0, samples, stride)
+            self._decide(sem[:, r0:r1], None if inst_maps is None else [t[r0:r1] for t in inst_maps], keys[r0:r1],
+                         pairs, unk, band)
+        work.finite.raise_if_not_finite()
         counts = torch.bincount(keys.reshape(-1), minlength=unk + 1)
-        if unknown is not None and not bool(counts[unk]):
-            unknown = None  # the caller uses an all-False mask that is never written (cheaper)
+        # One full-map compare, and only when some pixel is unknown (the caller's all-False default is cheaper).
+        unknown = torch.eq(keys, unk) if want_unknown and bool(counts[unk]) else None
         return keys, counts, unknown, None if samples is None else samples.reshape(samples.shape[0], -1)
 
     def _decide(self, s: torch.Tensor, band: list[torch.Tensor] | None, out: torch.Tensor, pairs: bool,
-                unk: int) -> None:
+                unk: int, work: _BandWork) -> None:
         """Write the keys of one row band ``s`` ``(C, R, W)`` into ``out`` ``(R, W)``.
 
         Channel order stuff < instances < unknown, first maximum wins: stuff wins where
         ``smax >= max(ival, U)``, an instance where ``ival >= U``, else unknown; absent channels never win.
-        With instances, the choice is blended arithmetically from 0/1 comparison results in floating point
-        (keys are small integers, exact there): comparisons with a float output and ``addcmul`` are
-        vectorised on the CPU, ``bool`` outputs and ``where`` are several times slower.
+        With instances, each choice is a ``lerp`` between two float keys with a 0/1 weight from a comparison
+        with a float output (exact for 0/1 weights; keys are small integers, exact there): these are
+        vectorised on the CPU, ``bool`` outputs and ``where`` are several times slower. ``work`` holds the
+        band's intermediates (reused: fresh megabyte-sized buffers per band cost page faults).
         """
         nst, nth = self.table.num_stuff, self.table.num_things
+        rows = int(s.shape[1])
+        sample = work.sampler  # copies the score samples of channels c0:c1, band rows a:b (see _keys)
         smax = sidx = tmax = None
-        if nst:
-            smax, sidx = torch.max(s[:nst], 0)  # first maximum
+        if nst:  # stuff max and first argmax, vectorised (see panoptic.fusion.reduce)
+            smax = work.smax
+            step = int(work.cand.shape[1])  # sub-bands: the channel mask stays in cache
+            for a in range(0, rows, step):
+                b = min(rows, a + step)
+                m = torch.amax(s[:nst, a:b], 0, out=smax[a:b])
+                work.finite.add(s[:nst, a:b])  # while these rows are in cache
+                if sample is not None:
+                    sample(0, nst, a, b)
+                first_index_of(s[:nst, a:b], m, work=work.cand[:, :b - a], out=work.sidx[a:b])
+            sidx = work.sidx
         if nth and (self.unknown or (pairs and smax is not None)):
-            tmax = s[nst:].amax(0)
+            tmax = torch.amax(s[nst:], 0, out=work.tmax)
+        work.finite.add(s[nst:])
+        if sample is not None and nth:
+            sample(nst, nst + nth, 0, rows)
         if band is None:  # no instance channel
             if sidx is None:
                 out.fill_(unk)  # unknown, or no channel at all (the dense head's empty argmax): key unk, void
@@ -244,28 +267,26 @@ class UPSNetFusion(PanopticFusion):
             else:
                 out.copy_(sidx)
             return
-        ival, vmap, ymax = band
-        kd = vmap.dtype  # floating point, exact for the keys (see _keys)
-        sf = None if sidx is None else sidx.to(kd)
+        ival, vmap, ymax = band  # scratch maps, each band read once: `vmap` is overwritten in place below
+        sf = None if sidx is None else work.sf.copy_(sidx)  # stuff keys as floats, for the lerps
         if pairs and smax is not None:  # stuff class where it is the semantic argmax, else the thing code
-            code = torch.addcmul(sf, torch.gt(tmax, smax, out=torch.empty_like(sf)), torch.rsub(sf, nst))
-            ikey = code.add_(vmap)
+            thing_arg = torch.gt(tmax, smax, out=work.f1)
+            ikey = torch.lerp(sf, work.const(nst), thing_arg, out=thing_arg).add_(vmap)
         else:
-            ikey = vmap + nst if pairs else vmap.clone()
+            ikey = vmap.add_(nst) if pairs else vmap
         if self.unknown:
-            u = torch.sub(tmax, ymax)
-            inst_wins = torch.ge(ival, u, out=torch.empty_like(ikey))
-            ikey = ikey.sub_(unk).mul_(inst_wins).add_(unk)  # unk + inst_wins * (ikey - unk)
+            u = torch.sub(tmax, ymax, out=work.u)
+            ikey = torch.lerp(ikey, work.const(unk), torch.lt(ival, u, out=work.f2), out=ikey)  # else unknown
             if smax is None:
                 out.copy_(ikey)
                 return
-            stuff_wins = torch.ge(smax, torch.maximum(ival, u), out=inst_wins)
+            stuff_wins = torch.ge(smax, torch.maximum(ival, u, out=u), out=work.f2)
         elif smax is None:
             out.copy_(ikey)
             return
         else:
-            stuff_wins = torch.ge(smax, ival, out=torch.empty_like(ikey))
-        out.copy_(torch.addcmul(ikey, stuff_wins, sf.sub_(ikey)))  # ikey + stuff_wins * (sidx - ikey)
+            stuff_wins = torch.ge(smax, ival, out=work.f2)
+        out.copy_(torch.lerp(ikey, sf, stuff_wins, out=ikey))
 
     def _instance_max(self, sem: torch.Tensor, inst: Instances, local: LocalMasks, step: int,
                       key_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -278,8 +299,8 @@ class UPSNetFusion(PanopticFusion):
         instance 0's values: its ``Z_0``/``Y_0`` in its box, 0 elsewhere. Instance ``i >= 1`` updates its box
         (strict ``>``: first maximum), and its zero enters only where every earlier box covered the pixel:
         the intersection of boxes ``0..i-1`` (a rectangle, usually empty after a few instances) minus box ``i``.
-        The key base grows with ``i``, so "instance ``i`` is strictly better here" updates ``vmap`` as
-        ``max(vmap, better * base_i)`` with ``better`` a 0/1 float (vectorised, unlike a ``bool`` mask).
+        "Instance ``i`` is strictly better here" updates ``vmap`` as ``lerp(vmap, base_i, better)`` with
+        ``better`` a 0/1 float (exact, and vectorised, unlike a ``bool`` mask).
         The maps are scratch buffers.
         """
         nst = self.table.num_stuff
@@ -289,10 +310,14 @@ class UPSNetFusion(PanopticFusion):
         ymax = scratch("upsnet.ymax", (h, w), sem.dtype, dev).zero_()
         vmap = scratch("upsnet.vmap", (h, w), key_dtype, dev).fill_(nst)
         channels = (inst.labels + nst).tolist()
+        size = max(((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in local.regions.crop), default=0)
+        zbuf = torch.empty(size, dtype=sem.dtype, device=dev)  # Z_i in the crop box
+        gbuf = torch.empty(size, dtype=key_dtype, device=dev)  # 0/1: instance i strictly better
+        bases = torch.arange(len(inst), dtype=key_dtype, device=dev).mul_(step).add_(nst)  # key base of each
         common = (0, h, 0, w)  # pixels covered by the boxes of all instances so far
         for i, (crop, paste) in enumerate(zip(local.regions.crop, local.regions.paste, strict=True)):
-            v = nst + i * step
             if i:
+                v = nst + i * step
                 for y0, y1, x0, x1 in _rect_minus(common, crop):
                     iv = ival[y0:y1, x0:x1]
                     vmap[y0:y1, x0:x1].masked_fill_(iv < 0, v)
@@ -302,19 +327,25 @@ class UPSNetFusion(PanopticFusion):
             cy0, cy1, cx0, cx1 = crop
             if cy1 <= cy0 or cx1 <= cx0:
                 continue
-            py0, py1, px0, px1 = paste
+            ph, pw = paste[1] - paste[0], paste[3] - paste[2]  # the paste box is the crop box's top-left part
             y = sem[channels[i], cy0:cy1, cx0:cx1]
             iv = ival[cy0:cy1, cx0:cx1]
             ym = ymax[cy0:cy1, cx0:cx1]
             if i == 0:
                 iv.copy_(y)
-                iv[py0 - cy0:py1 - cy0, px0 - cx0:px1 - cx0] += local.logits[0]
+                iv[:ph, :pw] += local.logits[0]
                 ym.copy_(y)
                 continue
-            z = y.clone()
-            z[py0 - cy0:py1 - cy0, px0 - cx0:px1 - cx0] += local.logits[i]
+            shape = (cy1 - cy0, cx1 - cx0)
+            z = zbuf[:shape[0] * shape[1]].view(shape)
+            if (ph, pw) == shape:
+                torch.add(y, local.logits[i], out=z)
+            else:  # the crop box has one more row or column (round vs trunc), where the mask logit is 0
+                z.copy_(y)
+                z[:ph, :pw] += local.logits[i]
+            better = torch.gt(z, iv, out=gbuf[:z.numel()].view(shape))
             vm = vmap[cy0:cy1, cx0:cx1]
-            torch.maximum(vm, torch.gt(z, iv, out=torch.empty_like(vm)).mul_(v), out=vm)
+            torch.lerp(vm, bases[i], better, out=vm)  # v where better
             torch.maximum(iv, z, out=iv)
             torch.maximum(ym, y, out=ym)
         return ival, vmap, ymax
@@ -559,3 +590,51 @@ def _rect_minus(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> l
 def _paste_as_crop(local: LocalMasks) -> BoxRegions:
     """Regions whose crop box is the paste box (to cut full-image masks like pasted ROI masks)."""
     return BoxRegions(local.regions.paste, local.regions.paste)
+
+
+class _BandWork:
+    """Work buffers of :meth:`UPSNetFusion._decide` for bands of up to ``rows`` rows (scratch on the CPU).
+
+    ``sampler``, set per band, copies the band's score samples of a channel range and row range (or is
+    ``None``); ``_decide`` calls it, and hands the rows to ``finite``, right after reading them, while they
+    are in cache.
+    """
+
+    _NAMES = ("smax", "tmax", "u", "sidx", "sf", "f1", "f2", "cand")
+
+    def __init__(self, rows: int, w: int, nst: int, dtype: torch.dtype, key_dtype: torch.dtype,
+                 device: torch.device) -> None:
+        sub = rows if device.type != "cpu" else max(1, min(rows, _ARGMAX_PIXELS // w))
+        shapes = [(rows, w)] * 7 + [(max(nst, 1), sub, w)]
+        dtypes = (dtype, dtype, dtype, torch.int32, key_dtype, key_dtype, key_dtype, torch.float32)
+        for name, shape, dt in zip(self._NAMES, shapes, dtypes, strict=True):
+            setattr(self, name, scratch(f"upsnet.band.{name}", shape, dt, device))
+        self.rows = rows
+        self.key_dtype = key_dtype
+        self.device = device
+        self.sampler: Callable[[int, int, int, int], None] | None = None
+        self.finite = FiniteCheck(torch.empty(0))  # every logit read is summed here (see base.FiniteCheck)
+        self._consts: dict[int, torch.Tensor] = {}
+
+    def view(self, rows: int) -> _BandWork:
+        """The buffers' first ``rows`` rows (the last band may be shorter)."""
+        part = copy.copy(self)
+        for name in self._NAMES:
+            t = getattr(self, name)
+            if t.ndim == 2:
+                setattr(part, name, t[:rows])
+        part.rows = rows
+        return part
+
+    def const(self, value: int) -> torch.Tensor:
+        """0-dim key-dtype tensor (a ``lerp`` end point), made once per value."""
+        t = self._consts.get(value)
+        if t is None:
+            t = self._consts[value] = torch.tensor(float(value), dtype=self.key_dtype, device=self.device)
+        return t
+
+
+def _sample_band(sem: torch.Tensor, r0: int, samples: torch.Tensor, stride: int, c0: int, c1: int, a: int,
+                 b: int) -> None:
+    """Score samples of channels ``c0:c1`` in rows ``r0 + a .. r0 + b - 1`` (a band's sampler, see ``_keys``)."""
+    sample_rows(sem[c0:c1], r0 + a, r0 + b, samples[c0:c1], stride)
