@@ -43,10 +43,12 @@ __all__ = [
     "UPSNET_LOSSES",
     "LossWeights",
     "MaskRCNN",
+    "NetworkOutput",
     "PanopticPrediction",
     "TrainTarget",
     "UPSNet",
     "build_model",
+    "fuse_outputs",
     "mrcnn_psp",
     "mrcnn_psp_cpu_small",
     "upsnet_c",
@@ -125,6 +127,29 @@ class LossWeights:
     def as_dict(self) -> dict[str, float]:
         """``{loss name: weight}``."""
         return asdict(self)
+
+
+@dataclass
+class NetworkOutput:
+    """The networks' outputs for a batch, before any fusion (what :meth:`UPSNet.network` returns).
+
+    Attributes:
+        semantic_logits: ``(B, C, H, W)`` semantic logits at the padded input resolution (stuff first).
+        instances: Detections per image (boxes xyxy in input pixels, thing-index labels, ``(N, 28, 28)`` mask
+            logits), boxes clipped to each image's valid size.
+        image_sizes: Valid ``(h, w)`` of each image.
+        features: The FPN features when requested (``keep_features=True``), else ``None``; the oracle rows of
+            the ablation use them to score ground-truth boxes.
+    """
+
+    semantic_logits: torch.Tensor
+    instances: list[Instances]
+    image_sizes: list[tuple[int, int]]
+    features: dict[str, torch.Tensor] | None = None
+
+    def fuse(self, fusion: PanopticFusion) -> list[PanopticPrediction]:
+        """Run ``fusion`` on each image's valid region (see :func:`fuse_outputs`)."""
+        return fuse_outputs(fusion, self.semantic_logits, self.instances, self.image_sizes)
 
 
 @dataclass
@@ -335,13 +360,25 @@ class UPSNet(nn.Module):
             images: ``(B, 3, H, W)`` normalized images.
             image_sizes: Valid ``(h, w)`` of each image; outputs are cropped to it. Default ``(H, W)``.
         """
+        return self.network(images, image_sizes).fuse(self.fusion)
+
+    @torch.no_grad()
+    def network(self, images: torch.Tensor, image_sizes: Sequence[tuple[int, int]] | None = None,
+                keep_features: bool = False) -> NetworkOutput:
+        """Backbone, semantic head and detections, without fusion (timed apart from it by ``panoptic compare``).
+
+        Args:
+            images: ``(B, 3, H, W)`` normalized images.
+            image_sizes: Valid ``(h, w)`` of each image. Default ``(H, W)``.
+            keep_features: Also return the FPN features.
+        """
         sizes = _image_sizes(images, image_sizes)
         padded = _pad_images(images, self.backbone.size_divisor)
         feats = self.backbone(padded)
         logits = self.semantic_head(feats).logits
         instances = self.instance_head.detect(padded, feats, sizes)
         logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
-        return _fuse(self.fusion, logits, instances, sizes)
+        return NetworkOutput(logits, instances, sizes, feats if keep_features else None)
 
     def forward(self, images: torch.Tensor, targets: Sequence[TrainTarget] | None = None,
                 image_sizes: Sequence[tuple[int, int]] | None = None
@@ -354,8 +391,8 @@ class UPSNet(nn.Module):
         return self.predict(images, image_sizes)
 
 
-def _fuse(fusion: PanopticFusion, logits: torch.Tensor, instances: list[Instances],
-          sizes: list[tuple[int, int]]) -> list[PanopticPrediction]:
+def fuse_outputs(fusion: PanopticFusion, logits: torch.Tensor, instances: Sequence[Instances],
+                 sizes: Sequence[tuple[int, int]]) -> list[PanopticPrediction]:
     """Crop each image's input-resolution logits to its valid size and run the fusion.
 
     Args:
@@ -469,10 +506,18 @@ class MRCNNPSP(nn.Module):
     def predict(self, images: torch.Tensor,
                 image_sizes: Sequence[tuple[int, int]] | None = None) -> list[PanopticPrediction]:
         """Semantic logits, detections and the fusion's result per image."""
+        return self.network(images, image_sizes).fuse(self.fusion)
+
+    @torch.no_grad()
+    def network(self, images: torch.Tensor, image_sizes: Sequence[tuple[int, int]] | None = None,
+                keep_features: bool = False) -> NetworkOutput:
+        """Both networks' outputs without fusion; ``features`` are the detector's FPN features when kept."""
         sizes = _image_sizes(images, image_sizes)
-        instances = self.detector.predict(images, sizes)
+        padded = _pad_images(images, self.detector.backbone.size_divisor)
+        feats = self.detector.backbone(padded)
+        instances = self.detector.instance_head.detect(padded, feats, sizes)
         logits = self.semantic.logits(images)
-        return _fuse(self.fusion, logits, instances, sizes)
+        return NetworkOutput(logits, instances, sizes, feats if keep_features else None)
 
     def forward(self, images: torch.Tensor, targets: Sequence[TrainTarget] | None = None,
                 image_sizes: Sequence[tuple[int, int]] | None = None

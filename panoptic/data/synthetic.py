@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -345,7 +345,8 @@ def split_counts(n: int, splits: Mapping[str, float]) -> dict[str, int]:
 
 def write_synthetic_dataset(out_dir: str | Path, n: int, size: int | tuple[int, int] = 256, seed: int = 0,
                             splits: Mapping[str, float] | None = None, *, table: CategoryTable | None = None,
-                            config: SceneConfig | None = None, image_format: str = "png") -> dict[str, Path]:
+                            config: SceneConfig | None = None, image_format: str = "png",
+                            progress: Callable[[int, int], None] | None = None) -> dict[str, Path]:
     """Write ``n`` scenes as a COCO-panoptic dataset; the same arguments give the same bytes.
 
     Layout::
@@ -368,6 +369,7 @@ def write_synthetic_dataset(out_dir: str | Path, n: int, size: int | tuple[int, 
         table: Category table (see :func:`generate_scene`); default :func:`synthetic_categories`.
         config: Scene knobs.
         image_format: ``"png"`` (lossless) or ``"jpg"`` (quality 95).
+        progress: Called as ``progress(done, n)`` after each scene.
 
     Returns:
         Split name -> path of its ``panoptic_<split>.json``.
@@ -403,6 +405,8 @@ def write_synthetic_dataset(out_dir: str | Path, n: int, size: int | tuple[int, 
             atomic_write_bytes(out / "images" / f"{name}.{image_format}", image_bytes)
             writer.add(scene.panoptic, image_id, f"{name}.png", image_file_name=f"{name}.{image_format}")
             index += 1
+            if progress is not None:
+                progress(index, n)
         paths[split] = writer.close()
     return paths
 

@@ -108,9 +108,11 @@ class CheckpointMeta:
 
 
 # ------------------------------------------------------------------------------------------- models
-def build_named_model(name: str, table: CategoryTable, model_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
-    """``MODELS[name](table, pretrained=False, **model_kwargs)``; a ``loss_weights`` dict becomes
-    :class:`~panoptic.models.LossWeights`.
+def build_named_model(name: str, table: CategoryTable, model_kwargs: Mapping[str, Any] | None = None,
+                      pretrained: bool = False) -> nn.Module:
+    """``MODELS[name](table, pretrained, **model_kwargs)``; a ``loss_weights`` dict becomes
+    :class:`~panoptic.models.LossWeights`. Checkpoint loading keeps ``pretrained=False``: the weights come from
+    the checkpoint.
 
     Raises:
         CheckpointError: For an unknown name or builder arguments it does not take.
@@ -121,7 +123,7 @@ def build_named_model(name: str, table: CategoryTable, model_kwargs: Mapping[str
     if isinstance(kwargs.get("loss_weights"), dict):
         kwargs["loss_weights"] = LossWeights(**kwargs["loss_weights"])
     try:
-        return build_model(name, table, pretrained=False, **kwargs)
+        return build_model(name, table, pretrained=pretrained, **kwargs)
     except TypeError as e:
         raise CheckpointError(f"model {name!r} does not accept the arguments {sorted(kwargs)} ({e}).") from None
 

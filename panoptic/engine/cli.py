@@ -28,7 +28,8 @@ _TRAIN_KEYS = {
     "data": "data.root", "train_json": "data.train_json", "val_json": "data.val_json",
     "image_root": "data.image_root", "panoptic_root": "data.panoptic_root",
     "val_image_root": "data.val_image_root", "val_panoptic_root": "data.val_panoptic_root",
-    "synthetic_n": "data.synthetic_n", "synthetic_size": "data.synthetic_size", "cache_dir": "data.cache_dir",
+    "categories": "data.categories", "synthetic_n": "data.synthetic_n", "synthetic_size": "data.synthetic_size",
+    "cache_dir": "data.cache_dir",
     "short_side": "data.short_side", "max_size": "data.max_size", "test_short_side": "data.test_short_side",
     "flip_prob": "data.flip_prob", "num_workers": "data.num_workers", "max_eval_images": "data.max_eval_images",
     "model": "model", "out": "out_dir", "iterations": "iterations", "batch_size": "batch_size", "seed": "seed",
@@ -57,6 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for flag in ("--train-json", "--val-json", "--image-root", "--panoptic-root", "--val-image-root",
                  "--val-panoptic-root", "--cache-dir"):
         d.add_argument(flag, metavar="PATH")
+    d.add_argument("--categories", metavar="JSON", help="categories list (or COCO-panoptic JSON) to use instead of "
+                   "the annotation files' own")
     d.add_argument("--synthetic-n", type=int, metavar="N", help="synthetic benchmark: scenes (default 400)")
     d.add_argument("--synthetic-size", type=int, metavar="PX", help="synthetic benchmark: image side (default 128)")
     d.add_argument("--short-side", type=int, nargs="+", metavar="PX", help="training resize (one or several)")
@@ -69,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--model", choices=sorted(MODELS), help="model builder (default upsnet_cpu_small)")
     r.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="builder keyword argument, VALUE parsed as JSON (repeatable), e.g. fpn_channels=32")
+    r.add_argument("--pretrained", action="store_true",
+                   help="start from timm's ImageNet weights (must be in the local cache; nothing is downloaded)")
     r.add_argument("--out", metavar="DIR", help="run folder (default runs/panoptic)")
     r.add_argument("--iterations", type=int, metavar="N")
     r.add_argument("--batch-size", type=int, metavar="N", help="images per step per process")
@@ -127,7 +132,8 @@ def build_config(args: argparse.Namespace) -> Any:
     if args.clip_grad is not None:
         over["optim.clip_grad_norm"] = args.clip_grad or None
     switches = (("no_amp", "amp", False), ("no_progress", "progress", False),
-                ("no_tensorboard", "tensorboard", False), ("debug_rank_digest", "debug_rank_digest", True))
+                ("no_tensorboard", "tensorboard", False), ("debug_rank_digest", "debug_rank_digest", True),
+                ("pretrained", "pretrained", True))
     for flag, key, value in switches:
         if getattr(args, flag):
             over[key] = value

@@ -48,6 +48,8 @@ class DataConfig:
         panoptic_root: PNG folder of ``train_json`` (and ``val_json`` unless ``val_panoptic_root``).
         val_image_root: Image folder of ``val_json``.
         val_panoptic_root: PNG folder of ``val_json``.
+        categories: A JSON file with the COCO ``categories`` list (or a COCO-panoptic JSON) to use instead of the
+            annotation files' own; every segment's category must be in it (checked when the data is loaded).
         synthetic_n: Synthetic benchmark: number of scenes (train + val).
         synthetic_size: Synthetic benchmark: image side in pixels.
         synthetic_seed: Synthetic benchmark: scene seed.
@@ -70,6 +72,7 @@ class DataConfig:
     panoptic_root: str | None = None
     val_image_root: str | None = None
     val_panoptic_root: str | None = None
+    categories: str | None = None
     synthetic_n: int = 400
     synthetic_size: int = 128
     synthetic_seed: int = 0
@@ -158,6 +161,8 @@ class TrainConfig:
         model: Name in :data:`panoptic.models.MODELS`.
         model_kwargs: JSON keyword arguments of the builder (e.g. ``{"fpn_channels": 32}``; ``loss_weights``
             may be a dict of :class:`~panoptic.models.LossWeights` fields).
+        pretrained: Start the backbone(s) from timm's ImageNet weights (they must be in the local timm / Hugging
+            Face cache: nothing is downloaded by the tests or the synthetic benchmark, which train from scratch).
         data: See :class:`DataConfig`.
         optim: See :class:`OptimConfig`.
         dist: See :class:`DistConfig`.
@@ -181,6 +186,7 @@ class TrainConfig:
 
     model: str = "upsnet_cpu_small"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     dist: DistConfig = field(default_factory=DistConfig)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..categories import CategoryTable
 from ..data import CocoPanopticDataset, PanopticTarget, build_transforms, collate, write_synthetic_dataset
 from .config import DataConfig
 from .distributed import DistInfo, barrier
@@ -54,11 +55,13 @@ def _cache_base(config: DataConfig) -> Path:
     return Path(env) / "synthetic" if env else Path.home() / ".cache" / "panoptic" / "synthetic"
 
 
-def synthetic_benchmark(config: DataConfig, info: DistInfo | None = None) -> Path:
+def synthetic_benchmark(config: DataConfig, info: DistInfo | None = None,
+                        progress: Callable[[int, int], None] | None = None) -> Path:
     """The synthetic benchmark's folder, written on first use (by local rank 0; other ranks wait) and reused.
 
     The folder name encodes ``synthetic_n``, ``synthetic_size``, ``synthetic_seed`` and the val fraction, and
-    holds a ``DONE`` marker once complete (it is written under a temporary name and renamed).
+    holds a ``DONE`` marker once complete (it is written under a temporary name and renamed). ``progress(done,
+    n)`` is called after each generated scene.
     """
     info = info or DistInfo()
     frac = config.synthetic_val_fraction
@@ -69,7 +72,8 @@ def synthetic_benchmark(config: DataConfig, info: DistInfo | None = None) -> Pat
         tmp = root.with_name(f".{name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         splits = {"train": 1.0 - frac, "val": frac} if frac > 0 else {"train": 1.0}
-        write_synthetic_dataset(tmp, config.synthetic_n, config.synthetic_size, config.synthetic_seed, splits)
+        write_synthetic_dataset(tmp, config.synthetic_n, config.synthetic_size, config.synthetic_seed, splits,
+                                progress=progress)
         (tmp / "DONE").write_text("ok\n")
         if root.exists() and not (root / "DONE").is_file():
             shutil.rmtree(root, ignore_errors=True)
@@ -142,12 +146,13 @@ def build_datasets(config: DataConfig, seed: int = 0, info: DistInfo | None = No
         ValueError: If the splits disagree on the category table (or see :func:`resolve_splits`).
     """
     train_p, val_p = resolve_splits(config, info)
-    train = CocoPanopticDataset(train_p.image_root, train_p.json, train_p.panoptic_root, seed=seed,
+    table = CategoryTable.from_json(config.categories) if config.categories else None
+    train = CocoPanopticDataset(train_p.image_root, train_p.json, train_p.panoptic_root, seed=seed, table=table,
                                 transforms=build_transforms(config.short_side, config.max_size, config.flip_prob,
                                                             size_divisor=None))
     if val_p is None:
         return train, None
-    val = CocoPanopticDataset(val_p.image_root, val_p.json, val_p.panoptic_root,
+    val = CocoPanopticDataset(val_p.image_root, val_p.json, val_p.panoptic_root, table=table,
                               transforms=build_transforms(config.test_short_side, config.test_max_size, 0.0, None))
     if val.table != train.table:
         raise ValueError(f"the validation categories ({val_p.json}) differ from the training ones ({train_p.json}); "

@@ -135,7 +135,7 @@ class Trainer:
         self.train_set, self.val_set = build_datasets(cfg.data, cfg.seed, info)
         self.table: CategoryTable = self.train_set.table
         _seed_all(cfg.seed)  # identical initialization on every rank
-        self.model = build_named_model(cfg.model, self.table, cfg.model_kwargs).to(info.device).train()
+        self.model = build_named_model(cfg.model, self.table, cfg.model_kwargs, cfg.pretrained).to(info.device).train()
         self.parts = model_parts(self.model)
         self.optimizers = {k: build_optimizer(p, cfg.optim) for k, p in self.parts.items()}
         self.schedulers = {k: build_scheduler(o, cfg.optim) for k, o in self.optimizers.items()}

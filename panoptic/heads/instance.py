@@ -270,6 +270,36 @@ class InstanceHead(nn.Module):
         x = x[torch.arange(x.shape[0], device=x.device), labels.to(x.device) + 1]
         return list(x.split(counts))
 
+    @torch.no_grad()
+    def classify_boxes(self, features: Mapping[str, torch.Tensor], boxes_per_image: Sequence[torch.Tensor]
+                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The box head's most likely thing class of given boxes (background excluded), without regression.
+
+        Used by the "ground-truth boxes" oracle of the ablation: the boxes are given, the classes and scores
+        are the model's.
+
+        Args:
+            features: FPN levels ``(B, C, H/s, W/s)``.
+            boxes_per_image: ``B`` tensors ``(N_b, 4)`` xyxy in input pixels.
+
+        Returns:
+            Per image ``(scores (N_b,), labels (N_b,))``: the softmax probability of the best thing class and its
+            thing index.
+        """
+        ref = features[self.roi_features[0]]
+        counts = [int(b.shape[0]) for b in boxes_per_image]
+        if len(counts) != ref.shape[0]:
+            raise ValueError(f"classify_boxes got boxes for {len(counts)} images but features for {ref.shape[0]}.")
+        if sum(counts) == 0:
+            return [(ref.new_zeros(0), torch.zeros(0, dtype=torch.long, device=ref.device)) for _ in counts]
+        rh = self.roi_heads
+        x = rh.box_head(rh.box_roi_pool(dict(features), [b.to(ref.dtype) for b in boxes_per_image],
+                                        self._padded_shapes(features)))
+        class_logits, _ = rh.box_predictor(x)
+        probs = class_logits.float().softmax(-1)[:, 1:]  # column 0 is background
+        scores, labels = probs.max(-1)
+        return list(zip(scores.split(counts), labels.split(counts)))
+
     # ------------------------------------------------------------------------------------ inference
     def detect(self, images: torch.Tensor, features: Mapping[str, torch.Tensor],
                image_sizes: Sequence[tuple[int, int]] | None = None) -> list[Instances]:
