@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"panoptic {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _register_demo(sub)
+    from .compare.cli import register as register_compare
     from .data.cli import register as register_synth
     from .engine.cli import register as register_engine
     from .evaluation.cli import register as register_evaluate
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_synth(sub)
     register_engine(sub)
     register_evaluate(sub)
+    register_compare(sub)
     return parser
 
 

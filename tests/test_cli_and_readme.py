@@ -24,7 +24,7 @@ def test_version_and_help(capsys):
     assert e.value.code == 0 and __version__ in capsys.readouterr().out
     assert main([]) == 0
     out = capsys.readouterr().out
-    for cmd in ("demo", "synth", "train", "predict", "evaluate"):
+    for cmd in ("compare", "demo", "synth", "train", "predict", "evaluate"):
         assert cmd in out
 
 
@@ -63,7 +63,8 @@ def test_readme_has_two_quickstart_commands_and_ci_runs_them():
     assert len(cmds) == 2 and all("\n" not in c for c in cmds)
     ci = (ROOT / ".ci" / "run").read_text()
     install, run_main = cmds[0].split(" && ")
-    assert install in ci and run_main.split()[0] in ci
+    assert run_main == "panoptic compare"
+    assert install in ci and f"{run_main} --quick" in ci  # CI runs the main job's smoke run
     assert cmds[1] in ci
 
 

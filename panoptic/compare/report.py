@@ -1,0 +1,140 @@
+"""The comparison's tables (main, ablation, run time) as a JSON-ready dict, Markdown and CSV.
+
+All quality numbers are percentages (0-100) as in the paper's tables; times are milliseconds per image.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .. import __version__
+from .rows import ABLATION_FLAGS
+
+__all__ = ["ABLATION_COLUMNS", "MAIN_COLUMNS", "RUNTIME_COLUMNS", "checks", "machine_info", "main_entry", "to_csv",
+           "to_markdown"]
+
+MAIN_COLUMNS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st", "mIoU", "AP_box", "AP_mask",
+                "ms_per_image")
+"""Main-table metrics (paper Table 7) in column order."""
+
+ABLATION_COLUMNS = ("PQ", "SQ", "RQ", "PQ_th", "PQ_st")
+RUNTIME_COLUMNS = ("network_ms", "fusion_ms", "ms_per_image")
+
+_HEADERS = {"PQ_th": "PQ^Th", "SQ_th": "SQ^Th", "RQ_th": "RQ^Th", "PQ_st": "PQ^St", "SQ_st": "SQ^St",
+            "RQ_st": "RQ^St", "AP_box": "AP^box", "AP_mask": "AP^mask", "ms_per_image": "ms/image",
+            "network_ms": "network ms", "fusion_ms": "fusion ms", "pano_loss": "Pano.", "ica": "ICA",
+            "unknown": "Unk.", "gt_box": "GT Box", "gt_ica": "GT ICA", "gt_seg": "GT Seg."}
+
+
+def _pct(x: float) -> float:
+    return float("nan") if x is None or math.isnan(x) else 100.0 * float(x)
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else float("nan")
+
+
+def pq_entry(pq: Mapping[str, Any]) -> dict[str, float]:
+    """PQ / SQ / RQ of All, Things and Stuff from ``PanopticQuality.compute()``, in percent."""
+    out = {}
+    for row, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+        for k in ("pq", "sq", "rq"):
+            out[k.upper() + suffix] = _pct(pq[row][k])
+    return out
+
+
+def main_entry(name: str, pq: Mapping[str, Any], semantic: Mapping[str, Any], detection: Mapping[str, Any],
+               network_ms: Sequence[float], fusion_ms: Sequence[float]) -> dict[str, Any]:
+    """One model's main-table entry."""
+    net, fus = _mean(network_ms), _mean(fusion_ms)
+    return {"name": name, **pq_entry(pq), "mIoU": _pct(semantic["miou"]), "AP_box": _pct(detection["AP_box"]),
+            "AP_mask": _pct(detection["AP_mask"]), "ms_per_image": net + fus, "network_ms": net, "fusion_ms": fus}
+
+
+def checks(models: Mapping[str, Mapping[str, Any]], ablation: Sequence[Mapping[str, Any]]) -> dict[str, bool]:
+    """The paper's claims as measured: which hold on this run (only those whose rows were run)."""
+    out = {}
+    if "upsnet" in models and "mrcnn_psp" in models:
+        out["UPSNet PQ >= MR-CNN-PSP PQ + 1.0"] = models["upsnet"]["PQ"] >= models["mrcnn_psp"]["PQ"] + 1.0
+        out["UPSNet faster than MR-CNN-PSP"] = models["upsnet"]["ms_per_image"] < models["mrcnn_psp"]["ms_per_image"]
+    if "upsnet" in models and "upsnet_c" in models:
+        out["UPSNet PQ >= UPSNet-C PQ"] = models["upsnet"]["PQ"] >= models["upsnet_c"]["PQ"]
+    by = {r["row"]: r for r in ablation}
+    if "+ unknown" in by and "+ ICA" in by:
+        out["unknown prediction improves PQ"] = by["+ unknown"]["PQ"] > by["+ ICA"]["PQ"]
+    if "+ GT semantic" in by:
+        out["GT-semantic oracle PQ >= 90"] = by["+ GT semantic"]["PQ"] >= 90.0
+    return out
+
+
+def _cpu_model() -> str:
+    try:  # Linux names the CPU model; platform.processor() often says only "x86_64"
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """What the timings were measured on."""
+    info: dict[str, Any] = {"platform": platform.platform(), "processor": _cpu_model(),
+                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                            "torch": torch.__version__, "panoptic": __version__, "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "x" if v else ""
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.1f}"
+    return str(v)
+
+
+def _table_rows(kind: str, results: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    if kind == "main":
+        header = ["model", *MAIN_COLUMNS]
+        return header, [[m["name"], *(m[c] for c in MAIN_COLUMNS)] for m in results["models"].values()]
+    if kind == "ablation":
+        header = ["row", *ABLATION_FLAGS, *ABLATION_COLUMNS]
+        return header, [[r["row"], *(r[f] for f in ABLATION_FLAGS), *(r[c] for c in ABLATION_COLUMNS)]
+                        for r in results["ablation"]]
+    if kind == "runtime":
+        header = ["model", "image_size", *RUNTIME_COLUMNS]
+        return header, [[r["name"], "x".join(map(str, r["image_size"])), *(r[c] for c in RUNTIME_COLUMNS)]
+                        for r in results["runtime"]]
+    raise ValueError(f"unknown table {kind!r}; use 'main', 'ablation' or 'runtime'.")
+
+
+def to_markdown(kind: str, results: Mapping[str, Any]) -> str:
+    """``kind`` in ``"main"``, ``"ablation"``, ``"runtime"`` as a Markdown table."""
+    header, rows = _table_rows(kind, results)
+    lines = ["| " + " | ".join(_HEADERS.get(h, h) for h in header) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(kind: str, results: Mapping[str, Any]) -> str:
+    """``kind`` as CSV with full precision (empty cell for NaN)."""
+    header, rows = _table_rows(kind, results)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for row in rows:
+        w.writerow(["" if isinstance(v, float) and math.isnan(v) else (int(v) if isinstance(v, bool) else v)
+                    for v in row])
+    return buf.getvalue()

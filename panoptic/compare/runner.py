@@ -1,0 +1,253 @@
+"""``run_compare``: data -> training (or cached checkpoints) -> one evaluation pass per network -> tables + figure."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..engine.checkpoint import load_checkpoint
+from ..engine.data import build_datasets, synthetic_benchmark
+from ..engine.distributed import resolve_device
+from ..engine.runlog import format_eta
+from ..fusion import UPSNetFusion
+from ..visualize import save_png
+from .config import DISPLAY_NAMES, CompareConfig
+from .evaluate import NetworkEvaluation, evaluate_network, figure_panels
+from .figure import comparison_figure
+from .report import checks, machine_info, main_entry, pq_entry, to_csv, to_markdown
+from .rows import ABLATION_FLAGS, Row, ablation_rows, main_rows
+from .training import TrainedNetwork, default_cache_dir, train_or_reuse
+
+__all__ = ["CompareResult", "run_compare"]
+
+
+@dataclass
+class CompareResult:
+    """What :func:`run_compare` returns.
+
+    Attributes:
+        results: The JSON written to ``results.json`` (see :mod:`panoptic.compare`).
+        out_dir: The output folder.
+        files: Every file written.
+    """
+
+    results: dict[str, Any]
+    out_dir: Path
+    files: list[Path]
+
+
+class _Bar:
+    """A tqdm bar with ETA on a terminal; otherwise a line every ~10% (logs and CI stay readable)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool, log: Callable[[str], None], unit: str = "img") -> None:
+        self.total, self.desc, self.log, self.n, self.unit = total, desc, log, 0, unit
+        self.t0 = time.perf_counter()
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
+
+    def update(self) -> None:
+        self.n += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.n == self.total or self.n % max(1, self.total // 10) == 0:
+            el = time.perf_counter() - self.t0
+            eta = el / self.n * (self.total - self.n)
+            self.log(f"      {self.desc}: {self.n}/{self.total}, {el:.0f} s, eta {format_eta(eta)}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _write(path: Path, text: str, files: list[Path]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    files.append(path)
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN -> None so the file is strict JSON."""
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> CompareResult:
+    """Run the whole comparison described by ``config`` and write its outputs to ``config.out_dir``.
+
+    Stages (each with a progress bar and ETA on a terminal): 1. the data (the synthetic benchmark is generated
+    once into its cache); 2. training every needed network with the same schedule, or reusing a cached
+    checkpoint trained with the same config; 3. one evaluation pass per network over the held-out split, which
+    scores every main-table and ablation row fed by it and times network and fusion apart at batch size 1;
+    4. the tables (Markdown, CSV, JSON) and the figure.
+
+    Args:
+        config: The run.
+        log: Where progress lines go.
+
+    Returns:
+        The results and the written files.
+
+    Raises:
+        ValueError: If the data has no held-out split, or the ablation is impossible with the chosen models.
+    """
+    t_start = time.perf_counter()
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _run(config, log, t_start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: CompareConfig, log: Callable[[str], None], t_start: float) -> CompareResult:
+    out_dir = Path(config.out_dir)
+    device = resolve_device(config.device)
+    names = ", ".join(DISPLAY_NAMES[m] for m in config.models)
+    log(f"panoptic compare: {names} on {device} (preset {config.preset}, {config.iterations} iterations x "
+        f"{config.batch_size} images)")
+
+    # 1. data
+    t = time.perf_counter()
+    log("[1/4] data" + ("" if config.data.root or config.data.train_json else
+                        f": synthetic benchmark, {config.data.synthetic_n} scenes of {config.data.synthetic_size} px"))
+    if not (config.data.root or config.data.train_json):
+        bar = _Bar(config.data.synthetic_n, "synthetic scenes", config.progress, log, unit="scene")
+        try:
+            synthetic_benchmark(config.data, progress=lambda done, n: bar.update())
+        finally:
+            bar.close()
+    train_set, val_set = build_datasets(config.data, config.seed)
+    if val_set is None or len(val_set) == 0:
+        raise ValueError("panoptic compare needs a held-out split: the data has no validation JSON (give a folder "
+                         "with panoptic_val.json or annotations/panoptic_val2017.json, or pass --val-json).")
+    table = train_set.table
+    log(f"      {len(train_set)} training / {len(val_set)} held-out images, {table.num_stuff} stuff + "
+        f"{table.num_things} thing categories ({time.perf_counter() - t:.1f} s)")
+
+    # 2. training
+    cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    trained: dict[str, TrainedNetwork] = {}
+    for k, net in enumerate(config.networks):
+        log(f"[2/4] training {DISPLAY_NAMES[net]} ({k + 1}/{len(config.networks)})")
+        trained[net] = tn = train_or_reuse(net, config.train_config(net, ""), cache, config.retrain)
+        if tn.reused:
+            log(f"      reused {tn.checkpoint}")
+        else:
+            log(f"      {tn.seconds:.0f} s, {tn.images_per_second:.1f} images/s -> {tn.checkpoint}")
+
+    # 3. evaluation
+    models = {net: load_checkpoint(tn.checkpoint, device, table=table)[0] for net, tn in trained.items()}
+    fusions = {m: models[m].fusion for m in models}
+    rows: list[Row] = main_rows(config.models, fusions, DISPLAY_NAMES)
+    head = fusions.get("upsnet")
+    if isinstance(head, UPSNetFusion):
+        rows += ablation_rows(head, have_upsnet_c="upsnet_c" in models)
+    n_eval = len(val_set) if config.eval_images is None else min(len(val_set), config.eval_images)
+    fig_idx = list(range(min(config.figure_images, n_eval)))
+    evals: dict[str, NetworkEvaluation] = {}
+    for k, net in enumerate(models):
+        log(f"[3/4] evaluating {DISPLAY_NAMES[net]} ({k + 1}/{len(models)}): "
+            f"{sum(r.network == net for r in rows)} rows on {n_eval} images")
+        bar = _Bar(n_eval, f"eval {net}", config.progress, log)
+        try:
+            evals[net] = evaluate_network(net, models[net], val_set, rows, table, max_images=n_eval,
+                                          timing_warmup=config.timing_warmup, figure_indices=fig_idx,
+                                          on_image=bar.update)
+        finally:
+            bar.close()
+
+    # 4. report
+    log("[4/4] tables and figure")
+    results = _results(config, rows, evals, trained, device, n_eval)
+    results["wall_s"] = time.perf_counter() - t_start  # everything but writing the few output files
+    files = _write_outputs(results, rows, evals, val_set, table, fig_idx, out_dir)
+    return CompareResult(results, out_dir, files)
+
+
+def _results(config: CompareConfig, rows: list[Row], evals: dict[str, NetworkEvaluation],
+             trained: dict[str, TrainedNetwork], device: torch.device, n_eval: int) -> dict[str, Any]:
+    models: dict[str, Any] = {}
+    runtime = []
+    ablation = []
+    for row in rows:
+        ne = evals[row.network]
+        ev = ne.rows[row.key]
+        pq = ev.pq.compute()
+        if row.flags:
+            ablation.append({"row": row.label, "network": row.network, **dict(row.flags), **pq_entry(pq)})
+            continue
+        entry = main_entry(row.label, pq, ne.semantic, ne.detection, ne.network_ms, ev.fusion_ms)
+        models[row.key] = entry
+        runtime.append({"model": row.key, "name": row.label, "image_size": list(ne.image_size),
+                        **{k: entry[k] for k in ("network_ms", "fusion_ms", "ms_per_image")}})
+    assert all(set(ABLATION_FLAGS) <= set(r) for r in ablation)
+    return {
+        "models": models,
+        "ablation": ablation,
+        "runtime": runtime,
+        "checks": checks(models, ablation),
+        "training": {net: {"checkpoint": str(tn.checkpoint), "reused": tn.reused, "seconds": tn.seconds,
+                           "images_per_second": tn.images_per_second} for net, tn in trained.items()},
+        "num_images": n_eval,
+        "machine": machine_info(device),
+        "config": config.to_dict(),
+    }
+
+
+def _write_outputs(results: dict[str, Any], rows: list[Row], evals: dict[str, NetworkEvaluation], val_set: Any,
+                   table: Any, fig_idx: list[int], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    _write(out_dir / "results.json", json.dumps(_json_safe(results), indent=2) + "\n", files)
+    sections = []
+    for kind, title in (("main", "Main results (Table 7 style)"), ("ablation", "Ablation (Table 6 style)"),
+                        ("runtime", "Run time (Table 5 style), ms per image at batch size 1")):
+        if not results["models" if kind == "main" else kind]:
+            continue
+        md = to_markdown(kind, results)
+        _write(out_dir / f"{kind}.md", md, files)
+        _write(out_dir / f"{kind}.csv", to_csv(kind, results), files)
+        sections.append(f"## {title}\n\n{md}")
+    m = results["machine"]
+    lines = [f"# panoptic compare ({results['num_images']} held-out images)", "",
+             f"Measured on {m['processor']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, "
+             f"device {m.get('gpu', m['device'])}, torch {m['torch']}; total wall time {results['wall_s']:.0f} s.",
+             "", *sections]
+    if results["checks"]:
+        lines += ["## Checks", ""] + [f"- {'PASS' if ok else 'MISS'}: {name}" for name, ok in results["checks"].items()]
+    if fig_idx:
+        lines += ["", "## Figure", "", "![image | ground truth | combined | UPSNet](figure.png)"]
+    _write(out_dir / "report.md", "\n".join(lines) + "\n", files)
+    if fig_idx:
+        files.append(_figure(rows, evals, val_set, table, fig_idx, out_dir))
+    return files
+
+
+def _figure(rows: list[Row], evals: dict[str, NetworkEvaluation], val_set: Any, table: Any, fig_idx: list[int],
+            out_dir: Path) -> Path:
+    main = [r for r in rows if not r.flags]
+    combined = next((r for r in main if r.key in ("mrcnn_psp", "upsnet_c", "upsnet_cp")), None)
+    ours = next((r for r in main if r.key == "upsnet"), None)
+    shown = [r for r in (combined, ours) if r is not None] or main
+    panels = figure_panels(val_set, fig_idx)
+    columns = {r.label: [evals[r.network].rows[r.key].figure[i] for i in fig_idx] for r in shown}
+    fig = comparison_figure([panels[i][0] for i in fig_idx], [panels[i][1] for i in fig_idx], columns, table)
+    return save_png(fig, out_dir / "figure.png")
