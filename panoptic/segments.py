@@ -66,7 +66,12 @@ def assemble_from_keys(
         keys: ``(H, W)`` int32 or int64 map with values in ``0 .. len(key_counts) - 1``.
         key_counts: ``(Q,)`` int64 pixel count of each key (``bincount`` of ``keys``).
         key_label: ``(Q,)`` int64 candidate of each key, ``-1`` = void.
-        category, isthing, score, source, iscrowd, unknown_mask: As in :func:`assemble_result`.
+        category: ``(K,)`` contiguous category of each candidate, as in :func:`assemble_result`.
+        isthing: ``(K,)`` bool.
+        score: ``(K,)`` float.
+        source: ``(K,)`` int64 instance index or -1.
+        iscrowd: ``(K,)`` bool, default all ``False``.
+        unknown_mask: ``(H, W)`` bool, default all ``False``; must only mark void pixels.
 
     Returns:
         The result; candidates with no pixel are dropped and the rest renumbered ``1..S`` in
