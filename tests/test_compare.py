@@ -233,3 +233,26 @@ def test_cli_rejects_unknown_models(capsys):
 
     assert main(["compare", "--models", "upsnet,nope"]) == 2
     assert "unknown model id" in capsys.readouterr().err
+
+
+def test_cli_on_user_data_with_a_categories_file(tmp_path, capsys):
+    """`--data` + `--categories` on a COCO-panoptic folder (here written by the synthetic writer)."""
+    from panoptic.cli import main
+    from panoptic.data import write_synthetic_dataset
+
+    paths = write_synthetic_dataset(tmp_path / "data", 8, 48, seed=1, splits={"train": 6, "val": 2})
+    cats = json.loads(paths["train"].read_text())["categories"]
+    (tmp_path / "cats.json").write_text(json.dumps(cats))
+    args = ["compare", "--data", str(tmp_path / "data"), "--categories", str(tmp_path / "cats.json"), "--quick",
+            "--models", "upsnet", "--iterations", "2", "--out", str(tmp_path / "out"), "--cache",
+            str(tmp_path / "ckpt"), "--threads", "1", "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| UPSNet |" in out and "total wall time" in out
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert list(res["models"]) == ["upsnet"] and res["num_images"] == 2
+    assert res["config"]["data"]["categories"] == str(tmp_path / "cats.json")
+    # a categories file that lacks a category of the data is refused before any training
+    (tmp_path / "bad.json").write_text(json.dumps(cats[:-1]))
+    assert main([*args[:4], str(tmp_path / "bad.json"), *args[5:]]) == 2
+    assert "categor" in capsys.readouterr().err
