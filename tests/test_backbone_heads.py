@@ -256,3 +256,54 @@ def test_psp_dilated_logits_loss_and_gradient() -> None:
     assert tuple(net(images).shape) == (2, 5, 32, 40)
     with pytest.raises(ValueError, match="output_stride"):
         PSPConfig(output_stride=4)
+
+
+@pytest.mark.parametrize(("b", "cin", "cout", "h", "w", "dilation", "scale"), [
+    (2, 5, 3, 7, 9, 1, 3.0),   # offsets reaching outside the image
+    (1, 4, 2, 1, 6, 1, 2.0),   # a single row
+    (1, 3, 4, 5, 1, 2, 4.0),   # a single column, dilated
+    (1, 8, 8, 12, 12, 1, 0.0),  # zero offsets (the initialisation): a plain convolution
+])
+def test_sampled_deform_conv_equals_torchvision(b, cin, cout, h, w, dilation, scale) -> None:
+    """The CPU path of the semantic head: same values and gradients as torchvision's deform_conv2d."""
+    from torchvision.ops import deform_conv2d
+
+    from panoptic.heads.deform import deform_conv2d_sampled
+
+    g = torch.Generator().manual_seed(b * 100 + h)
+    x = torch.randn(b, cin, h, w, dtype=torch.float64, generator=g, requires_grad=True)
+    off = (torch.randn(b, 18, h, w, dtype=torch.float64, generator=g) * scale).requires_grad_()
+    wt = torch.randn(cout, cin, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    bias = torch.randn(cout, dtype=torch.float64, generator=g)
+    ref = deform_conv2d(x, off, wt, bias, padding=dilation, dilation=dilation)
+    ours = deform_conv2d_sampled(x, off, wt, bias, padding=dilation, dilation=dilation)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    for a, r in zip(torch.autograd.grad(ours.square().sum(), (x, off, wt)),
+                    torch.autograd.grad(ref.square().sum(), (x, off, wt))):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10)
+    if scale == 0.0:
+        torch.testing.assert_close(ours, F.conv2d(x, wt, bias, padding=dilation, dilation=dilation), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="offset"):
+        deform_conv2d_sampled(x, off[:, :4], wt)
+
+
+def test_semantic_head_cpu_deform_path_matches_torchvision(feats: dict[str, torch.Tensor]) -> None:
+    from torchvision.ops import deform_conv2d
+
+    import panoptic.heads.semantic as semantic_module
+
+    torch.manual_seed(0)
+    head = SemanticHead(in_channels=C_FPN, num_classes=5, config=SemanticHeadConfig(num_layers=2, out_channels=8))
+    for m in head.modules():  # non-zero offsets, so the sampling really moves
+        if isinstance(m, nn.Conv2d) and m.out_channels == 18:
+            nn.init.normal_(m.weight, std=0.1)
+    with torch.no_grad():
+        ours = head(feats).logits
+        original = semantic_module.deform_conv2d_sampled
+        try:
+            semantic_module.deform_conv2d_sampled = lambda x, o, w, b, padding: deform_conv2d(x, o, w, b,
+                                                                                              padding=padding)
+            ref = head(feats).logits
+        finally:
+            semantic_module.deform_conv2d_sampled = original
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)

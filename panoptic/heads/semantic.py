@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import DeformConv2d, roi_align
 
+from .deform import deform_conv2d_sampled
+
 __all__ = ["SemanticHead", "SemanticHeadConfig", "SemanticOutput", "box_target_crops", "nearest_resize_labels",
            "semantic_loss"]
 
@@ -106,7 +108,12 @@ class _ConvLayer(nn.Module):
         self.norm = nn.GroupNorm(_groups(cout), cout) if norm == "group" else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x, self.offset(x)) if self.offset is not None else self.conv(x)
+        if self.offset is None:
+            y = self.conv(x)
+        elif x.device.type == "cpu":  # same result, 2-3x faster than torchvision's CPU kernel (see .deform)
+            y = deform_conv2d_sampled(x, self.offset(x), self.conv.weight, self.conv.bias, padding=1)
+        else:
+            y = self.conv(x, self.offset(x))
         return F.relu(self.norm(y))
 
 
