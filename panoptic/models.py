@@ -236,8 +236,25 @@ def _weighted(losses: dict[str, torch.Tensor], weights: LossWeights) -> dict[str
     return {k: v * w[k] for k, v in losses.items() if w[k] != 0}
 
 
+class _TrainOrPredict:
+    """``forward`` of the models: training mode -> ``self.losses(images, targets)``, eval mode ->
+    ``self.predict(images, image_sizes)``."""
+
+    training: bool
+
+    def forward(self, images: torch.Tensor, targets: Sequence[TrainTarget] | None = None,
+                image_sizes: Sequence[tuple[int, int]] | None = None) -> Any:
+        """Training mode: ``losses`` (targets required); eval mode: ``predict``."""
+        if self.training:
+            if targets is None:
+                raise ValueError(f"{type(self).__name__} in training mode needs targets; call model.eval() for "
+                                 "inference.")
+            return self.losses(images, targets)  # type: ignore[attr-defined]
+        return self.predict(images, image_sizes)  # type: ignore[attr-defined]
+
+
 # ========================================================================================= UPSNet
-class UPSNet(nn.Module):
+class UPSNet(_TrainOrPredict, nn.Module):
     """UPSNet: shared backbone, semantic and instance heads, a pluggable fusion, and the panoptic loss.
 
     Training (``model.train(); model(images, targets)``) returns the weighted losses ``rpn_objectness``,
@@ -380,16 +397,6 @@ class UPSNet(nn.Module):
         logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
         return NetworkOutput(logits, instances, sizes, feats if keep_features else None)
 
-    def forward(self, images: torch.Tensor, targets: Sequence[TrainTarget] | None = None,
-                image_sizes: Sequence[tuple[int, int]] | None = None
-                ) -> dict[str, torch.Tensor] | list[PanopticPrediction]:
-        """Training mode: :meth:`losses` (targets required); eval mode: :meth:`predict`."""
-        if self.training:
-            if targets is None:
-                raise ValueError("UPSNet in training mode needs targets; call model.eval() for inference.")
-            return self.losses(images, targets)
-        return self.predict(images, image_sizes)
-
 
 def fuse_outputs(fusion: PanopticFusion, logits: torch.Tensor, instances: Sequence[Instances],
                  sizes: Sequence[tuple[int, int]]) -> list[PanopticPrediction]:
@@ -418,7 +425,7 @@ def _check_table(table: CategoryTable, num_classes: int, num_things: int) -> Non
 
 
 # ================================================================================ MR-CNN-PSP
-class MaskRCNN(nn.Module):
+class MaskRCNN(_TrainOrPredict, nn.Module):
     """A standalone Mask R-CNN: :class:`FPNBackbone` + :class:`InstanceHead`.
 
     Training mode: ``model(images, targets)`` -> the five weighted instance losses. Eval mode:
@@ -458,17 +465,8 @@ class MaskRCNN(nn.Module):
         padded = _pad_images(images, self.backbone.size_divisor)
         return self.instance_head.detect(padded, self.backbone(padded), sizes)
 
-    def forward(self, images: torch.Tensor, targets: Sequence[TrainTarget] | None = None,
-                image_sizes: Sequence[tuple[int, int]] | None = None) -> dict[str, torch.Tensor] | list[Instances]:
-        """Training mode: :meth:`losses`; eval mode: :meth:`predict`."""
-        if self.training:
-            if targets is None:
-                raise ValueError("MaskRCNN in training mode needs targets; call model.eval() for inference.")
-            return self.losses(images, targets)
-        return self.predict(images, image_sizes)
 
-
-class MRCNNPSP(nn.Module):
+class MRCNNPSP(_TrainOrPredict, nn.Module):
     """MR-CNN-PSP: a separately trained :class:`MaskRCNN` and :class:`~panoptic.heads.PSPNet`, fused at inference.
 
     Train the parts with separate optimizers: ``model.detector(images, targets)`` and
@@ -518,16 +516,6 @@ class MRCNNPSP(nn.Module):
         instances = self.detector.instance_head.detect(padded, feats, sizes)
         logits = self.semantic.logits(images)
         return NetworkOutput(logits, instances, sizes, feats if keep_features else None)
-
-    def forward(self, images: torch.Tensor, targets: Sequence[TrainTarget] | None = None,
-                image_sizes: Sequence[tuple[int, int]] | None = None
-                ) -> dict[str, torch.Tensor] | list[PanopticPrediction]:
-        """Training mode: :meth:`losses`; eval mode: :meth:`predict`."""
-        if self.training:
-            if targets is None:
-                raise ValueError("MRCNNPSP in training mode needs targets; call model.eval() for inference.")
-            return self.losses(images, targets)
-        return self.predict(images, image_sizes)
 
 
 # ===================================================================================== builders
