@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from panoptic import CategoryTable
+from panoptic import png as png_module
 from panoptic.evaluation import PanopticQuality, load_coco_pair, pq_compute
-from panoptic.evaluation import pq as pq_module
 from panoptic.formats import id2rgb, segment_bboxes
 
 H, W = 1024, 2048
@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=None,
                    help="interleaved repetitions (A B C A B C ...); medians are reported (default 3; 1 with --quick)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--decoder", choices=["auto", "pillow"], default="auto",
+                   help="PNG decoder of our file evaluator: auto (the native one when built) or pillow (fallback)")
     p.add_argument("--keep", type=Path, default=None, help="generate into (or reuse) this folder instead of a temp one")
     p.add_argument("--oracle-python", default=sys.executable,
                    help="interpreter that runs panopticapi (e.g. a venv with its pinned numpy<2); default: this one")
@@ -248,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     repeat = args.repeat or (1 if args.quick else 3)
 
     with contextlib.ExitStack() as stack:
+        if args.decoder == "pillow":
+            png_module._CHECKED["native"] = False  # as if the C extension had not been built
         if args.keep is not None:
             folder = args.keep
             gt_file = folder / "gt.json"
@@ -302,10 +306,10 @@ def main(argv: list[str] | None = None) -> int:
            "panopticapi_s": med["panopticapi"], "max_abs_diff": diff, "repeat": repeat,
            "ours_files_min_s": best["files"], "ours_stream_min_s": best["stream"],
            "panopticapi_min_s": best["panopticapi"], "pq_all": ours["All"]["pq"], "cpu_count": os.cpu_count(),
-           "numpy": np.__version__, "oracle_numpy": oracle_numpy, "isal": pq_module._FAST_ZLIB is not None}
+           "numpy": np.__version__, "oracle_numpy": oracle_numpy, "decoder": png_module.decoder_name()}
     print(f"{n} images of {H}x{W}, {os.cpu_count()} cores; PQ All {ours['All']['pq']:.4f} "
           f"Things {ours['Things']['pq']:.4f} Stuff {ours['Stuff']['pq']:.4f}; numpy {np.__version__} "
-          f"(panopticapi's: {oracle_numpy or 'n/a'}); isal {'yes' if out['isal'] else 'no'}")
+          f"(panopticapi's: {oracle_numpy or 'n/a'}); PNG decoder {out['decoder']}")
     print()
     print(f"| evaluator | median s ({repeat} runs) | min s | ms/image | speed-up vs panopticapi |")
     print("|---|---|---|---|---|")

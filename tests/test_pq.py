@@ -380,55 +380,16 @@ def test_format_pq_results():
 
 
 # ------------------------------------------------------------------------------------------ PNG decoding
-def _pngs(tmp_path: Path) -> list[Path]:
-    rng = np.random.default_rng(0)
-    flat = rng.integers(0, 1 << 24, 6)[rng.integers(0, 6, (9, 13))].repeat(8, 0).repeat(8, 1)  # 72x104 blocks
-    noisy = rng.integers(0, 1 << 24, (300, 400))  # compresses badly: several IDAT chunks
-    paths = []
-    for name, ids in (("flat.png", flat), ("noisy.png", noisy)):
-        Image.fromarray(id2rgb(ids)).save(tmp_path / name)
-        paths.append(tmp_path / name)
-    Image.fromarray(id2rgb(flat)).convert("RGBA").save(tmp_path / "rgba.png")
-    Image.fromarray(id2rgb(flat)).quantize(8).save(tmp_path / "palette.png")
-    return [*paths, tmp_path / "rgba.png", tmp_path / "palette.png"]
-
-
-def test_png_decode_paths_agree(tmp_path, monkeypatch):
-    import zlib
-
-    from panoptic.evaluation import pq as pq_module
-
-    monkeypatch.setattr(pq_module, "_CHECKED", {})
-    monkeypatch.setattr(pq_module, "_FAST_ZLIB", zlib)  # stands in for isal_zlib (same API)
-    for path in _pngs(tmp_path):
-        ref, size = pq_module._decode_public(path)
-        with Image.open(path) as im:
-            expected = np.asarray(im.convert("RGB")).astype(np.int64)
-        assert np.array_equal(ref, (expected[..., 0] + 256 * expected[..., 1] + 65536 * expected[..., 2]).ravel())
-        fast = pq_module._decode_fast(path, None)
-        direct = pq_module._decode_direct(path, None)
-        if path.name in ("flat.png", "noisy.png"):
-            assert fast is not None and np.array_equal(fast[0], ref) and fast[1] == size
-        else:
-            assert fast is None and direct is None  # RGBA / palette: only the public path (converts to RGB)
-        if direct is not None:
-            assert np.array_equal(direct[0], ref)
-        buf = np.zeros(size[0] * size[1], dtype=np.uint32)
-        got, got_size = pq_module.read_png_ids(path, buf)
-        assert np.array_equal(got, ref) and got_size == size
-    assert pq_module._CHECKED == {"fast": True}  # checked once, then used (direct is the next fallback)
-
-
 def test_pq_compute_same_with_every_decode_path(tmp_path, monkeypatch):
-    import zlib
-
-    from panoptic.evaluation import pq as pq_module
+    from panoptic import png
 
     paths = _dataset(tmp_path)
+    monkeypatch.setattr(png, "_CHECKED", {})
     ref = pq_compute(**paths, workers=1)
-    monkeypatch.setattr(pq_module, "_FAST_ZLIB", zlib)
-    monkeypatch.setattr(pq_module, "_CHECKED", {})
+    for checked in ({"native": False}, {"native": False, "direct": False}):  # Pillow direct, then public
+        monkeypatch.setattr(png, "_CHECKED", dict(checked))
+        assert pq_compute(**paths, workers=1) == ref
+    monkeypatch.setattr(png, "_deflate", None)  # zlib inflate + the C pass
+    monkeypatch.setattr(png, "_CHECKED", {})
     assert pq_compute(**paths, workers=1) == ref
-    monkeypatch.setattr(pq_module, "_FAST_ZLIB", None)
-    monkeypatch.setattr(pq_module, "_CHECKED", {"direct": False})
-    assert pq_compute(**paths, workers=1) == ref
+    assert png._CHECKED == {"native": True}

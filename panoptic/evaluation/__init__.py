@@ -2,7 +2,7 @@
 
 * :class:`PanopticQuality` / :func:`pq_compute`: PQ, SQ, RQ with panopticapi's exact rules and results
   (bit-identical to its single-process run). Streaming on in-memory results costs a few ms per
-  1024x2048 image; the file evaluator is bound by PNG decoding (faster with the optional ``isal``).
+  1024x2048 image; the file evaluator is bound by PNG decoding (:mod:`panoptic.png`).
 * :class:`SemanticIoU`: confusion-matrix mIoU of semantic maps.
 * :class:`DetectionAP`: COCO box and mask AP of :class:`~panoptic.Instances` through pycocotools.
 """

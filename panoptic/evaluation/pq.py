@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import struct
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -50,6 +49,7 @@ from PIL import Image
 
 from ..categories import CategoryTable
 from ..formats import from_coco
+from ..png import PNG_SIGNATURE, read_png_ids
 from ..structures import PanopticResult
 
 __all__ = [
@@ -64,7 +64,6 @@ __all__ = [
 ]
 
 _ROWS = (("All", None), ("Things", True), ("Stuff", False))
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ImageStats(NamedTuple):
@@ -406,122 +405,6 @@ class _Scratch:
 
 _WORKER_SCRATCH: _Scratch | None = None
 
-# PNG decoding is most of the work. Two optional shortcuts, each checked once per process against the
-# public PIL path on its first image (and never used again if they disagree or fail):
-# * "direct": PIL decodes straight into our buffer (Image.core.map_buffer, as Image.frombuffer uses),
-#   saving the tobytes copy of the 8 MB pixel buffer;
-# * "fast" (only if the optional `isal` package is installed): the IDAT stream is inflated by ISA-L
-#   (~6x faster than zlib here) and handed to PIL's PNG decoder re-wrapped as stored deflate blocks, so
-#   PIL only unfilters. Only 8-bit RGB non-interlaced PNGs (COCO-panoptic's kind) take it.
-try:
-    from isal import isal_zlib as _FAST_ZLIB  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on the environment
-    _FAST_ZLIB = None
-_CHECKED: dict[str, bool] = {}
-
-
-def _decode_public(path: str | os.PathLike) -> tuple[np.ndarray, tuple[int, int]]:
-    with Image.open(path) as im:
-        w, h = im.size
-        if im.mode != "RGB":
-            im = im.convert("RGB")  # RGBA: alpha dropped, as panopticapi's rgb2id does.
-        raw = im.tobytes("raw", "RGBX")
-    return np.frombuffer(raw, dtype=np.uint32) & np.uint32(0xFFFFFF), (h, w)
-
-
-def _buffer(out: np.ndarray | None, n: int) -> np.ndarray:
-    return out if out is not None and out.size == n and out.dtype == np.uint32 else np.empty(n, dtype=np.uint32)
-
-
-def _decode_direct(path: str | os.PathLike, out: np.ndarray | None) -> tuple[np.ndarray, tuple[int, int]] | None:
-    """PIL's decoder writing into ``out`` (RGB is stored as 4 bytes a pixel: R, G, B, 255); None if not RGB."""
-    with Image.open(path) as im:
-        if im.mode != "RGB":
-            return None
-        w, h = im.size
-        ids = _buffer(out, h * w)
-        im.im = Image.core.map_buffer(ids, (w, h), "raw", 0, ("RGB", 0, 1))
-        im.load()
-    return np.bitwise_and(ids, np.uint32(0xFFFFFF), out=ids), (h, w)
-
-
-def _decode_fast(path: str | os.PathLike, out: np.ndarray | None) -> tuple[np.ndarray, tuple[int, int]] | None:
-    """ISA-L inflate + PIL unfiltering (see above); None for PNGs it does not handle."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:8] != _PNG_SIGNATURE:
-        return None
-    pos, idat, size = 8, [], None
-    while pos + 8 <= len(data):
-        length = int.from_bytes(data[pos:pos + 4], "big")
-        kind = data[pos + 4:pos + 8]
-        if kind == b"IHDR":
-            w, h = int.from_bytes(data[pos + 8:pos + 12], "big"), int.from_bytes(data[pos + 12:pos + 16], "big")
-            if data[pos + 16:pos + 21] != b"\x08\x02\x00\x00\x00":  # 8-bit RGB, deflate, filter 0, no interlace
-                return None
-            size = (h, w)
-        elif kind == b"IDAT":
-            idat.append(data[pos + 8:pos + 8 + length])
-        elif kind == b"IEND":
-            break
-        pos += 12 + length
-    if size is None or not idat:
-        return None
-    h, w = size
-    raw = _FAST_ZLIB.decompress(idat[0] if len(idat) == 1 else b"".join(idat))
-    if len(raw) != h * (1 + 3 * w):
-        return None
-    view = memoryview(raw)
-    block = 65535
-    nblocks = (len(raw) + block - 1) // block
-    parts = [b"\x78\x01"]  # zlib header: deflate, 32 KiB window, no dictionary
-    for k in range(nblocks):
-        piece = view[k * block:(k + 1) * block]
-        parts.append(struct.pack("<BHH", int(k == nblocks - 1), len(piece), len(piece) ^ 0xFFFF))
-        parts.append(piece)
-    parts.append(struct.pack(">I", _FAST_ZLIB.adler32(raw)))
-    ids = _buffer(out, h * w)
-    decoder = Image.core.zip_decoder("RGB", "RGB")
-    decoder.setimage(Image.core.map_buffer(ids, (w, h), "raw", 0, ("RGB", 0, 1)), (0, 0, w, h))
-    try:
-        _, err = decoder.decode(b"".join(parts))
-    finally:
-        decoder.cleanup()
-    if err < 0:
-        return None
-    return np.bitwise_and(ids, np.uint32(0xFFFFFF), out=ids), (h, w)
-
-
-def read_png_ids(path: str | os.PathLike, out: np.ndarray | None = None) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode a COCO-panoptic PNG once into flat ``(H * W,)`` uint32 ids ``R + 256 G + 65536 B``.
-
-    Args:
-        path: The PNG (RGB; RGBA loses its alpha, as in panopticapi).
-        out: Optional ``(H * W,)`` uint32 buffer to decode into (used if its size fits).
-
-    Returns:
-        The flat ids (``out`` itself when it was used) and ``(H, W)``.
-    """
-    for name, fn in (("fast", _decode_fast), ("direct", _decode_direct)):
-        ok = _CHECKED.get(name)
-        if ok is False or (name == "fast" and _FAST_ZLIB is None):
-            continue
-        try:
-            got = fn(path, out)
-        except Exception:  # a Pillow/isal without what we rely on, or a corrupt file (the public path says)
-            got = None
-            if ok is None:
-                _CHECKED[name] = False
-        if got is None:
-            continue  # not a file this path handles
-        if ok is None:  # first use in this process: compare with the public path once
-            ok = _CHECKED[name] = bool(np.array_equal(got[0], _decode_public(path)[0]))
-            if not ok:
-                continue
-        return got
-    return _decode_public(path)
-
-
 def _codes(lut: np.ndarray, ids: np.ndarray, seg_ids: list[int], scale: int, out: np.ndarray) -> np.ndarray:
     """Compact ids into ``out``: void -> ``scale``, segment k -> ``(k + 2) * scale``, unknown id -> 0."""
     idx = np.asarray(seg_ids, dtype=np.int64)
@@ -598,7 +481,7 @@ def _png_size(path: Path) -> tuple[int, int]:
     """``(H, W)`` from a PNG's IHDR without decoding; falls back to PIL for other formats."""
     with open(path, "rb") as f:
         head = f.read(24)
-    if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":
+    if head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR":
         return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
     try:
         with Image.open(path) as im:
@@ -735,8 +618,8 @@ def pq_compute(gt_json: str | os.PathLike | Mapping[str, Any], pred_json: str | 
     files, GT/prediction sizes); PNG ids vs ``segments_info`` are checked as each image is decoded.
     Each PNG is decoded once; ids are compacted through a 2**24 lookup table and all intersections
     come from one ``bincount``. Images run on a process pool; results are accumulated in GT order.
-    PNG decoding is most of the cost; with the optional ``isal`` package installed, inflating is done
-    by ISA-L and the whole evaluation is ~1.4x faster.
+    PNGs are decoded by :func:`panoptic.png.read_png_ids` (libdeflate + a C scanline pass; Pillow when
+    the extension is not built).
 
     Args:
         gt_json: Ground-truth COCO-panoptic JSON (path or loaded dict); its ``categories`` define the
