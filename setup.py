@@ -1,14 +1,19 @@
-"""Build hook for the one optional C extension; all metadata lives in pyproject.toml.
+"""Build hook for the optional C extensions; all metadata lives in pyproject.toml.
 
-``panoptic._png`` reconstructs PNG scanlines for the PQ evaluator's decoder. It is ``optional``: without a
-C compiler the install still succeeds and :mod:`panoptic.png` falls back to Pillow (slower, same results).
+* ``panoptic._png`` reconstructs PNG scanlines for the PQ evaluator's decoder (:mod:`panoptic.png`);
+* ``panoptic.fusion._kernels`` runs the fusions' per-pixel passes over CPU logits.
+
+Both are ``optional``: without a C compiler the install still succeeds and the pure Python / torch paths
+are used (slower, same results).
 """
 
 import sys
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension(
-    "panoptic._png", ["panoptic/_png.c"], optional=True,
-    extra_compile_args=[] if sys.platform == "win32" else ["-O3"],
-)])
+FLAGS = [] if sys.platform == "win32" else ["-O3"]
+
+setup(ext_modules=[
+    Extension("panoptic._png", ["panoptic/_png.c"], optional=True, extra_compile_args=FLAGS),
+    Extension("panoptic.fusion._kernels", ["panoptic/fusion/_kernels.c"], optional=True, extra_compile_args=FLAGS),
+])

@@ -129,6 +129,11 @@ class FiniteCheck:
         if part.numel():
             self._sums.append(torch.sum(part, tuple(range(part.ndim))))
 
+    def add_flag(self, finite: bool) -> None:
+        """Record the verdict of a pass that checked its part itself (``False``: it read a NaN or inf)."""
+        if not finite:
+            self._sums.append(torch.full((), float("nan"), device=self.logits.device))
+
     def raise_if_not_finite(self) -> None:
         """``ValueError`` if a value added is NaN or infinite (one host sync)."""
         if self._sums and not bool(torch.isfinite(torch.stack(self._sums).sum())) and not _all_finite(self.logits):

@@ -13,15 +13,33 @@ take ``c + C * (x != m)`` per channel and its minimum over the channels.
 On the CPU, :func:`first_argmax_keys` runs in row bands of about :data:`BAND_PIXELS` pixels, so a band's
 intermediates stay in cache and the logits are read from memory once; other devices take the image in one
 band.
+
+**Native passes.** When the optional C extension ``panoptic.fusion._kernels`` is built (see ``setup.py``),
+contiguous float32 CPU logits take one C pass instead (:func:`native_logits`, :func:`run_rows`): per block of
+rows it streams every channel once, keeps the running maxima and first indices in cache and decides each
+pixel, on ``torch.get_num_threads()`` threads (row ranges, the GIL released). Its results equal the torch
+path's (same comparisons, first maximum on ties), which the tests check; other devices, dtypes and layouts
+take the torch path.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 import torch
 
 from .base import FiniteCheck, scratch
 
-__all__ = ["BAND_PIXELS", "MASK_CHANNELS", "band_rows", "first_argmax_keys", "first_index_of", "sample_rows"]
+try:
+    from . import _kernels
+except ImportError:  # pragma: no cover - the extension is optional (no C compiler at install time)
+    _kernels = None
+
+__all__ = ["BAND_PIXELS", "MASK_CHANNELS", "band_rows", "first_argmax_keys", "first_index_of", "native_logits",
+           "run_rows", "sample_rows"]
 
 #: Pixels per row band on the CPU. At 1024x2048 with Cityscapes' 19 channels, 64K-128K pixels are fastest
 #: (the band's logits and work buffers stay in cache); the larger end halves the number of parallel regions,
@@ -35,6 +53,64 @@ MASK_CHANNELS = 23
 # XOR with this flips the low 30 bits of a float32 in [2**-23, 2): its 7 low exponent bits ``127 - c`` become
 # ``c`` (bit 30, the exponent's top bit, is 0 below 2); a right shift by 23 then drops the significand.
 _EXPONENT_FLIP = (1 << 30) - 1
+
+
+def native_logits(logits: torch.Tensor) -> np.ndarray | None:
+    """A numpy view of ``(C, H, W)`` logits for the C passes, or ``None`` if they must take the torch path
+    (extension not built, not a contiguous float32 CPU tensor)."""
+    if _kernels is None or logits.device.type != "cpu" or logits.dtype != torch.float32:
+        return None
+    if not logits.is_contiguous() or logits.ndim != 3:
+        return None
+    return logits.detach().numpy()
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
+
+
+def _reset_pool() -> None:
+    global _POOL, _POOL_SIZE
+    _POOL, _POOL_SIZE = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pool)  # a forked child has the executor but not its threads
+
+
+def run_rows(fn: Callable[[int, int], bool], h: int) -> bool:
+    """Run ``fn(row0, row1)`` (a C pass that releases the GIL) over ``h`` rows on ``torch.get_num_threads()``
+    threads, the calling thread included.
+
+    The rows are cut into small chunks that the threads take in turn, so a thread slowed down by another
+    process (or by torch's OpenMP workers, which spin for a while after each parallel operation) simply
+    takes fewer chunks.
+
+    Returns:
+        ``True`` if every call returned ``True`` (every logit it read was finite).
+    """
+    global _POOL, _POOL_SIZE
+    threads = max(1, min(torch.get_num_threads(), h // 8))  # a few rows per thread at least
+    if threads == 1:
+        return bool(fn(0, h))
+    if _POOL is None or _POOL_SIZE != threads - 1:
+        if _POOL is not None:
+            _POOL.shutdown(wait=False)
+        _POOL, _POOL_SIZE = ThreadPoolExecutor(threads - 1, thread_name_prefix="panoptic-fusion"), threads - 1
+    step = max(4, -(-h // (8 * threads)))
+    chunks = iter(range(0, h, step))  # next() on it is atomic under the GIL
+    finite = [True]
+
+    def work() -> None:
+        for r0 in chunks:
+            if not fn(r0, min(h, r0 + step)):
+                finite[0] = False
+
+    futures = [_POOL.submit(work) for _ in range(threads - 1)]
+    work()
+    for f in futures:
+        f.result()
+    return finite[0]
 
 
 def band_rows(h: int, w: int, device: torch.device, pixels: int | None = None) -> int:
@@ -122,6 +198,16 @@ def first_argmax_keys(logits: torch.Tensor, num_first: int, out: torch.Tensor,
     if not 0 <= k <= c:
         raise ValueError(f"num_first must be in 0..{c}, got {k}.")
     dev = logits.device
+    src = native_logits(logits)
+    native_samples = samples is None or (samples.dtype == torch.float32 and samples.is_contiguous()
+                                         and samples.device.type == "cpu")
+    if src is not None and out.dtype == torch.int32 and out.is_contiguous() and native_samples:
+        dst = out.numpy()
+        smp = None if samples is None else samples.numpy()  # filled by the pass
+        ok = run_rows(lambda r0, r1: _kernels.first_argmax_keys(src, dst, c, h, w, k, r0, r1, smp, stride), h)
+        if finite is not None:
+            finite.add_flag(ok)
+        return
     rows = band_rows(h, w, dev)
     if k:
         # work buffers, reused across calls on the CPU (fresh multi-megabyte buffers cost page faults)

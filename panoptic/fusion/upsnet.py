@@ -47,6 +47,7 @@ from ..categories import CategoryTable
 from ..segments import assemble_from_keys
 from ..structures import Instances, PanopticResult
 from .base import (
+    _NON_FINITE,
     FiniteCheck,
     PanopticFusion,
     fill_stuff_scores,
@@ -58,7 +59,7 @@ from .base import (
 )
 from .paste import BoxRegions, crop_dense, paste_masks_dense
 from .pruning import LocalMasks, PruningConfig, local_mask_logits, prune_and_paste
-from .reduce import first_index_of, sample_rows
+from .reduce import _kernels, first_index_of, native_logits, run_rows, sample_rows
 
 __all__ = ["PanopticTargets", "UPSNetFusion"]
 
@@ -211,6 +212,29 @@ class UPSNetFusion(PanopticFusion):
             samples = scratch("upsnet.samples", (sem.shape[0], -(-h // stride), -(-w // stride)), sem.dtype, dev)
         kd = torch.float32 if unk < 1 << 24 else torch.float64  # keys as floats: exact below 2**24 (2**53)
         inst_maps = self._instance_max(sem, inst, local, nst + 1 if pairs else 1, kd) if n else None
+        src = native_logits(sem)
+        if src is not None and kd == torch.float32:  # one C pass (see panoptic.fusion.reduce)
+            maps = [None] * 3 if inst_maps is None else [t.numpy() for t in inst_maps]
+            dst, c = keys.numpy(), int(sem.shape[0])
+            smp = None if samples is None else samples.numpy()  # filled by the pass
+            ok = run_rows(lambda r0, r1: _kernels.upsnet_keys(src, dst, c, h, w, nst, r0, r1, *maps, unk, pairs,
+                                                               self.unknown, smp, stride), h)
+            if not ok:
+                raise ValueError(_NON_FINITE)
+        else:
+            self._keys_torch(sem, inst_maps, keys, samples, stride, pairs, unk)
+        counts = torch.bincount(keys.reshape(-1), minlength=unk + 1)
+        # One full-map compare, and only when some pixel is unknown (the caller's all-False default is cheaper).
+        unknown = torch.eq(keys, unk) if want_unknown and bool(counts[unk]) else None
+        return keys, counts, unknown, None if samples is None else samples.reshape(samples.shape[0], -1)
+
+    def _keys_torch(self, sem: torch.Tensor, inst_maps: tuple[torch.Tensor, ...] | None, keys: torch.Tensor,
+                    samples: torch.Tensor | None, stride: int, pairs: bool, unk: int) -> None:
+        """The key pass of :meth:`_keys` in torch operations, in row bands on the CPU (see :meth:`_decide`)."""
+        nst = self.table.num_stuff
+        h, w = int(sem.shape[1]), int(sem.shape[2])
+        dev = sem.device
+        kd = inst_maps[1].dtype if inst_maps is not None else torch.float32
         rows = h if dev.type != "cpu" else max(1, min(h, _CHUNK_PIXELS // w))
         work = _BandWork(rows, w, nst, sem.dtype, kd, dev)
         work.finite = FiniteCheck(sem)
@@ -222,10 +246,6 @@ class UPSNetFusion(PanopticFusion):
             self._decide(sem[:, r0:r1], None if inst_maps is None else [t[r0:r1] for t in inst_maps], keys[r0:r1],
                          pairs, unk, band)
         work.finite.raise_if_not_finite()
-        counts = torch.bincount(keys.reshape(-1), minlength=unk + 1)
-        # One full-map compare, and only when some pixel is unknown (the caller's all-False default is cheaper).
-        unknown = torch.eq(keys, unk) if want_unknown and bool(counts[unk]) else None
-        return keys, counts, unknown, None if samples is None else samples.reshape(samples.shape[0], -1)
 
     def _decide(self, s: torch.Tensor, band: list[torch.Tensor] | None, out: torch.Tensor, pairs: bool,
                 unk: int, work: _BandWork) -> None:

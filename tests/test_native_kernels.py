@@ -1,0 +1,153 @@
+"""The C passes of the fusions (``panoptic.fusion._kernels``) give exactly the torch path's results.
+
+The other fusion tests run the C passes on the CPU whenever the extension is built (and check them against
+the dense reference); here every configuration is run both ways and compared key for key.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from conftest import tiny_table
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from panoptic import Instances
+from panoptic.fusion import HeuristicFusion, UPSNetFusion
+from panoptic.fusion import reduce as reduce_module
+from panoptic.fusion import upsnet as upsnet_module
+from panoptic.fusion.reduce import first_argmax_keys
+
+pytest.importorskip("panoptic.fusion._kernels", reason="the C extension was not built (no compiler at install)")
+
+
+def _torch_path(monkeypatch):
+    monkeypatch.setattr(reduce_module, "_kernels", None)
+
+
+@st.composite
+def logits(draw, max_side: int = 24):
+    c = draw(st.integers(1, 7))
+    h, w = draw(st.integers(1, max_side)), draw(st.integers(1, max_side))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    x = torch.randn(c, h, w, generator=g) * 2
+    if draw(st.booleans()):  # small integers: ties everywhere, and -0.0 next to 0.0
+        x = x.round()
+        x[x == 0] = torch.where(torch.rand(int((x == 0).sum()), generator=g) < 0.5, -0.0, 0.0)
+    return x
+
+
+@settings(max_examples=80, deadline=None)
+@given(x=logits(), data=st.data())
+def test_first_argmax_keys_native_equals_torch(x, data):
+    k = data.draw(st.integers(0, x.shape[0]))
+    native = torch.full(x.shape[1:], -7, dtype=torch.int32)
+    first_argmax_keys(x, k, native)
+    saved = reduce_module._kernels
+    try:
+        reduce_module._kernels = None
+        ref = torch.full(x.shape[1:], -7, dtype=torch.int32)
+        first_argmax_keys(x, k, ref)
+    finally:
+        reduce_module._kernels = saved
+    assert torch.equal(native, ref)
+    if k == x.shape[0]:
+        assert torch.equal(native.long(), x.argmax(0))  # first maximum on ties, like torch.argmax
+
+
+@st.composite
+def upsnet_cases(draw):
+    nst, nth = draw(st.integers(0, 3)), draw(st.integers(1, 3))
+    table = tiny_table(nst, nth)
+    h, w = draw(st.integers(1, 20)), draw(st.integers(1, 20))
+    n = draw(st.integers(0, 5))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    sem = torch.randn(nst + nth, h, w, generator=g) * 3
+    masks = torch.randn(n, 4, 4, generator=g) * 3
+    if draw(st.booleans()):
+        sem, masks = sem.round(), masks.round()
+    x1, y1 = torch.rand(n, generator=g) * w, torch.rand(n, generator=g) * h
+    boxes = torch.stack([x1, y1, x1 + torch.rand(n, generator=g) * w, y1 + torch.rand(n, generator=g) * h], 1)
+    inst = Instances(boxes, 0.61 + 0.39 * torch.rand(n, generator=g), torch.randint(0, nth, (n,), generator=g), masks)
+    fusion = UPSNetFusion(table, unknown=draw(st.booleans()),
+                          class_assignment=draw(st.sampled_from(["heuristic", "detector", "semantic"])),
+                          stuff_area_limit=draw(st.sampled_from([0, 5])))
+    return fusion, sem, inst
+
+
+def _run_both(monkeypatch, fn):
+    native = fn()
+    with monkeypatch.context() as m:
+        _torch_path(m)
+        ref = fn()
+    return native, ref
+
+
+@settings(max_examples=120, deadline=None)
+@given(case=upsnet_cases())
+def test_upsnet_native_equals_torch(case):
+    fusion, sem, inst = case
+    with pytest.MonkeyPatch.context() as mp:
+        native, ref = _run_both(mp, lambda: (fusion.panoptic_argmax(sem, inst), fusion(sem[None], [inst])[0]))
+    assert torch.equal(native[0], ref[0])
+    a, b = native[1], ref[1]
+    assert torch.equal(a.segment_map, b.segment_map) and torch.equal(a.unknown_mask, b.unknown_mask)
+    assert torch.equal(a.category, b.category) and torch.equal(a.area, b.area)
+    assert torch.equal(a.score.nan_to_num(-1), b.score.nan_to_num(-1))
+
+
+def test_upsnet_native_path_is_taken_and_chunks_tile_the_rows(monkeypatch):
+    table = tiny_table(2, 2)
+    sem = torch.randn(4, 64, 16)
+    inst = Instances(torch.tensor([[1.0, 2.0, 12.0, 50.0]]), torch.tensor([0.9]), torch.tensor([1]),
+                     torch.randn(1, 6, 6))
+    calls = []
+    real = reduce_module._kernels
+
+    class Spy:
+        def __getattr__(self, name):
+            fn = getattr(real, name)
+
+            def wrapped(*args):
+                calls.append((name, args[6], args[7]))  # row range
+                return fn(*args)
+            return wrapped
+
+    monkeypatch.setattr(upsnet_module, "_kernels", Spy())
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    fused = UPSNetFusion(table)(sem[None], [inst])[0]
+    ranges = sorted(c[1:] for c in calls)  # chunks taken in turn by two threads: they tile the rows exactly
+    assert {c[0] for c in calls} == {"upsnet_keys"} and len(ranges) > 2
+    assert ranges[0][0] == 0 and ranges[-1][1] == 64 and all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+    monkeypatch.setattr(upsnet_module, "_kernels", real)
+    _torch_path(monkeypatch)
+    ref = UPSNetFusion(table)(sem[None], [inst])[0]
+    assert torch.equal(fused.segment_map, ref.segment_map)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_native_passes_reject_non_finite_logits(bad):
+    table = tiny_table(2, 2)
+    sem = torch.randn(1, 4, 40, 30)
+    sem[0, 3, 37, 29] = bad  # last channel, last rows: the second thread's range
+    inst = Instances(torch.tensor([[1.0, 2.0, 12.0, 20.0]]), torch.tensor([0.9]), torch.tensor([1]),
+                     torch.randn(1, 6, 6))
+    for fusion in (UPSNetFusion(table), HeuristicFusion(table)):
+        for instances in (inst, Instances.empty()):
+            with pytest.raises(ValueError, match="NaN or inf"):
+                fusion(sem, [instances])
+
+
+def test_non_contiguous_or_float64_logits_take_the_torch_path():
+    table = tiny_table(2, 2)
+    base = torch.randn(1, 4, 12, 20)
+    fusion = UPSNetFusion(table)
+    ref = fusion(base, [Instances.empty()])[0].segment_map
+    strided = torch.randn(1, 4, 20, 12).transpose(2, 3)
+    strided.copy_(base)
+    assert not strided.is_contiguous()
+    assert torch.equal(fusion(strided, [Instances.empty()])[0].segment_map, ref)
+    assert reduce_module.native_logits(base[0].double()) is None and reduce_module.native_logits(strided[0]) is None
+    assert reduce_module.native_logits(base[0]) is not None
