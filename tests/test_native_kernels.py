@@ -6,8 +6,6 @@ the dense reference); here every configuration is run both ways and compared key
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 from conftest import tiny_table
@@ -98,7 +96,7 @@ def test_upsnet_native_equals_torch(case):
     assert torch.equal(a.score.nan_to_num(-1), b.score.nan_to_num(-1))
 
 
-def test_upsnet_native_path_is_taken_and_chunks_tile_the_rows(monkeypatch):
+def test_upsnet_native_path_is_taken_by_two_threads_sharing_a_row_counter(monkeypatch):
     table = tiny_table(2, 2)
     sem = torch.randn(4, 64, 16)
     inst = Instances(torch.tensor([[1.0, 2.0, 12.0, 50.0]]), torch.tensor([0.9]), torch.tensor([1]),
@@ -111,20 +109,37 @@ def test_upsnet_native_path_is_taken_and_chunks_tile_the_rows(monkeypatch):
             fn = getattr(real, name)
 
             def wrapped(*args):
-                calls.append((name, args[6], args[7]))  # row range
+                calls.append((name, args[6], args[7], args[-2], args[-1]))  # rows, counter, chunk
                 return fn(*args)
             return wrapped
 
     monkeypatch.setattr(upsnet_module, "_kernels", Spy())
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     fused = UPSNetFusion(table)(sem[None], [inst])[0]
-    ranges = sorted(c[1:] for c in calls)  # chunks taken in turn by two threads: they tile the rows exactly
-    assert {c[0] for c in calls} == {"upsnet_keys"} and len(ranges) > 2
-    assert ranges[0][0] == 0 and ranges[-1][1] == 64 and all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+    assert [c[:3] for c in calls] == [("upsnet_keys", 0, 64)] * 2
+    counter, chunk = calls[0][3], calls[0][4]
+    assert calls[1][3] is counter and chunk >= 4 and int(counter[0]) >= 64  # every chunk was taken
     monkeypatch.setattr(upsnet_module, "_kernels", real)
     _torch_path(monkeypatch)
     ref = UPSNetFusion(table)(sem[None], [inst])[0]
     assert torch.equal(fused.segment_map, ref.segment_map)
+
+
+def test_chunked_rows_cover_every_row_once():
+    import numpy as np
+
+    from panoptic.fusion import _kernels
+
+    x = torch.randn(3, 37, 5)
+    ref = torch.empty(37, 5, dtype=torch.int32)
+    _kernels.first_argmax_keys(x.numpy(), ref.numpy(), 3, 37, 5, 3, 0, 37)
+    out = torch.full((37, 5), -1, dtype=torch.int32)
+    counter = np.zeros(1, dtype=np.int64)
+    for _ in range(3):  # three "threads" in turn: the later ones find chunks left or none
+        _kernels.first_argmax_keys(x.numpy(), out.numpy(), 3, 37, 5, 3, 0, 37, None, 1, counter, 4)
+    assert torch.equal(out, ref) and torch.equal(ref.long(), x.argmax(0)) and int(counter[0]) >= 37
+    with pytest.raises(ValueError, match="counter"):
+        _kernels.first_argmax_keys(x.numpy(), out.numpy(), 3, 37, 5, 3, 0, 37, None, 1, np.zeros(2, np.int64), 4)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
@@ -151,3 +166,24 @@ def test_non_contiguous_or_float64_logits_take_the_torch_path():
     assert torch.equal(fusion(strided, [Instances.empty()])[0].segment_map, ref)
     assert reduce_module.native_logits(base[0].double()) is None and reduce_module.native_logits(strided[0]) is None
     assert reduce_module.native_logits(base[0]) is not None
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(0, 12), threshold=st.sampled_from([0.0, 0.3, 0.5, 1.0]))
+def test_overlap_flags_native_equals_host(seed, n, threshold):
+    from panoptic.fusion import pruning
+    from panoptic.fusion.base import scratch
+
+    g = torch.Generator().manual_seed(seed)
+    h, w = 30, 40
+    x1, y1 = torch.rand(n, generator=g) * (w + 4) - 2, torch.rand(n, generator=g) * (h + 4) - 2
+    boxes = torch.stack([x1, y1, x1 + torch.rand(n, generator=g) * 25, y1 + torch.rand(n, generator=g) * 20], 1)
+    masks = torch.randn(n, 7, 7, generator=g).round()  # exact zeros: "> 0" is strict
+    labels = torch.randint(0, 3, (n,), generator=g)
+    local = pruning.local_mask_logits(Instances(boxes, torch.ones(n), labels, masks), (h, w))
+    native = pruning._overlap_flags_native(local, labels, (h, w), threshold)
+    host = pruning._overlap_flags_host(local, labels.tolist(), (h, w), threshold)
+    assert native == host
+    if n:
+        canvas = scratch("prune.native_canvas", (8, h, w), torch.uint8, torch.device("cpu"), zero=True)
+        assert not canvas.any()  # left all zero for the next image

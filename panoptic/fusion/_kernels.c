@@ -26,7 +26,7 @@
 /* x86-64 Linux with GCC/Clang: an AVX2 clone of each pass, picked at load time (ifunc); ~1.4x faster than
  * the SSE2 baseline every x86-64 CPU has. Elsewhere the baseline build. */
 #if defined(__x86_64__) && defined(__linux__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 6))
-#define TARGETS __attribute__((target_clones("avx2", "default")))
+#define TARGETS __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define TARGETS
 #endif
@@ -138,6 +138,49 @@ static int get_samples(PyObject *obj, Py_buffer *buf, const Common *cm, Py_ssize
     return 0;
 }
 
+/* Row ranges a call works on: [row0, row1) at once, or, with a shared counter, chunks of `chunk` rows that
+ * the threads running the same pass take in turn (an atomic add, no GIL: a thread descheduled while holding
+ * the GIL would stall the others, e.g. while torch's OpenMP workers spin after a parallel operation). */
+#if defined(_MSC_VER)
+#include <intrin.h>
+#define FETCH_ADD(p, v) _InterlockedExchangeAdd64((volatile long long *)(p), (long long)(v))
+#else
+#define FETCH_ADD(p, v) __atomic_fetch_add((p), (int64_t)(v), __ATOMIC_RELAXED)
+#endif
+
+typedef struct {
+    int64_t *counter;
+    Py_ssize_t chunk, row0, row1;
+    int done;
+} Rows;
+
+static int next_rows(Rows *rs, Py_ssize_t *a, Py_ssize_t *b) {
+    if (rs->counter == NULL) {
+        if (rs->done) return 0;
+        rs->done = 1;
+        *a = rs->row0, *b = rs->row1;
+        return *a < *b;
+    }
+    Py_ssize_t r = rs->row0 + (Py_ssize_t)FETCH_ADD(rs->counter, rs->chunk);
+    if (r >= rs->row1) return 0;
+    *a = r, *b = r + rs->chunk < rs->row1 ? r + rs->chunk : rs->row1;
+    return 1;
+}
+
+/* The optional (counter, chunk) arguments: counter a writable int64 buffer of one element, chunk >= 1. */
+static int get_rows(PyObject *obj, Py_buffer *buf, Py_ssize_t chunk, Py_ssize_t row0, Py_ssize_t row1, Rows *rs) {
+    memset(rs, 0, sizeof *rs);
+    rs->row0 = row0, rs->row1 = row1, rs->chunk = chunk;
+    if (obj == Py_None) return 0;
+    if (PyObject_GetBuffer(obj, buf, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) return -1;
+    if (buf->len != 8 || chunk < 1) {
+        PyErr_SetString(PyExc_ValueError, "counter must be a writable int64 buffer of one element, chunk >= 1");
+        return -1;
+    }
+    rs->counter = (int64_t *)buf->buf;
+    return 0;
+}
+
 static void release(Py_buffer *bufs[], int n) {
     for (int i = 0; i < n; i++)
         if (bufs[i]->obj != NULL) PyBuffer_Release(bufs[i]);
@@ -177,28 +220,33 @@ TARGETS static int32_t first_argmax_rows(const float *lg, int32_t *out, Py_ssize
 }
 
 PyDoc_STRVAR(first_argmax_keys_doc,
-"first_argmax_keys(logits, out, C, H, W, k, row0, row1, samples=None, stride=1) -> bool\n\n"
+"first_argmax_keys(logits, out, C, H, W, k, row0, row1, samples=None, stride=1, counter=None, chunk=0) -> bool\n\n"
 "For rows row0..row1-1: out = first argmax over all channels if it is one of the first k, else k.\n"
 "logits: contiguous (C, H, W) float32; out: contiguous (H, W) int32. Returns False if a logit read is NaN\n"
 "or infinite (out is then unspecified). samples: optional contiguous float32 (C, ceil(H / stride),\n"
-"ceil(W / stride)) buffer that receives logits[:, ::stride, ::stride] of these rows.");
+"ceil(W / stride)) buffer that receives logits[:, ::stride, ::stride] of these rows. counter, chunk: work on\n"
+"chunks of rows taken from a shared int64 counter (see run_rows) instead of the whole range.");
 
 static PyObject *first_argmax_keys(PyObject *self, PyObject *args) {
     Common cm;
-    Py_buffer sb;
-    PyObject *sobj = Py_None;
-    Py_ssize_t k, row0, row1, stride = 1;
+    Py_buffer sb, kb;
+    PyObject *sobj = Py_None, *kobj = Py_None;
+    Py_ssize_t k, row0, row1, stride = 1, chunk = 0;
     float *samples = NULL;
+    Rows rs;
     (void)self;
     memset(&cm, 0, sizeof cm);
     memset(&sb, 0, sizeof sb);
-    if (!PyArg_ParseTuple(args, "y*w*nnnnnn|On", &cm.logits, &cm.out, &cm.C, &cm.H, &cm.W, &k, &row0, &row1, &sobj,
-                          &stride))
+    memset(&kb, 0, sizeof kb);
+    if (!PyArg_ParseTuple(args, "y*w*nnnnnn|OnOn", &cm.logits, &cm.out, &cm.C, &cm.H, &cm.W, &k, &row0, &row1, &sobj,
+                          &stride, &kobj, &chunk))
         return NULL;
-    Py_buffer *bufs[] = {&cm.logits, &cm.out, &sb};
+    Py_buffer *bufs[] = {&cm.logits, &cm.out, &sb, &kb};
     PyObject *result = NULL;
     float *fbuf = NULL;
-    if (parse_common(&cm, row0, row1) < 0 || get_samples(sobj, &sb, &cm, stride, &samples) < 0) goto done;
+    if (parse_common(&cm, row0, row1) < 0 || get_samples(sobj, &sb, &cm, stride, &samples) < 0 ||
+        get_rows(kobj, &kb, chunk, row0, row1, &rs) < 0)
+        goto done;
     if (k < 0 || k > cm.C) {
         PyErr_SetString(PyExc_ValueError, "k must be in 0..C");
         goto done;
@@ -210,28 +258,102 @@ static PyObject *first_argmax_keys(PyObject *self, PyObject *args) {
     }
     int32_t bad = 0;
     Py_BEGIN_ALLOW_THREADS
-    bad = first_argmax_rows((const float *)cm.logits.buf, (int32_t *)cm.out.buf, cm.C, cm.H, cm.W, k, row0, row1,
-                            fbuf, fbuf + (cm.W > BLOCK ? cm.W : BLOCK) + PAD, samples, stride);
+    Py_ssize_t a, b;
+    while (next_rows(&rs, &a, &b))
+        bad |= first_argmax_rows((const float *)cm.logits.buf, (int32_t *)cm.out.buf, cm.C, cm.H, cm.W, k, a, b, fbuf,
+                                 fbuf + (cm.W > BLOCK ? cm.W : BLOCK) + PAD, samples, stride);
     Py_END_ALLOW_THREADS
     result = PyBool_FromLong(!bad);
 done:
     PyMem_RawFree(fbuf);
-    release(bufs, 3);
+    release(bufs, 4);
     return result;
 }
 
-/* UPSNet's decision for one row with instances (UPSNetFusion._decide): stuff wins where
+/* ------------------------------------------------------------------------------------------------ UPSNet */
+
+/* Box-local geometry of one kept instance, in the order of the panoptic channels (see
+ * UPSNetFusion._instance_max): crop box [cy0, cy1) x [cx0, cx1) where its class logit Y counts, mask logits
+ * (ph, pw) added at the crop box's top-left, up to 4 "zero" rectangles where its zero first enters the
+ * running maximum (pixels inside every earlier crop box but outside its own), its semantic channel. */
+typedef struct {
+    Py_ssize_t cy0, cy1, cx0, cx1, ph, pw;
+    Py_ssize_t zero[4][4]; /* y0, y1, x0, x1; empty if y1 <= y0 */
+    Py_ssize_t channel;
+    const float *mask; /* (ph, pw) row-major */
+} Inst;
+
+/* The instance maps of rows [r0, r1) (n = (r1 - r0) * W pixels): ival = max over the instance channels,
+ * vmap = key base of its first argmax, ymax = max over the instances' Y (each 0 outside its crop box). */
+HOT void instance_maps(const float *lg, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0, Py_ssize_t r1,
+                       const Inst *inst, Py_ssize_t n, int32_t nst, int32_t step, float *restrict ival,
+                       int32_t *restrict vmap, float *restrict ymax) {
+    const Py_ssize_t npx = (r1 - r0) * W;
+    for (Py_ssize_t x = 0; x < npx; x++) {
+        ival[x] = 0.0f;
+        ymax[x] = 0.0f;
+        vmap[x] = nst;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const Inst *t = inst + i;
+        const int32_t base = nst + (int32_t)i * step;
+        if (i > 0)
+            for (int q = 0; q < 4; q++) {
+                const Py_ssize_t *z = t->zero[q];
+                Py_ssize_t y0 = z[0] > r0 ? z[0] : r0, y1 = z[1] < r1 ? z[1] : r1;
+                for (Py_ssize_t y = y0; y < y1; y++) {
+                    float *iv = ival + (y - r0) * W, *ym = ymax + (y - r0) * W;
+                    int32_t *vm = vmap + (y - r0) * W;
+                    for (Py_ssize_t x = z[2]; x < z[3]; x++) {
+                        int32_t neg = -(int32_t)(iv[x] < 0.0f);
+                        vm[x] = (base & neg) | (vm[x] & ~neg);
+                        iv[x] = iv[x] < 0.0f ? 0.0f : iv[x];
+                        ym[x] = ym[x] < 0.0f ? 0.0f : ym[x];
+                    }
+                }
+            }
+        Py_ssize_t y0 = t->cy0 > r0 ? t->cy0 : r0, y1 = t->cy1 < r1 ? t->cy1 : r1;
+        const float *plane = lg + t->channel * H * W;
+        for (Py_ssize_t y = y0; y < y1; y++) {
+            const float *yl = plane + y * W;
+            float *iv = ival + (y - r0) * W, *ym = ymax + (y - r0) * W;
+            int32_t *vm = vmap + (y - r0) * W;
+            const Py_ssize_t my = y - t->cy0;
+            /* columns [cx0, mx) get the mask logit, [mx, cx1) only Y (a crop box one column wider) */
+            const Py_ssize_t mx = my < t->ph ? t->cx0 + t->pw : t->cx0;
+            const float *m = t->mask + (my < t->ph ? my * t->pw : 0); /* m[x - cx0]: this row's mask logits */
+            Py_ssize_t x;
+            if (i == 0) {
+                for (x = t->cx0; x < mx; x++) {
+                    iv[x] = yl[x] + m[x - t->cx0];
+                    ym[x] = yl[x];
+                }
+                for (; x < t->cx1; x++) iv[x] = ym[x] = yl[x];
+                continue;
+            }
+            for (x = t->cx0; x < t->cx1; x++) {
+                float z = x < mx ? yl[x] + m[x - t->cx0] : yl[x];
+                int32_t better = -(int32_t)(z > iv[x]); /* strict: the first maximum keeps its key */
+                vm[x] = (base & better) | (vm[x] & ~better);
+                iv[x] = z > iv[x] ? z : iv[x];
+                ym[x] = yl[x] > ym[x] ? yl[x] : ym[x];
+            }
+        }
+    }
+}
+
+/* UPSNet's decision for a block with instances (UPSNetFusion._decide): stuff wins where
  * smax >= max(ival, U), an instance where ival >= U, else unknown (U = tmax - ymax; without the unknown
  * channel, stuff wins where smax >= ival).  An instance's key is its base (vmap) plus, with pairs, the
  * pixel's stuff class or NST for "a thing class". */
-HOT void decide_row(const float *restrict iv, const float *restrict vm, const float *restrict ym,
-                              const float *restrict smax, const int32_t *restrict sidx,
-                              const float *restrict tmax, int32_t *restrict o, Py_ssize_t W, int32_t U,
-                              int32_t NST, int32_t ADD, int32_t PN, int32_t UNK, int32_t HS) {
+HOT void decide_row(const float *restrict iv, const int32_t *restrict vm, const float *restrict ym,
+                    const float *restrict smax, const int32_t *restrict sidx, const float *restrict tmax,
+                    int32_t *restrict o, Py_ssize_t W, int32_t U, int32_t NST, int32_t ADD, int32_t PN,
+                    int32_t UNK, int32_t HS) {
     for (Py_ssize_t x = 0; x < W; x++) {
         int32_t thing = -(int32_t)(tmax[x] > smax[x]);
         int32_t code = (NST & thing) | (sidx[x] & ~thing);
-        int32_t ikey = (int32_t)vm[x] + ((code & PN) | (ADD & ~PN));
+        int32_t ikey = vm[x] + ((code & PN) | (ADD & ~PN));
         float u = tmax[x] - ym[x];
         int32_t lost = -(int32_t)(iv[x] < u) & UNK; /* the unknown channel beats the instances */
         ikey = (U & lost) | (ikey & ~lost);
@@ -241,106 +363,249 @@ HOT void decide_row(const float *restrict iv, const float *restrict vm, const fl
     }
 }
 
-/* Rows row0..row1-1 of upsnet_keys, in blocks of whole rows; smax, tmax, sidx: max(W, BLOCK) each. */
+typedef struct {
+    float *smax, *tmax, *ival, *ymax;
+    int32_t *sidx, *vmap;
+} Work;
+
+/* Rows row0..row1-1 of upsnet_keys, in blocks of whole rows; every Work array holds max(W, BLOCK). */
 TARGETS static int32_t upsnet_rows(const float *lg, int32_t *out, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
-                                   Py_ssize_t nst, Py_ssize_t row0, Py_ssize_t row1, const float *ival,
-                                   const float *vmap, const float *ymax, int32_t U, int pairs, int unknown,
-                                   float *smax, float *tmax, int32_t *sidx, float *samples, Py_ssize_t stride) {
+                                   Py_ssize_t nst, Py_ssize_t row0, Py_ssize_t row1, const Inst *inst, Py_ssize_t n,
+                                   int32_t step, int32_t U, int pairs, int unknown, const Work *wk,
+                                   float *samples, Py_ssize_t stride) {
     int32_t bad = 0;
-    const Py_ssize_t plane = H * W, step = BLOCK / W > 0 ? BLOCK / W : 1;
+    const Py_ssize_t plane = H * W, rows = BLOCK / W > 0 ? BLOCK / W : 1;
     const int has_things = nst < C;
     const int32_t NST = (int32_t)nst, ADD = pairs ? (int32_t)nst : 0;
     /* 0 / -1 masks of the loop-invariant choices */
     const int32_t PN = (pairs && nst) ? -1 : 0, UNK = unknown ? -1 : 0, HS = nst ? -1 : 0;
-    for (Py_ssize_t r = row0; r < row1; r += step) {
-        const Py_ssize_t n = (r + step <= row1 ? step : row1 - r) * W, off = r * W;
+    for (Py_ssize_t r = row0; r < row1; r += rows) {
+        const Py_ssize_t r1 = r + rows <= row1 ? r + rows : row1, np = (r1 - r) * W, off = r * W;
         int32_t *o = out + off;
         Py_ssize_t x;
-        bad |= reduce_row(lg, C, plane, off, n, nst, smax, sidx, tmax);
-        sample_block(lg, C, H, W, r, r + n / W, samples, stride);
-        if (ival != NULL)
-            decide_row(ival + off, vmap + off, ymax + off, smax, sidx, tmax, o, n, U, NST, ADD, PN, UNK, HS);
+        if (n > 0) instance_maps(lg, H, W, r, r1, inst, n, NST, step, wk->ival, wk->vmap, wk->ymax);
+        bad |= reduce_row(lg, C, plane, off, np, nst, wk->smax, wk->sidx, wk->tmax);
+        sample_block(lg, C, H, W, r, r1, samples, stride);
+        if (n > 0)
+            decide_row(wk->ival, wk->vmap, wk->ymax, wk->smax, wk->sidx, wk->tmax, o, np, U, NST, ADD, PN, UNK, HS);
         else if (nst == 0)
-            for (x = 0; x < n; x++) o[x] = U; /* no channel can win but unknown (or none at all) */
+            for (x = 0; x < np; x++) o[x] = U; /* no channel can win but unknown (or none at all) */
         else if (unknown && has_things)
-            select_first(smax, tmax, memcpy(o, sidx, sizeof(int32_t) * (size_t)n), U, n); /* U = max thing - 0 */
+            select_first(wk->smax, wk->tmax, memcpy(o, wk->sidx, sizeof(int32_t) * (size_t)np), U, np);
         else
-            memcpy(o, sidx, sizeof(int32_t) * (size_t)n);
+            memcpy(o, wk->sidx, sizeof(int32_t) * (size_t)np);
     }
     return bad;
 }
 
 PyDoc_STRVAR(upsnet_keys_doc,
-"upsnet_keys(logits, out, C, H, W, nst, row0, row1, ival, vmap, ymax, unk, pairs, unknown) -> bool\n\n"
-"UPSNet's per-pixel decision (see UPSNetFusion._decide) for rows row0..row1-1. Stuff channels are the first\n"
-"nst; ival, vmap, ymax are contiguous (H, W) float32 instance maps (all three None without instances);\n"
-"vmap holds float keys below 2**24. Writes int32 keys to out. Returns False if a logit read is not finite.\n"
-"samples, stride: optional score samples, as in first_argmax_keys.");
+"upsnet_keys(logits, out, C, H, W, nst, row0, row1, geometry, masks, step, unk, pairs, unknown,\n"
+"            samples=None, stride=1, counter=None, chunk=0) -> bool\n\n"
+"UPSNet's key of every pixel of rows row0..row1-1 (see UPSNetFusion._keys), instance maps included.\n"
+"geometry: contiguous int64 (N, 23) rows [cy0, cy1, cx0, cx1, ph, pw, 4 x (y0, y1, x0, x1) zero rectangles,\n"
+"channel] (None for N = 0); masks: N contiguous float32 (ph, pw) buffers; step: key stride of an instance.\n"
+"Writes int32 keys to out. Returns False if a logit read is not finite. samples, stride: optional score\n"
+"samples and chunks of rows from a shared counter, as in first_argmax_keys.");
+
+#define GEOMETRY 23
 
 static PyObject *upsnet_keys(PyObject *self, PyObject *args) {
     Common cm;
-    Py_buffer ib, vb, yb, sb;
-    PyObject *iobj, *vobj, *yobj, *sobj = Py_None;
-    Py_ssize_t nst, row0, row1, unk, stride = 1;
+    Py_buffer gb, sb, kb;
+    PyObject *gobj, *mobj, *sobj = Py_None, *kobj = Py_None, *mseq = NULL;
+    Py_ssize_t nst, row0, row1, unk, step, stride = 1, chunk = 0, n = 0, i;
+    Rows rs;
     int pairs, unknown;
-    float *samples = NULL;
+    float *samples = NULL, *fbuf = NULL;
+    int32_t *ibuf = NULL;
+    Inst *inst = NULL;
+    Py_buffer *mbufs = NULL;
     (void)self;
     memset(&cm, 0, sizeof cm);
+    memset(&gb, 0, sizeof gb);
     memset(&sb, 0, sizeof sb);
-    memset(&ib, 0, sizeof ib);
-    memset(&vb, 0, sizeof vb);
-    memset(&yb, 0, sizeof yb);
-    if (!PyArg_ParseTuple(args, "y*w*nnnnnnOOOnpp|On", &cm.logits, &cm.out, &cm.C, &cm.H, &cm.W, &nst, &row0,
-                          &row1, &iobj, &vobj, &yobj, &unk, &pairs, &unknown, &sobj, &stride))
+    memset(&kb, 0, sizeof kb);
+    if (!PyArg_ParseTuple(args, "y*w*nnnnnnOOnnpp|OnOn", &cm.logits, &cm.out, &cm.C, &cm.H, &cm.W, &nst, &row0,
+                          &row1, &gobj, &mobj, &step, &unk, &pairs, &unknown, &sobj, &stride, &kobj, &chunk))
         return NULL;
-    Py_buffer *bufs[] = {&cm.logits, &cm.out, &ib, &vb, &yb, &sb};
+    Py_buffer *bufs[] = {&cm.logits, &cm.out, &gb, &sb, &kb};
     PyObject *result = NULL;
-    float *fbuf = NULL;
-    int32_t *ibuf = NULL;
-    int has_inst = iobj != Py_None;
-    if (parse_common(&cm, row0, row1) < 0 || get_samples(sobj, &sb, &cm, stride, &samples) < 0) goto done;
+    if (parse_common(&cm, row0, row1) < 0 || get_samples(sobj, &sb, &cm, stride, &samples) < 0 ||
+        get_rows(kobj, &kb, chunk, row0, row1, &rs) < 0)
+        goto done;
     if (nst < 0 || nst > cm.C) {
         PyErr_SetString(PyExc_ValueError, "nst must be in 0..C");
         goto done;
     }
-    if (has_inst) {
-        if (vobj == Py_None || yobj == Py_None || PyObject_GetBuffer(iobj, &ib, PyBUF_C_CONTIGUOUS) < 0 ||
-            PyObject_GetBuffer(vobj, &vb, PyBUF_C_CONTIGUOUS) < 0 ||
-            PyObject_GetBuffer(yobj, &yb, PyBUF_C_CONTIGUOUS) < 0) {
-            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "ival, vmap and ymax go together");
+    if (gobj != Py_None) {
+        if (PyObject_GetBuffer(gobj, &gb, PyBUF_C_CONTIGUOUS) < 0) goto done;
+        if (gb.itemsize != 8 || gb.len % (8 * GEOMETRY) != 0) {
+            PyErr_SetString(PyExc_ValueError, "geometry must be a contiguous (N, 23) int64 buffer");
             goto done;
         }
-        Py_ssize_t need = cm.H * cm.W * 4;
-        if (ib.len != need || vb.len != need || yb.len != need) {
-            PyErr_SetString(PyExc_ValueError, "ival, vmap and ymax must be contiguous (H, W) float32 buffers");
+        n = gb.len / (8 * GEOMETRY);
+        mseq = PySequence_Fast(mobj, "masks must be a sequence of buffers");
+        if (mseq == NULL) goto done;
+        if (PySequence_Fast_GET_SIZE(mseq) != n) {
+            PyErr_SetString(PyExc_ValueError, "one mask buffer per geometry row");
             goto done;
         }
     }
+    inst = (Inst *)PyMem_RawCalloc((size_t)(n > 0 ? n : 1), sizeof(Inst));
+    mbufs = (Py_buffer *)PyMem_RawCalloc((size_t)(n > 0 ? n : 1), sizeof(Py_buffer));
+    if (inst == NULL || mbufs == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (i = 0; i < n; i++) {
+        const int64_t *g = (const int64_t *)gb.buf + i * GEOMETRY;
+        Inst *t = inst + i;
+        t->cy0 = g[0], t->cy1 = g[1], t->cx0 = g[2], t->cx1 = g[3], t->ph = g[4], t->pw = g[5];
+        for (int q = 0; q < 16; q++) t->zero[q / 4][q % 4] = g[6 + q];
+        t->channel = g[22];
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(mseq, i), mbufs + i, PyBUF_C_CONTIGUOUS) < 0) goto done;
+        int ok = t->channel >= 0 && t->channel < cm.C && t->cy0 >= 0 && t->cy1 <= cm.H && t->cx0 >= 0 &&
+                 t->cx1 <= cm.W && t->ph >= 0 && t->pw >= 0 && (t->cy1 <= t->cy0 || t->ph <= t->cy1 - t->cy0) &&
+                 (t->cx1 <= t->cx0 || t->pw <= t->cx1 - t->cx0) && mbufs[i].itemsize == 4 &&
+                 mbufs[i].len == t->ph * t->pw * 4;
+        for (int q = 0; q < 4 && ok; q++)
+            ok = t->zero[q][1] <= t->zero[q][0] ||
+                 (t->zero[q][0] >= 0 && t->zero[q][1] <= cm.H && t->zero[q][2] >= 0 && t->zero[q][3] <= cm.W);
+        if (!ok) {
+            PyErr_Format(PyExc_ValueError, "instance %zd: geometry or mask buffer out of range", i);
+            goto done;
+        }
+        if (t->cy1 <= t->cy0 || t->cx1 <= t->cx0) t->cy1 = t->cy0; /* empty crop box: nothing to do */
+        if (t->ph == 0 || t->pw == 0) t->ph = 0;                   /* no mask logit anywhere */
+        t->mask = (const float *)mbufs[i].buf;
+    }
     Py_ssize_t cap = cm.W > BLOCK ? cm.W : BLOCK;
-    fbuf = (float *)PyMem_RawMalloc(sizeof(float) * (2 * (size_t)cap + PAD));
-    ibuf = (int32_t *)PyMem_RawCalloc((size_t)cap, sizeof(int32_t)); /* sidx stays 0 without stuff */
+    fbuf = (float *)PyMem_RawMalloc(sizeof(float) * (4 * (size_t)cap + 4 * PAD));
+    ibuf = (int32_t *)PyMem_RawCalloc(2 * (size_t)cap + PAD, sizeof(int32_t)); /* sidx stays 0 without stuff */
     if (fbuf == NULL || ibuf == NULL) {
         PyErr_NoMemory();
         goto done;
     }
+    Work wk = {fbuf, fbuf + cap + PAD, fbuf + 2 * (cap + PAD), fbuf + 3 * (cap + PAD), ibuf, ibuf + cap + PAD};
     int32_t bad = 0;
     Py_BEGIN_ALLOW_THREADS
-    bad = upsnet_rows((const float *)cm.logits.buf, (int32_t *)cm.out.buf, cm.C, cm.H, cm.W, nst, row0, row1,
-                      has_inst ? (const float *)ib.buf : NULL, has_inst ? (const float *)vb.buf : NULL,
-                      has_inst ? (const float *)yb.buf : NULL, (int32_t)unk, pairs, unknown, fbuf,
-                      fbuf + cap + PAD, ibuf, samples, stride);
+    Py_ssize_t a, b;
+    while (next_rows(&rs, &a, &b))
+        bad |= upsnet_rows((const float *)cm.logits.buf, (int32_t *)cm.out.buf, cm.C, cm.H, cm.W, nst, a, b, inst, n,
+                           (int32_t)step, (int32_t)unk, pairs, unknown, &wk, samples, stride);
     Py_END_ALLOW_THREADS
     result = PyBool_FromLong(!bad);
 done:
+    if (mbufs != NULL)
+        for (i = 0; i < n; i++)
+            if (mbufs[i].obj != NULL) PyBuffer_Release(mbufs + i);
+    PyMem_RawFree(mbufs);
+    PyMem_RawFree(inst);
+    Py_XDECREF(mseq);
     PyMem_RawFree(fbuf);
     PyMem_RawFree(ibuf);
-    release(bufs, 6);
+    release(bufs, 5);
+    return result;
+}
+
+/* ------------------------------------------------------------------------------------------ mask pruning */
+
+PyDoc_STRVAR(overlap_flags_doc,
+"overlap_flags(masks, boxes, labels, canvas, H, W, threshold) -> list[bool]\n\n"
+"UPSNet's same-class overlap test (panoptic.fusion.pruning), instances in descending score order: instance\n"
+"i (binary mask = logit > 0, masks[i] a contiguous float32 (y1 - y0, x1 - x0) buffer at boxes[i] = (y0, y1,\n"
+"x0, x1), contiguous int64 (N, 4)) is kept iff its area is > 0 and |mask & kept masks of its class| / area\n"
+"<= threshold (float64). canvas: writable contiguous uint8 (num_labels, H, W), all zero; it is all zero\n"
+"again on return.");
+
+static PyObject *overlap_flags(PyObject *self, PyObject *args) {
+    PyObject *mobj, *mseq = NULL, *result = NULL;
+    Py_buffer bb, lb, cb, mb;
+    Py_ssize_t H, W, n = 0, i, kept_painted = 0;
+    double threshold;
+    Py_ssize_t *painted = NULL; /* indices of the painted instances, to clear the canvas */
+    (void)self;
+    memset(&bb, 0, sizeof bb);
+    memset(&lb, 0, sizeof lb);
+    memset(&cb, 0, sizeof cb);
+    if (!PyArg_ParseTuple(args, "Oy*y*w*nnd", &mobj, &bb, &lb, &cb, &H, &W, &threshold)) return NULL;
+    Py_buffer *bufs[] = {&bb, &lb, &cb};
+    mseq = PySequence_Fast(mobj, "masks must be a sequence of buffers");
+    if (mseq == NULL) goto done;
+    n = PySequence_Fast_GET_SIZE(mseq);
+    if (bb.len != n * 32 || lb.len != n * 8 || H < 0 || W < 0 || cb.len % (H * W > 0 ? H * W : 1) != 0) {
+        PyErr_SetString(PyExc_ValueError, "boxes (N, 4) int64, labels (N,) int64, canvas (L, H, W) uint8 expected");
+        goto done;
+    }
+    const int64_t *boxes = (const int64_t *)bb.buf, *labels = (const int64_t *)lb.buf;
+    const Py_ssize_t nlab = H * W > 0 ? cb.len / (H * W) : 0;
+    uint8_t *canvas = (uint8_t *)cb.buf;
+    painted = (Py_ssize_t *)PyMem_RawMalloc(sizeof(Py_ssize_t) * (size_t)(n > 0 ? n : 1));
+    result = PyList_New(n);
+    if (painted == NULL || result == NULL) {
+        Py_CLEAR(result);
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (i = 0; i < n; i++) {
+        const int64_t *b = boxes + 4 * i;
+        Py_ssize_t y0 = b[0], y1 = b[1], x0 = b[2], x1 = b[3], bh = y1 - y0, bw = x1 - x0;
+        int keep = 0;
+        memset(&mb, 0, sizeof mb);
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(mseq, i), &mb, PyBUF_C_CONTIGUOUS) < 0) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        if (bh > 0 && bw > 0) {
+            if (y0 < 0 || y1 > H || x0 < 0 || x1 > W || labels[i] < 0 || labels[i] >= nlab || mb.itemsize != 4 ||
+                mb.len != bh * bw * 4) {
+                PyBuffer_Release(&mb);
+                PyErr_Format(PyExc_ValueError, "instance %zd: box, label or mask out of range", i);
+                Py_CLEAR(result);
+                goto done;
+            }
+            const float *m = (const float *)mb.buf;
+            uint8_t *cv = canvas + labels[i] * H * W;
+            Py_ssize_t area = 0, inter = 0;
+            for (Py_ssize_t y = 0; y < bh; y++) {
+                const float *mr = m + y * bw;
+                const uint8_t *cr = cv + (y0 + y) * W + x0;
+                for (Py_ssize_t x = 0; x < bw; x++) {
+                    int on = mr[x] > 0.0f;
+                    area += on;
+                    inter += on & cr[x];
+                }
+            }
+            keep = area > 0 && (double)inter / (double)area <= threshold;
+            if (keep) {
+                for (Py_ssize_t y = 0; y < bh; y++) {
+                    const float *mr = m + y * bw;
+                    uint8_t *cr = cv + (y0 + y) * W + x0;
+                    for (Py_ssize_t x = 0; x < bw; x++) cr[x] |= (uint8_t)(mr[x] > 0.0f);
+                }
+                painted[kept_painted++] = i;
+            }
+        }
+        PyBuffer_Release(&mb);
+        PyList_SET_ITEM(result, i, PyBool_FromLong(keep));
+    }
+done:
+    if (painted != NULL && cb.buf != NULL)
+        for (Py_ssize_t k = 0; k < kept_painted; k++) { /* leave the canvas all zero */
+            const int64_t *b = (const int64_t *)bb.buf + 4 * painted[k];
+            uint8_t *cv = (uint8_t *)cb.buf + ((const int64_t *)lb.buf)[painted[k]] * H * W;
+            for (Py_ssize_t y = b[0]; y < b[1]; y++) memset(cv + y * W + b[2], 0, (size_t)(b[3] - b[2]));
+        }
+    PyMem_RawFree(painted);
+    Py_XDECREF(mseq);
+    release(bufs, 3);
     return result;
 }
 
 static PyMethodDef methods[] = {
     {"first_argmax_keys", first_argmax_keys, METH_VARARGS, first_argmax_keys_doc},
     {"upsnet_keys", upsnet_keys, METH_VARARGS, upsnet_keys_doc},
+    {"overlap_flags", overlap_flags, METH_VARARGS, overlap_flags_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -78,13 +78,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_pool)  # a forked child has the executor but not its threads
 
 
-def run_rows(fn: Callable[[int, int], bool], h: int) -> bool:
-    """Run ``fn(row0, row1)`` (a C pass that releases the GIL) over ``h`` rows on ``torch.get_num_threads()``
-    threads, the calling thread included.
+def run_rows(fn: Callable[[int, int, np.ndarray | None, int], bool], h: int) -> bool:
+    """Run a C pass over ``h`` rows on ``torch.get_num_threads()`` threads, the calling thread included.
 
-    The rows are cut into small chunks that the threads take in turn, so a thread slowed down by another
-    process (or by torch's OpenMP workers, which spin for a while after each parallel operation) simply
-    takes fewer chunks.
+    ``fn(row0, row1, counter, chunk)`` calls the pass (which releases the GIL). With more than one thread,
+    every thread gets the whole range and a shared int64 ``counter``: the pass takes chunks of ``chunk``
+    rows from it with an atomic add until none is left, so a thread slowed down by another process (or by
+    torch's OpenMP workers, which spin for a few ms after each parallel operation) simply takes fewer
+    chunks, and no thread waits for the GIL in between.
 
     Returns:
         ``True`` if every call returned ``True`` (every logit it read was finite).
@@ -92,25 +93,16 @@ def run_rows(fn: Callable[[int, int], bool], h: int) -> bool:
     global _POOL, _POOL_SIZE
     threads = max(1, min(torch.get_num_threads(), h // 8))  # a few rows per thread at least
     if threads == 1:
-        return bool(fn(0, h))
+        return bool(fn(0, h, None, 0))
     if _POOL is None or _POOL_SIZE != threads - 1:
         if _POOL is not None:
             _POOL.shutdown(wait=False)
         _POOL, _POOL_SIZE = ThreadPoolExecutor(threads - 1, thread_name_prefix="panoptic-fusion"), threads - 1
-    step = max(4, -(-h // (8 * threads)))
-    chunks = iter(range(0, h, step))  # next() on it is atomic under the GIL
-    finite = [True]
-
-    def work() -> None:
-        for r0 in chunks:
-            if not fn(r0, min(h, r0 + step)):
-                finite[0] = False
-
-    futures = [_POOL.submit(work) for _ in range(threads - 1)]
-    work()
-    for f in futures:
-        f.result()
-    return finite[0]
+    counter = np.zeros(1, dtype=np.int64)
+    chunk = max(4, -(-h // (16 * threads)))
+    futures = [_POOL.submit(fn, 0, h, counter, chunk) for _ in range(threads - 1)]
+    ok = bool(fn(0, h, counter, chunk))
+    return all([bool(f.result()) for f in futures]) and ok
 
 
 def band_rows(h: int, w: int, device: torch.device, pixels: int | None = None) -> int:
@@ -204,7 +196,8 @@ def first_argmax_keys(logits: torch.Tensor, num_first: int, out: torch.Tensor,
     if src is not None and out.dtype == torch.int32 and out.is_contiguous() and native_samples:
         dst = out.numpy()
         smp = None if samples is None else samples.numpy()  # filled by the pass
-        ok = run_rows(lambda r0, r1: _kernels.first_argmax_keys(src, dst, c, h, w, k, r0, r1, smp, stride), h)
+        ok = run_rows(lambda r0, r1, cnt, ch: _kernels.first_argmax_keys(src, dst, c, h, w, k, r0, r1, smp, stride,
+                                                                          cnt, ch), h)
         if finite is not None:
             finite.add_flag(ok)
         return

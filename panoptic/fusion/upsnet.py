@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -210,18 +211,21 @@ class UPSNetFusion(PanopticFusion):
         samples = None
         if want_samples:
             samples = scratch("upsnet.samples", (sem.shape[0], -(-h // stride), -(-w // stride)), sem.dtype, dev)
-        kd = torch.float32 if unk < 1 << 24 else torch.float64  # keys as floats: exact below 2**24 (2**53)
-        inst_maps = self._instance_max(sem, inst, local, nst + 1 if pairs else 1, kd) if n else None
+        step = nst + 1 if pairs else 1
         src = native_logits(sem)
-        if src is not None and kd == torch.float32:  # one C pass (see panoptic.fusion.reduce)
-            maps = [None] * 3 if inst_maps is None else [t.numpy() for t in inst_maps]
+        if src is not None and unk < 1 << 31 and all(m.dtype == torch.float32 for m in local.logits):
+            # One C pass (see panoptic.fusion.reduce), the instance maps built block by block inside it.
+            geometry, masks = _native_geometry(local, h, w, (inst.labels + nst).tolist())
             dst, c = keys.numpy(), int(sem.shape[0])
             smp = None if samples is None else samples.numpy()  # filled by the pass
-            ok = run_rows(lambda r0, r1: _kernels.upsnet_keys(src, dst, c, h, w, nst, r0, r1, *maps, unk, pairs,
-                                                               self.unknown, smp, stride), h)
+            ok = run_rows(lambda r0, r1, cnt, ch: _kernels.upsnet_keys(src, dst, c, h, w, nst, r0, r1, geometry, masks,
+                                                                        step, unk, pairs, self.unknown, smp, stride,
+                                                                        cnt, ch), h)
             if not ok:
                 raise ValueError(_NON_FINITE)
         else:
+            kd = torch.float32 if unk < 1 << 24 else torch.float64  # keys as floats: exact below 2**24 (2**53)
+            inst_maps = self._instance_max(sem, inst, local, step, kd) if n else None
             self._keys_torch(sem, inst_maps, keys, samples, stride, pairs, unk)
         counts = torch.bincount(keys.reshape(-1), minlength=unk + 1)
         # One full-map compare, and only when some pixel is unknown (the caller's all-False default is cheaper).
@@ -605,6 +609,30 @@ def _rect_minus(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> l
         return [a]
     parts = [(y0, iy0, x0, x1), (iy1, y1, x0, x1), (iy0, iy1, x0, ix0), (iy0, iy1, ix1, x1)]
     return [r for r in parts if r[1] > r[0] and r[3] > r[2]]
+
+
+def _native_geometry(local: LocalMasks, h: int, w: int, channels: list[int]
+                     ) -> tuple[np.ndarray | None, list[np.ndarray]]:
+    """The instances of :meth:`UPSNetFusion._instance_max` for the C pass: an ``(N, 23)`` int64 table (crop
+    box, mask size, the up to four rectangles where the instance's zero enters the maximum, channel) and
+    the contiguous float32 mask logits; ``None`` and ``[]`` without instances."""
+    if not local.logits:
+        return None, []
+    rows = []
+    common = (0, h, 0, w)  # pixels covered by the crop boxes of all instances so far
+    for i, (crop, paste) in enumerate(zip(local.regions.crop, local.regions.paste, strict=True)):
+        zero = _rect_minus(common, crop) if i else []
+        common = _rect_and(common, crop)
+        ph, pw = max(0, paste[1] - paste[0]), max(0, paste[3] - paste[2])
+        if not ph or not pw:
+            ph = pw = 0
+        flat = [v for r in zero for v in r] + [0] * (4 * (4 - len(zero)))
+        rows.append([*crop, ph, pw, *flat, channels[i]])
+    masks = [m.detach().contiguous().numpy() if m.numel() else _NO_MASK for m in local.logits]
+    return np.asarray(rows, dtype=np.int64), masks
+
+
+_NO_MASK = np.zeros(0, dtype=np.float32)
 
 
 def _paste_as_crop(local: LocalMasks) -> BoxRegions:
