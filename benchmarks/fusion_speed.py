@@ -59,6 +59,13 @@ from panoptic import CategoryTable, Instances
 from panoptic.fusion import UPSNetFusion, box_regions, paste_masks, prune_instances
 
 H, W = 1024, 2048
+
+
+def fusion_backend() -> str:
+    """``c`` if the fusions' per-pixel passes run in the C extension, ``torch`` otherwise."""
+    from panoptic.fusion import reduce
+
+    return "c" if reduce._kernels is not None else "torch"
 COUNTS = (20, 50, 100)
 IMPLS = ("upsnet", "heuristic", "panopticapi", "dense", "floor")
 
@@ -185,7 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads for the whole run (default: torch's default). On a shared machine "
                         "1 thread gives steadier numbers: with 2 threads every parallel op waits for both")
+    p.add_argument("--backend", choices=["auto", "torch"], default="auto",
+                   help="per-pixel passes of the fusions: auto (the C extension when built) or torch (the fallback "
+                        "of an install without a C compiler)")
     args = p.parse_args(argv)
+    if args.backend == "torch":
+        from panoptic.fusion import pruning, reduce, upsnet
+
+        for module in (reduce, upsnet, pruning):
+            module._kernels = None
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
@@ -252,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": repeats, "image": [h, w], "timer": "wall clock (time.perf_counter), median per image",
         "loadavg_start": [round(v, 2) for v in load_start], "loadavg_end": [round(v, 2) for v in os.getloadavg()],
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "backend": "c" if fusion_backend() == "c" else "torch",
         "heuristic": ("HeuristicFusion() default flavour" if heuristic is not None
                       else f"skipped: {heuristic_err}"),
     }
@@ -265,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmedian ms per image, {h}x{w}, {repeats} interleaved repetitions, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, load average {load_start[0]:.2f} at the start, "
-          f"{os.getloadavg()[0]:.2f} at the end\n")
+          f"{os.getloadavg()[0]:.2f} at the end, {fusion_backend()} passes\n")
     print("| instances (kept by UPSNet) | upsnet | heuristic | panopticapi | dense | floor | upsnet / floor "
           "| panopticapi / heuristic | dense / upsnet |")
     print("|---|---|---|---|---|---|---|---|---|")

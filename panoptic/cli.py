@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="panoptic", description="Panoptic segmentation with pluggable fusion "
                                      "strategies: UPSNet's panoptic head and the heuristic baselines.")
-    parser.add_argument("--version", action="version", version=f"panoptic {__version__}")
+    parser.add_argument("--version", action="version", version=f"panoptic {__version__} ({_native_summary()})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _register_demo(sub)
     from .compare.cli import register as register_compare
@@ -56,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     register_evaluate(sub)
     register_compare(sub)
     return parser
+
+
+def _native_summary() -> str:
+    """Which optional C extensions this install has (a pip install without a C compiler skips them)."""
+    from .fusion.reduce import _kernels
+    from .png import decoder_name
+
+    fusion = "C" if _kernels is not None else "torch (no C extension)"
+    return f"fusion passes: {fusion}; PNG decoder: {decoder_name()}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

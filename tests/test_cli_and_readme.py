@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_version_and_help(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
-    assert e.value.code == 0 and __version__ in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and __version__ in out and "fusion passes:" in out and "PNG decoder:" in out
     assert main([]) == 0
     out = capsys.readouterr().out
     for cmd in ("compare", "demo", "synth", "train", "predict", "evaluate"):
