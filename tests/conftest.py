@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 
@@ -19,6 +20,29 @@ def require_oracle(module: str):
     if os.environ.get("PANOPTIC_REQUIRE_ORACLE") == "1":
         return importlib.import_module(module)  # CI installs the oracles: a missing one must fail
     return pytest.importorskip(module)
+
+
+def require_native(module: str):
+    """Import an optional C extension; skip without it (no compiler at install), unless CI demands it."""
+    if os.environ.get("PANOPTIC_REQUIRE_NATIVE") == "1":
+        return importlib.import_module(module)  # CI has a compiler: an extension that did not build must fail
+    return pytest.importorskip(module, reason="the C extension was not built (no compiler at install)")
+
+
+@contextlib.contextmanager
+def torch_only(active: bool = True):
+    """Run the fusions' torch fallback instead of the C passes (as an install without a compiler would)."""
+    from panoptic.fusion import pruning, reduce, upsnet
+
+    saved = [(m, m._kernels) for m in (reduce, upsnet, pruning)]
+    try:
+        if active:
+            for m, _ in saved:
+                m._kernels = None
+        yield
+    finally:
+        for m, k in saved:
+            m._kernels = k
 
 
 def tiny_table(num_stuff: int = 2, num_things: int = 2) -> CategoryTable:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_table
+from conftest import require_native, tiny_table
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,11 +18,14 @@ from panoptic.fusion import reduce as reduce_module
 from panoptic.fusion import upsnet as upsnet_module
 from panoptic.fusion.reduce import first_argmax_keys
 
-pytest.importorskip("panoptic.fusion._kernels", reason="the C extension was not built (no compiler at install)")
+require_native("panoptic.fusion._kernels")
 
 
 def _torch_path(monkeypatch):
-    monkeypatch.setattr(reduce_module, "_kernels", None)
+    from panoptic.fusion import pruning
+
+    for module in (reduce_module, upsnet_module, pruning):
+        monkeypatch.setattr(module, "_kernels", None)
 
 
 @st.composite

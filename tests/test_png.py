@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_native
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -15,7 +16,7 @@ from PIL import Image
 from panoptic import png
 from panoptic.formats import id2rgb
 
-native = pytest.importorskip("panoptic._png", reason="the C extension was not built (no compiler at install)")
+native = require_native("panoptic._png")
 
 
 # ------------------------------------------------------------------------------ a PNG writer with chosen filters

@@ -6,7 +6,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from conftest import same_segmentation, tiny_table
+from conftest import same_segmentation, tiny_table, torch_only
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -95,19 +95,23 @@ def test_permuting_instances_permutes_channels_only(scene, rnd):
 
 
 @settings(max_examples=80, deadline=None)
-@given(scenes(), st.booleans())
-def test_box_local_fast_path_equals_dense_argmax(scene, unknown):
+@given(scenes(), st.booleans(), st.booleans())
+def test_box_local_fast_path_equals_dense_argmax(scene, unknown, torch_path):
     sem, inst = scene
     fusion = UPSNetFusion(TABLE, unknown=unknown)
-    assert torch.equal(fusion.panoptic_argmax(sem, inst), fusion.panoptic_logits(sem, inst).argmax(0))
+    with torch_only(torch_path):  # the C pass when built, and the torch fallback
+        fast = fusion.panoptic_argmax(sem, inst)
+    assert torch.equal(fast, fusion.panoptic_logits(sem, inst).argmax(0))
 
 
 @settings(max_examples=40, deadline=None)
-@given(scenes(roi=False))
-def test_fast_path_with_full_image_masks(scene):
+@given(scenes(roi=False), st.booleans())
+def test_fast_path_with_full_image_masks(scene, torch_path):
     sem, inst = scene
     fusion = UPSNetFusion(TABLE)
-    assert torch.equal(fusion.panoptic_argmax(sem, inst), fusion.panoptic_logits(sem, inst).argmax(0))
+    with torch_only(torch_path):
+        fast = fusion.panoptic_argmax(sem, inst)
+    assert torch.equal(fast, fusion.panoptic_logits(sem, inst).argmax(0))
 
 
 @settings(max_examples=60, deadline=None)
