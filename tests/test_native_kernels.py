@@ -190,3 +190,18 @@ def test_overlap_flags_native_equals_host(seed, n, threshold):
     if n:
         canvas = scratch("prune.native_canvas", (8, h, w), torch.uint8, torch.device("cpu"), zero=True)
         assert not canvas.any()  # left all zero for the next image
+
+
+def test_rows_wider_than_a_block(monkeypatch):
+    # 9000 px rows: one row a block, work buffers sized by the row (BLOCK is 8192 px).
+    table = tiny_table(2, 2)
+    g = torch.Generator().manual_seed(5)
+    sem = torch.randn(1, 4, 20, 9000, generator=g).round()
+    inst = Instances(torch.tensor([[10.0, 1.0, 8990.0, 18.0], [4000.0, 0.0, 8999.0, 19.0]]), torch.tensor([0.9, 0.8]),
+                     torch.tensor([1, 0]), torch.randn(2, 6, 6, generator=g))
+    with pytest.MonkeyPatch.context() as mp:
+        native, ref = _run_both(mp, lambda: UPSNetFusion(table)(sem, [inst])[0].segment_map)
+    assert torch.equal(native, ref)
+    with pytest.MonkeyPatch.context() as mp:
+        native, ref = _run_both(mp, lambda: HeuristicFusion(table)(sem, [inst])[0].segment_map)
+    assert torch.equal(native, ref)
