@@ -109,3 +109,29 @@ def test_predict_input_errors(trained, images, tmp_path, capsys):
         collect_images([tmp_path])
     assert main(["predict", str(images / "notes.txt"), "--checkpoint", str(trained), "--out", str(tmp_path / "o")]) == 2
     assert "cannot read the image" in capsys.readouterr().err
+
+
+def test_predict_images_of_a_coco_json_keep_their_ids_and_evaluate_directly(trained, tmp_path, capsys):
+    from panoptic.data import write_synthetic_dataset
+    from panoptic.evaluation import pq_compute
+
+    data = tmp_path / "data"
+    gt_json = write_synthetic_dataset(data, n=8, size=64, seed=4)["val"]
+    gt = json.loads(gt_json.read_text())
+    image_root = data / "images"
+    out = tmp_path / "pred"
+    assert main(["predict", "--images-json", str(gt_json), "--image-root", str(image_root), "--checkpoint",
+                 str(trained), "--out", str(out), "--no-overlay"]) == 0
+    assert f"wrote {len(gt['images'])} predictions" in capsys.readouterr().out
+    pred = json.loads((out / "panoptic.json").read_text())
+    assert [a["image_id"] for a in pred["annotations"]] == [im["id"] for im in gt["images"]]
+    result = pq_compute(gt_json, out / "panoptic.json", data / "panoptic", out / "panoptic", workers=1)
+    assert 0.0 <= result["All"]["pq"] <= 1.0
+    # Bad uses name the fix.
+    assert main(["predict", "--images-json", str(gt_json), "--checkpoint", str(trained), "--out", str(out)]) == 2
+    assert "--image-root" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(trained), "--out", str(out)]) == 2
+    assert "--images-json" in capsys.readouterr().err
+    assert main(["predict", "--images-json", str(gt_json), "--image-root", str(tmp_path), "--checkpoint",
+                 str(trained), "--out", str(out)]) == 2
+    assert "missing under" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from .data import build_datasets, synthetic_benchmark
 from .distributed import DistInfo, init_distributed, resolve_device
 from .evaluate import evaluate
 from .optim import WarmupStepSchedule, build_optimizer, build_scheduler, param_groups
-from .predict import PredictOutput, predict_image, predict_images
+from .predict import PredictOutput, images_from_json, predict_image, predict_images
 from .trainer import Trainer, TrainResult, model_parts, train
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "build_scheduler",
     "check_table",
     "evaluate",
+    "images_from_json",
     "init_distributed",
     "load_checkpoint",
     "model_parts",

@@ -100,7 +100,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict", help="panoptic segmentation of images with a trained checkpoint",
         description="Segment images (files or folders) and write OUT/panoptic.json + OUT/panoptic/<id>.png "
                     "(COCO-panoptic), OUT/segments/<id>.json and OUT/overlay/<id>.png.")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR")
+    p.add_argument("--images-json", type=Path, metavar="JSON",
+                   help="predict the images listed in this COCO(-panoptic) JSON (with --image-root) and keep their "
+                        "image ids, so that `panoptic evaluate` matches the predictions to that ground truth")
+    p.add_argument("--image-root", type=Path, metavar="DIR", help="folder of the --images-json file_names")
     p.add_argument("--checkpoint", required=True, type=Path, help=".pt or .safetensors checkpoint")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--fusion", choices=("model", "upsnet", "heuristic"), default="model",
@@ -181,14 +185,21 @@ def run_predict(args: argparse.Namespace) -> int:
     """Run ``predict``; returns the exit status (2 on bad input)."""
     from .checkpoint import CheckpointError, load_checkpoint
     from .distributed import resolve_device
-    from .predict import predict_images
+    from .predict import images_from_json, predict_images
 
     try:
+        if (args.images_json is None) == (not args.inputs):
+            raise ValueError("give image files / folders, or --images-json with --image-root (not both).")
+        inputs, ids = args.inputs, None
+        if args.images_json is not None:
+            if args.image_root is None:
+                raise ValueError("--images-json needs --image-root, the folder its file_names are relative to.")
+            inputs, ids = images_from_json(args.images_json, args.image_root)
         device = resolve_device(args.device)
         model, table, meta = load_checkpoint(args.checkpoint, map_location=device)
-        outputs = predict_images(model, table, args.inputs, out_dir=args.out, scales=args.scales, flip=args.flip,
+        outputs = predict_images(model, table, inputs, out_dir=args.out, scales=args.scales, flip=args.flip,
                                  fusion=args.fusion, short_side=args.short_side, max_size=args.max_size,
-                                 write_overlay=not args.no_overlay)
+                                 write_overlay=not args.no_overlay, image_ids=ids)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"panoptic predict: error: {e}", file=sys.stderr)
         return 2

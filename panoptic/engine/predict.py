@@ -12,7 +12,9 @@ Output folder::
     OUT/segments/<id>.json       the image's annotation {image_id, file_name, segments_info, height, width}
     OUT/overlay/<id>.png         the segmentation blended over the image
 
-where ``<id>`` is the image's file stem (made unique with ``_1``, ``_2``, ... when stems repeat).
+where ``<id>`` is the image's file stem (made unique with ``_1``, ``_2``, ... when stems repeat). The JSON's
+``image_id`` is that stem too, or, for the images of a COCO JSON (:func:`images_from_json`), their id there,
+so that the predictions can be evaluated against that ground truth as they are.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from ..models import MRCNNPSP, UPSNet
 from ..structures import PanopticResult
 from ..visualize import overlay, save_png
 
-__all__ = ["IMAGE_SUFFIXES", "PredictOutput", "collect_images", "load_image", "make_fusion", "predict_image",
-           "predict_images", "semantic_logits"]
+__all__ = ["IMAGE_SUFFIXES", "PredictOutput", "collect_images", "images_from_json", "load_image", "make_fusion",
+           "predict_image", "predict_images", "semantic_logits"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -48,13 +50,14 @@ class PredictOutput:
 
     Attributes:
         image_path: The input file.
-        image_id: Its id in the outputs (the unique file stem).
+        image_id: Its id in the outputs: the unique file stem, or the id given with the image (e.g. from
+            :func:`images_from_json`).
         result: The panoptic segmentation at the image's original size.
         files: Written files by kind (``png``, ``json``, ``overlay``); empty without ``out_dir``.
     """
 
     image_path: Path
-    image_id: str
+    image_id: int | str
     result: PanopticResult
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -176,6 +179,42 @@ def predict_image(model: nn.Module, image: torch.Tensor, *, scales: Sequence[flo
     return result if result.image_size == orig else resize_panoptic(result, orig)
 
 
+def images_from_json(json_path: str | Path, image_root: str | Path) -> tuple[list[Path], list[int | str]]:
+    """The images listed in a COCO(-panoptic) JSON's ``images`` and their ids, for :func:`predict_images`.
+
+    Predicting them with these ids gives a prediction JSON that ``panoptic evaluate`` / ``pq_compute``
+    match to that ground truth directly.
+
+    Args:
+        json_path: A COCO or COCO-panoptic JSON with ``images: [{id, file_name, ...}]``.
+        image_root: Folder the ``file_name``s are relative to.
+
+    Returns:
+        ``(paths, image_ids)`` in the JSON's order.
+
+    Raises:
+        ValueError: If the JSON cannot be read, has no ``images``, or lists a missing file.
+    """
+    try:
+        data = json.loads(Path(json_path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read the image list JSON {json_path}: {e}.") from None
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list) or not images:
+        raise ValueError(f"{json_path} has no 'images' list; pass a COCO or COCO-panoptic JSON.")
+    paths, ids = [], []
+    for entry in images:
+        if not isinstance(entry, dict) or "id" not in entry or "file_name" not in entry:
+            raise ValueError(f"{json_path}: image entry {str(entry)[:200]} needs 'id' and 'file_name'.")
+        paths.append(Path(image_root) / entry["file_name"])
+        ids.append(entry["id"])
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"{len(missing)} images listed in {json_path} are missing under {image_root}, e.g. "
+                         f"{missing[:3]}; pass the folder the file_names are relative to as the image root.")
+    return paths, ids
+
+
 def _unique_ids(paths: Sequence[Path]) -> list[str]:
     seen: dict[str, int] = {}
     ids = []
@@ -190,7 +229,8 @@ def _unique_ids(paths: Sequence[Path]) -> list[str]:
 def predict_images(model: nn.Module, table: CategoryTable, paths: Sequence[str | Path], *,
                    out_dir: str | Path | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
                    fusion: str | PanopticFusion | None = None, short_side: int | None = None,
-                   max_size: int | None = None, write_overlay: bool = True) -> list[PredictOutput]:
+                   max_size: int | None = None, write_overlay: bool = True,
+                   image_ids: Sequence[int | str] | None = None) -> list[PredictOutput]:
     """Predict image files (and folders of images) and, with ``out_dir``, write the outputs described above.
 
     Args:
@@ -204,6 +244,9 @@ def predict_images(model: nn.Module, table: CategoryTable, paths: Sequence[str |
         short_side: See :func:`predict_image`.
         max_size: See :func:`predict_image`.
         write_overlay: Write ``overlay/<id>.png``.
+        image_ids: The ``image_id`` of each file of ``paths`` (files only, no folders) in the JSON, e.g. the
+            ground truth's (:func:`images_from_json`); default: the unique file stem. Output files are named
+            after the stem either way.
 
     Returns:
         One :class:`PredictOutput` per image, in input order.
@@ -211,24 +254,34 @@ def predict_images(model: nn.Module, table: CategoryTable, paths: Sequence[str |
     model.eval()
     fuse = make_fusion(fusion, table, model) if fusion is None or isinstance(fusion, str) else fusion
     files = collect_images(paths)
+    stems = _unique_ids(files)
+    if image_ids is None:
+        ids: list[int | str] = list(stems)
+    else:
+        ids = list(image_ids)
+        if len(ids) != len(files) or len(files) != len(paths):
+            raise ValueError(f"image_ids has {len(ids)} ids for {len(paths)} paths ({len(files)} images); give one id "
+                             "per image file (folders cannot take ids).")
+        if len(set(ids)) != len(ids):
+            raise ValueError("image_ids must be unique.")
     out = Path(out_dir) if out_dir is not None else None
     writer = CocoPanopticWriter(table, out / "panoptic.json", out / "panoptic") if out is not None else None
     results = []
-    for path, image_id in zip(files, _unique_ids(files)):
+    for path, image_id, stem in zip(files, ids, stems, strict=True):
         image = load_image(path)
         result = predict_image(model, image, scales=scales, flip=flip, fusion=fuse, short_side=short_side,
                                max_size=max_size)
         item = PredictOutput(path, image_id, result)
         if writer is not None and out is not None:
-            ann = writer.add(result, image_id, f"{image_id}.png", image_file_name=path.name)
+            ann = writer.add(result, image_id, f"{stem}.png", image_file_name=path.name)
             h, w = result.image_size
-            seg = out / "segments" / f"{image_id}.json"
+            seg = out / "segments" / f"{stem}.json"
             seg.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(seg, json.dumps({**ann, "height": h, "width": w, "image_file": str(path)}).encode())
             item.files = {"png": out / "panoptic" / ann["file_name"], "json": seg}
             if write_overlay:
                 rgb = (image.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-                item.files["overlay"] = save_png(overlay(rgb, result, table), out / "overlay" / f"{image_id}.png")
+                item.files["overlay"] = save_png(overlay(rgb, result, table), out / "overlay" / f"{stem}.png")
         results.append(item)
     if writer is not None:
         writer.close()
