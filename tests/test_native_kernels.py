@@ -205,3 +205,18 @@ def test_rows_wider_than_a_block(monkeypatch):
     with pytest.MonkeyPatch.context() as mp:
         native, ref = _run_both(mp, lambda: HeuristicFusion(table)(sem, [inst])[0].segment_map)
     assert torch.equal(native, ref)
+
+
+def test_fusion_from_several_threads_at_once():
+    from concurrent.futures import ThreadPoolExecutor
+
+    table = tiny_table(2, 2)
+    g = torch.Generator().manual_seed(9)
+    sems = [torch.randn(1, 4, 48, 40, generator=g) for _ in range(6)]
+    inst = Instances(torch.tensor([[3.0, 4.0, 30.0, 40.0]]), torch.tensor([0.9]), torch.tensor([0]),
+                     torch.randn(1, 8, 8, generator=g))
+    fusion = UPSNetFusion(table)
+    serial = [fusion(s, [inst])[0].segment_map for s in sems]
+    with ThreadPoolExecutor(3) as ex:
+        parallel = list(ex.map(lambda s: fusion(s, [inst])[0].segment_map, sems))
+    assert all(torch.equal(a, b) for a, b in zip(serial, parallel, strict=True))

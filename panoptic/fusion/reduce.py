@@ -25,6 +25,7 @@ take the torch path.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -67,6 +68,7 @@ def native_logits(logits: torch.Tensor) -> np.ndarray | None:
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_SIZE = 0
+_POOL_LOCK = threading.Lock()
 
 
 def _reset_pool() -> None:
@@ -94,13 +96,15 @@ def run_rows(fn: Callable[[int, int, np.ndarray | None, int], bool], h: int) -> 
     threads = max(1, min(torch.get_num_threads(), h // 8))  # a few rows per thread at least
     if threads == 1:
         return bool(fn(0, h, None, 0))
-    if _POOL is None or _POOL_SIZE != threads - 1:
-        if _POOL is not None:
-            _POOL.shutdown(wait=False)
-        _POOL, _POOL_SIZE = ThreadPoolExecutor(threads - 1, thread_name_prefix="panoptic-fusion"), threads - 1
+    with _POOL_LOCK:  # fusions may be called from several threads at once
+        if _POOL is None or _POOL_SIZE != threads - 1:
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)
+            _POOL, _POOL_SIZE = ThreadPoolExecutor(threads - 1, thread_name_prefix="panoptic-fusion"), threads - 1
+        pool = _POOL
     counter = np.zeros(1, dtype=np.int64)
     chunk = max(4, -(-h // (16 * threads)))
-    futures = [_POOL.submit(fn, 0, h, counter, chunk) for _ in range(threads - 1)]
+    futures = [pool.submit(fn, 0, h, counter, chunk) for _ in range(threads - 1)]
     ok = bool(fn(0, h, counter, chunk))
     return all([bool(f.result()) for f in futures]) and ok
 
