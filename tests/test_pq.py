@@ -346,6 +346,15 @@ def test_pq_compute_missing_file(tmp_path):
         pq_compute(**paths, workers=1)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pq_compute_corrupt_png_names_the_file(tmp_path, workers):
+    paths = _dataset(tmp_path)
+    png_file = paths["pred_folder"] / "a.png"
+    png_file.write_bytes(png_file.read_bytes()[:40])  # truncated inside the first chunks
+    with pytest.raises(ValueError, match=r"image 1 .*\(prediction\): cannot decode .*a\.png.*regenerate it"):
+        pq_compute(**paths, workers=workers)
+
+
 def test_pq_compute_warns_on_wrong_gt_area(tmp_path):
     paths = _dataset(tmp_path)
     gt = json.loads(paths["gt_json"].read_text())

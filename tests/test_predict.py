@@ -109,6 +109,11 @@ def test_predict_input_errors(trained, images, tmp_path, capsys):
         collect_images([tmp_path])
     assert main(["predict", str(images / "notes.txt"), "--checkpoint", str(trained), "--out", str(tmp_path / "o")]) == 2
     assert "cannot read the image" in capsys.readouterr().err
+    # A bad file after a good one: the error comes before any output is written.
+    out = tmp_path / "mixed"
+    assert main(["predict", str(images / "img0.png"), str(images / "notes.txt"), "--checkpoint", str(trained),
+                 "--out", str(out)]) == 2
+    assert "remove or replace" in capsys.readouterr().err and not out.exists()
 
 
 def test_predict_images_of_a_coco_json_keep_their_ids_and_evaluate_directly(trained, tmp_path, capsys):
@@ -135,3 +140,7 @@ def test_predict_images_of_a_coco_json_keep_their_ids_and_evaluate_directly(trai
     assert main(["predict", "--images-json", str(gt_json), "--image-root", str(tmp_path), "--checkpoint",
                  str(trained), "--out", str(out)]) == 2
     assert "missing under" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text(json.dumps({"annotations": []}))
+    assert main(["predict", "--images-json", str(tmp_path / "bad.json"), "--image-root", str(image_root),
+                 "--checkpoint", str(trained), "--out", str(out)]) == 2
+    assert "no 'images' list" in capsys.readouterr().err

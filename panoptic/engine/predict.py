@@ -93,8 +93,19 @@ def load_image(path: str | Path) -> torch.Tensor:
         with Image.open(path) as im:
             array = torch.from_numpy(np.array(im.convert("RGB")))
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read the image ({type(e).__name__}: {e}).") from None
+        raise ValueError(f"{path}: cannot read the image ({type(e).__name__}: {e}); remove or replace the "
+                         "file.") from None
     return array.permute(2, 0, 1).float().div_(255.0)
+
+
+def _check_image(path: Path) -> None:
+    """Raise :func:`load_image`'s ``ValueError`` if ``path`` has no readable image header."""
+    try:
+        with Image.open(path):
+            pass
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read the image ({type(e).__name__}: {e}); remove or replace the "
+                         "file.") from None
 
 
 def make_fusion(name: str | None, table: CategoryTable, model: nn.Module) -> PanopticFusion | None:
@@ -265,6 +276,9 @@ def predict_images(model: nn.Module, table: CategoryTable, paths: Sequence[str |
         if len(set(ids)) != len(ids):
             raise ValueError("image_ids must be unique.")
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        for path in files:  # headers only: a bad file stops the run before anything is written
+            _check_image(path)
     writer = CocoPanopticWriter(table, out / "panoptic.json", out / "panoptic") if out is not None else None
     results = []
     for path, image_id, stem in zip(files, ids, stems, strict=True):

@@ -418,6 +418,15 @@ def _codes(lut: np.ndarray, ids: np.ndarray, seg_ids: list[int], scale: int, out
         lut[idx] = 0
 
 
+def _read_ids(path: str | os.PathLike, what: str, out: np.ndarray | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`~panoptic.png.read_png_ids` with an error that names the file and the fix."""
+    try:
+        return read_png_ids(path, out)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{what}: cannot decode {path} ({type(e).__name__}: {e}); the PNG is corrupt or truncated, "
+                         "regenerate it.") from None
+
+
 def _unknown_ids_error(name: str, path: str, seg_ids: list[int]) -> ValueError:
     present = np.unique(read_png_ids(path)[0])
     missing = sorted(set(present.tolist()) - set(seg_ids) - {0})
@@ -433,10 +442,10 @@ def _eval_task(task: _Task, scratch: _Scratch | None = None) -> tuple[ImageStats
     total = rows * stride
     dtype = np.uint16 if total <= 32767 else np.int32 if total < 2**31 else np.int64
     lut = s.lut(dtype)
-    ids, g_size = read_png_ids(task.gt_path, s.last("ids"))
+    ids, g_size = _read_ids(task.gt_path, f"{task.name} (ground truth)", s.last("ids"))
     s.keep("ids", ids)
     key = _codes(lut, ids, task.gt_ids, stride, s.buf("key", ids.size, dtype))
-    ids, p_size = read_png_ids(task.pred_path, ids)
+    ids, p_size = _read_ids(task.pred_path, f"{task.name} (prediction)", ids)
     if g_size != p_size:
         raise ValueError(_size_error(task.name, task.pred_path, p_size, g_size))
     np.add(key, _codes(lut, ids, task.pred_ids, 1, s.buf("key2", ids.size, dtype)), out=key)
@@ -676,8 +685,8 @@ def load_coco_pair(gt_png: str | os.PathLike, gt_segments_info: list[dict[str, A
         :func:`panoptic.formats.from_coco`) and the ``(Sg,)`` GT PNG ids to pass as ``gt_ids``, which
         makes streaming results identical to :func:`pq_compute`.
     """
-    g_ids, g_size = read_png_ids(gt_png)
-    p_ids, p_size = read_png_ids(pred_png)
+    g_ids, g_size = _read_ids(gt_png, "ground truth")
+    p_ids, p_size = _read_ids(pred_png, "prediction")
     if g_size != p_size:
         raise ValueError(_size_error(str(pred_png), str(pred_png), p_size, g_size))
     gt = from_coco(g_ids.reshape(g_size), gt_segments_info, table, name=str(gt_png))
