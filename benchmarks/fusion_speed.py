@@ -197,10 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                         "of an install without a C compiler)")
     args = p.parse_args(argv)
     if args.backend == "torch":
-        from panoptic.fusion import pruning, reduce, upsnet
+        from panoptic.fusion import reduce
 
-        for module in (reduce, upsnet, pruning):
-            module._kernels = None
+        reduce._kernels = None  # the one switch every fusion consults
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     load_start = os.getloadavg()

@@ -66,16 +66,15 @@ def assemble_from_keys(
         keys: ``(H, W)`` int32 or int64 map with values in ``0 .. len(key_counts) - 1``.
         key_counts: ``(Q,)`` int64 pixel count of each key (``bincount`` of ``keys``).
         key_label: ``(Q,)`` int64 candidate of each key, ``-1`` = void.
-        category: ``(K,)`` contiguous category of each candidate, as in :func:`assemble_result`.
-        isthing: ``(K,)`` bool.
-        score: ``(K,)`` float.
-        source: ``(K,)`` int64 instance index or -1.
-        iscrowd: ``(K,)`` bool, default all ``False``.
-        unknown_mask: ``(H, W)`` bool, default all ``False``; must only mark void pixels.
+        category: As in :func:`assemble_result` (the ``K`` candidates' table).
+        isthing: As in :func:`assemble_result`.
+        score: As in :func:`assemble_result`.
+        source: As in :func:`assemble_result`.
+        iscrowd: As in :func:`assemble_result`.
+        unknown_mask: As in :func:`assemble_result`.
 
     Returns:
-        The result; candidates with no pixel are dropped and the rest renumbered ``1..S`` in
-        candidate order.
+        As :func:`assemble_result`.
     """
     k = int(category.numel())
     device = keys.device

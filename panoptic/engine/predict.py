@@ -92,10 +92,16 @@ def load_image(path: str | Path) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             array = torch.from_numpy(np.array(im.convert("RGB")))
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read the image ({type(e).__name__}: {e}); remove or replace the "
-                         "file.") from None
+    except _IMAGE_ERRORS as e:
+        raise _image_error(path, e) from None
     return array.permute(2, 0, 1).float().div_(255.0)
+
+
+_IMAGE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
+
+
+def _image_error(path: str | Path, e: Exception) -> ValueError:
+    return ValueError(f"{path}: cannot read the image ({type(e).__name__}: {e}); remove or replace the file.")
 
 
 def _check_image(path: Path) -> None:
@@ -103,9 +109,8 @@ def _check_image(path: Path) -> None:
     try:
         with Image.open(path):
             pass
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read the image ({type(e).__name__}: {e}); remove or replace the "
-                         "file.") from None
+    except _IMAGE_ERRORS as e:
+        raise _image_error(path, e) from None
 
 
 def make_fusion(name: str | None, table: CategoryTable, model: nn.Module) -> PanopticFusion | None:

@@ -9,9 +9,9 @@ import torch
 from torchvision.ops import nms
 
 from ..structures import Instances
+from . import reduce
 from .base import scratch
 from .paste import BoxRegions, box_regions, paste_masks
-from .reduce import _kernels
 
 __all__ = ["LocalMasks", "PruningConfig", "local_mask_logits", "prune_and_paste", "prune_instances"]
 
@@ -108,8 +108,9 @@ def _prune(instances: Instances, image_size: tuple[int, int],
     sub = instances[idx]
     local = local_mask_logits(sub, image_size)
     labels = sub.labels.tolist()
-    if dev.type == "cpu" and _kernels is not None and all(m.dtype == torch.float32 for m in local.logits):
-        flags = _overlap_flags_native(local, sub.labels, image_size, config.overlap_threshold)
+    masks = reduce.native_masks(local.logits) if dev.type == "cpu" else None
+    if masks is not None:
+        flags = _overlap_flags_native(local, masks, sub.labels, image_size, config.overlap_threshold)
     elif dev.type == "cpu":
         flags = _overlap_flags_host(local, labels, image_size, config.overlap_threshold)
     else:
@@ -119,22 +120,19 @@ def _prune(instances: Instances, image_size: tuple[int, int],
     return idx[torch.tensor(flags, dtype=torch.bool, device=dev)], LocalMasks(regions, [local.logits[j] for j in kept])
 
 
-def _overlap_flags_native(local: LocalMasks, labels: torch.Tensor, image_size: tuple[int, int],
-                          threshold: float) -> list[bool]:
+def _overlap_flags_native(local: LocalMasks, masks: list[np.ndarray], labels: torch.Tensor,
+                          image_size: tuple[int, int], threshold: float) -> list[bool]:
     """The same-class overlap test in one C call (``panoptic.fusion._kernels``; same rule and float64 test as
-    :func:`_overlap_flags_host`). The per-class canvases are a reused all-zero buffer, zero again after."""
+    :func:`_overlap_flags_host`) on ``masks`` from :func:`~panoptic.fusion.reduce.native_masks`. The per-class
+    canvases are a reused all-zero buffer, zero again after."""
     n = len(local.logits)
     if n == 0:
         return []
     num_labels = max(8, 1 << int(labels.max()).bit_length())  # a stable shape: the buffer is reused
     canvas = scratch("prune.native_canvas", (num_labels, *image_size), torch.uint8, labels.device, zero=True)
     boxes = np.asarray(local.regions.paste, dtype=np.int64).reshape(n, 4)
-    masks = [m.detach().contiguous().numpy() if m.numel() else _EMPTY for m in local.logits]
-    return _kernels.overlap_flags(masks, boxes, labels.to(torch.int64).numpy(), canvas.numpy(), image_size[0],
+    return reduce._kernels.overlap_flags(masks, boxes, labels.to(torch.int64).numpy(), canvas.numpy(), image_size[0],
                                   image_size[1], float(threshold))
-
-
-_EMPTY = np.zeros(0, dtype=np.float32)
 
 
 def _overlap_flags_host(local: LocalMasks, labels: list[int], image_size: tuple[int, int],

@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover - the extension is optional (no C compil
     _kernels = None
 
 __all__ = ["BAND_PIXELS", "MASK_CHANNELS", "band_rows", "first_argmax_keys", "first_index_of", "native_logits",
-           "run_rows", "sample_rows"]
+           "native_masks", "run_rows", "sample_rows"]
 
 #: Pixels per row band on the CPU. At 1024x2048 with Cityscapes' 19 channels, 64K-128K pixels are fastest
 #: (the band's logits and work buffers stay in cache); the larger end halves the number of parallel regions,
@@ -66,6 +66,15 @@ def native_logits(logits: torch.Tensor) -> np.ndarray | None:
     return logits.detach().numpy()
 
 
+def native_masks(masks: list[torch.Tensor]) -> list[np.ndarray] | None:
+    """Box-local mask logits as contiguous float32 numpy arrays for the C passes, or ``None`` if they must
+    take the torch path (extension not built, a mask not float32)."""
+    if _kernels is None or any(m.dtype != torch.float32 for m in masks):
+        return None
+    return [m.detach().contiguous().numpy() if m.numel() else _NO_MASK for m in masks]
+
+
+_NO_MASK = np.zeros(0, dtype=np.float32)
 _POOL: ThreadPoolExecutor | None = None
 _POOL_SIZE = 0
 _POOL_LOCK = threading.Lock()

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from ..categories import CategoryTable
 from ..segments import assemble_from_keys
 from ..structures import Instances, PanopticResult
+from . import reduce
 from .base import (
     _NON_FINITE,
     FiniteCheck,
@@ -60,7 +61,7 @@ from .base import (
 )
 from .paste import BoxRegions, crop_dense, paste_masks_dense
 from .pruning import LocalMasks, PruningConfig, local_mask_logits, prune_and_paste
-from .reduce import _kernels, first_index_of, native_logits, run_rows, sample_rows
+from .reduce import first_index_of, native_logits, native_masks, run_rows, sample_rows
 
 __all__ = ["PanopticTargets", "UPSNetFusion"]
 
@@ -213,14 +214,16 @@ class UPSNetFusion(PanopticFusion):
             samples = scratch("upsnet.samples", (sem.shape[0], -(-h // stride), -(-w // stride)), sem.dtype, dev)
         step = nst + 1 if pairs else 1
         src = native_logits(sem)
-        if src is not None and unk < 1 << 31 and all(m.dtype == torch.float32 for m in local.logits):
+        masks = native_masks(local.logits)
+        if src is not None and masks is not None and unk < 1 << 31:
             # One C pass (see panoptic.fusion.reduce), the instance maps built block by block inside it.
-            geometry, masks = _native_geometry(local, h, w, (inst.labels + nst).tolist())
+            geometry = _native_geometry(local, h, w, (inst.labels + nst).tolist())
             dst, c = keys.numpy(), int(sem.shape[0])
             smp = None if samples is None else samples.numpy()  # filled by the pass
-            ok = run_rows(lambda r0, r1, cnt, ch: _kernels.upsnet_keys(src, dst, c, h, w, nst, r0, r1, geometry, masks,
-                                                                        step, unk, pairs, self.unknown, smp, stride,
-                                                                        cnt, ch), h)
+            kernels = reduce._kernels
+            ok = run_rows(lambda r0, r1, cnt, ch: kernels.upsnet_keys(src, dst, c, h, w, nst, r0, r1, geometry, masks,
+                                                                       step, unk, pairs, self.unknown, smp, stride,
+                                                                       cnt, ch), h)
             if not ok:
                 raise ValueError(_NON_FINITE)
         else:
@@ -611,13 +614,12 @@ def _rect_minus(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> l
     return [r for r in parts if r[1] > r[0] and r[3] > r[2]]
 
 
-def _native_geometry(local: LocalMasks, h: int, w: int, channels: list[int]
-                     ) -> tuple[np.ndarray | None, list[np.ndarray]]:
+def _native_geometry(local: LocalMasks, h: int, w: int, channels: list[int]) -> np.ndarray | None:
     """The instances of :meth:`UPSNetFusion._instance_max` for the C pass: an ``(N, 23)`` int64 table (crop
-    box, mask size, the up to four rectangles where the instance's zero enters the maximum, channel) and
-    the contiguous float32 mask logits; ``None`` and ``[]`` without instances."""
+    box, mask size, the up to four rectangles where the instance's zero enters the maximum, channel);
+    ``None`` without instances."""
     if not local.logits:
-        return None, []
+        return None
     rows = []
     common = (0, h, 0, w)  # pixels covered by the crop boxes of all instances so far
     for i, (crop, paste) in enumerate(zip(local.regions.crop, local.regions.paste, strict=True)):
@@ -628,11 +630,7 @@ def _native_geometry(local: LocalMasks, h: int, w: int, channels: list[int]
             ph = pw = 0
         flat = [v for r in zero for v in r] + [0] * (4 * (4 - len(zero)))
         rows.append([*crop, ph, pw, *flat, channels[i]])
-    masks = [m.detach().contiguous().numpy() if m.numel() else _NO_MASK for m in local.logits]
-    return np.asarray(rows, dtype=np.int64), masks
-
-
-_NO_MASK = np.zeros(0, dtype=np.float32)
+    return np.asarray(rows, dtype=np.int64)
 
 
 def _paste_as_crop(local: LocalMasks) -> BoxRegions:
