@@ -33,6 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from ..categories import CategoryTable
+from ..errors import PanopticError
 from ..formats import from_coco
 from ..structures import PanopticResult
 from .targets import PanopticTarget, build_target
@@ -41,7 +42,7 @@ from .transforms import Sample, Transform
 __all__ = ["CocoPanopticDataset", "PanopticDataError"]
 
 
-class PanopticDataError(ValueError):
+class PanopticDataError(PanopticError, ValueError):
     """A problem in a COCO-panoptic dataset; the message names the file and the fix."""
 
 

@@ -46,6 +46,7 @@ from torch import nn
 
 from .. import __version__
 from ..categories import CategoryTable
+from ..errors import PanopticError
 from ..models import MODELS, LossWeights, build_model
 
 __all__ = [
@@ -69,7 +70,7 @@ VERSION = 1
 _ST_SEP = "::"  # safetensors key separator for non-tensor state_dict entries (extra state dicts)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PanopticError, ValueError):
     """A checkpoint that cannot be used; the message names the file, the problem and the fix."""
 
 

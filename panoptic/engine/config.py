@@ -24,12 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
+from ..errors import PanopticError
+
 __all__ = ["ConfigError", "DataConfig", "DistConfig", "OptimConfig", "TrainConfig", "apply_overrides"]
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(PanopticError, ValueError):
     """A bad configuration value or key; the message names the field and what it accepts."""
 
 
