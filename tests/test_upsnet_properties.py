@@ -31,6 +31,12 @@ def scenes(draw, max_side: int = 20, max_n: int = 6, roi: bool = True):
     x1 = torch.rand(n, generator=g) * (w + 2) - 1
     y1 = torch.rand(n, generator=g) * (h + 2) - 1
     boxes = torch.stack([x1, y1, x1 + torch.rand(n, generator=g) * w, y1 + torch.rand(n, generator=g) * h], 1)
+    if draw(st.booleans()):  # boxes across every border: coordinates within a pixel of an image edge
+        edge = torch.tensor([-1.0, 0.0, w - 1.0, float(w), -1.0, 0.0, h - 1.0, float(h)])
+        pick = torch.randint(0, 4, (n, 4), generator=g) + torch.tensor([0, 4, 0, 4])
+        near = edge[pick] + torch.rand(n, 4, generator=g) * 0.98 - 0.49
+        lo, hi = torch.minimum(near[:, :2], near[:, 2:]), torch.maximum(near[:, :2], near[:, 2:])
+        boxes = torch.cat([lo, hi], 1)
     if roi:
         masks = torch.randn(n, 5, 5, generator=g) * 3
     else:
@@ -47,8 +53,8 @@ def expected_instance_channel(sem, box, label, mask):
     h, w = sem.shape[1:]
     x1, y1, x2, y2 = [float(v) for v in box]
     out = torch.zeros(h, w)
-    if x1 > w - 1 or x2 < 0 or y1 > h - 1 or y2 < 0:
-        return out, out.clone()
+    if math.trunc(x1) > w - 1 or math.trunc(x2) < 0 or math.trunc(y1) > h - 1 or math.trunc(y2) < 0:
+        return out, out.clone()  # the truncated box misses the image
     x1, x2 = min(max(x1, 0), w - 1), min(max(x2, 0), w - 1)
     y1, y2 = min(max(y1, 0), h - 1), min(max(y2, 0), h - 1)
     px0, px1, py0, py1 = math.trunc(x1), math.trunc(x2), math.trunc(y1), math.trunc(y2)

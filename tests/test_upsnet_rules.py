@@ -61,12 +61,14 @@ def test_pruning_score_threshold_is_strict():
 
 
 def test_pruning_class_agnostic_nms():
-    # IoU of the two boxes (continuous coordinates) = 12 / 20 = 0.6 > 0.5: the lower score goes,
-    # even though the classes differ.
+    # IoU of the two boxes with +1 pixel sides (the reference's) = 5*4 / (25 + 25 - 20) = 0.667 > 0.5: the
+    # lower score goes, even though the classes differ.
     inst = _square_instances([(0, 0, 4, 4, 0, 0.7, 5.0), (0, 1, 4, 5, 1, 0.9, 5.0), (6, 6, 7, 7, 1, 0.8, 5.0)])
     keep = prune_instances(inst, (8, 8), PruningConfig(overlap_threshold=None))
     assert keep.tolist() == [1, 2]
-    keep = prune_instances(inst, (8, 8), PruningConfig(nms_iou=0.65, overlap_threshold=None))
+    keep = prune_instances(inst, (8, 8), PruningConfig(nms_iou=0.66, overlap_threshold=None))
+    assert keep.tolist() == [1, 2]
+    keep = prune_instances(inst, (8, 8), PruningConfig(nms_iou=0.67, overlap_threshold=None))
     assert keep.tolist() == [1, 2, 0]
 
 

@@ -2,14 +2,19 @@
 
 Geometry follows the UPSNet reference code (its ``MaskTerm``/``MaskRemoval`` and ``SegTerm``):
 
-* boxes (scaled by ``scale``) are first clipped to ``[0, W - 1] x [0, H - 1]``;
+* a box (scaled by ``scale``) covers the pixels of its truncated coordinates: column ``trunc(x1)`` to
+  column ``trunc(x2)`` (``int()`` in the reference), so a box is inside the image iff ``x1 < W`` and
+  ``x2 > -1`` (same for y): ``[7.4, 1, 7.9, 2]`` in a width-8 image covers column 7;
+* such boxes are then clipped to ``[0, W - 1] x [0, H - 1]``;
 * **paste box**: ``x0 = trunc(x1)``, ``x1' = trunc(x2)`` (inclusive), same for y; the ``M x M`` logits
   are resized bilinearly (``align_corners=False``, like ``cv2.resize``) to ``(y1' - y0 + 1, x1' - x0 + 1)``;
 * **crop box** (where the semantic logit of the instance's class is copied): start ``trunc``, end
   ``round`` (half to even), inclusive. It contains the paste box; on the right/bottom edge it can be
   one pixel larger, as in the reference.
 
-A box that lies entirely outside the image gets empty regions, so its instance has no pixels.
+A box whose truncated extent misses the image (``x1 >= W``, ``x2 <= -1``, same for y) gets empty regions, so
+its instance has no pixels. (The reference clips its detector's boxes to the image before this step, so it
+never meets one; a box outside the image is a caller's coordinate mistake and is not moved onto the border.)
 
 Work is box-local: the cost is the sum of box areas, and the only host transfer is one ``tolist`` of
 all box coordinates per call (no per-instance sync).
@@ -48,7 +53,8 @@ def box_regions(boxes: torch.Tensor, image_size: tuple[int, int], scale: float =
     """
     h, w = image_size
     b = boxes.detach().double() * scale
-    outside = (b[:, 0] > w - 1) | (b[:, 2] < 0) | (b[:, 1] > h - 1) | (b[:, 3] < 0)
+    # Outside iff the truncated box misses the image: trunc(x1) > W - 1 <=> x1 >= W, trunc(x2) < 0 <=> x2 <= -1.
+    outside = (b[:, 0] >= w) | (b[:, 2] <= -1) | (b[:, 1] >= h) | (b[:, 3] <= -1)
     bx = b[:, 0::2].clamp(0, w - 1)
     by = b[:, 1::2].clamp(0, h - 1)
     t = torch.stack([by[:, 0].trunc(), by[:, 1].trunc(), bx[:, 0].trunc(), bx[:, 1].trunc(),

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -105,7 +104,8 @@ class UPSNetFusion(PanopticFusion):
             Cityscapes).
         pruning: Mask pruning thresholds; see :class:`PruningConfig`.
         unknown_fraction: Training: share of ground-truth instances turned unknown; the head keeps
-            ``max(floor(N * (1 - unknown_fraction)), 1)`` of ``N`` (reference: keep fraction 0.7).
+            ``max(int(N * (1 - unknown_fraction)), 1)`` of ``N``, in float arithmetic as the reference (keep
+            fraction 0.7: ``N = 90`` keeps 62, since ``90 * 0.7 = 62.99999999999999``).
         loss_normalization: ``"all"`` divides the summed cross-entropy by all pixels (reference) or
             ``"valid"`` by non-ignored pixels.
         ignore_index: Ignore label of semantic targets and panoptic targets.
@@ -547,7 +547,8 @@ class UPSNetFusion(PanopticFusion):
         n = int(instance_masks.shape[0])
         dev = sem.device
         if n and self.unknown:
-            n_keep = max(math.floor(n * (1.0 - self.unknown_fraction) + 1e-9), 1)
+            # The reference's int(N * 0.7) in float arithmetic: N = 90 keeps int(62.99999999999999) = 62.
+            n_keep = max(int(n * (1.0 - self.unknown_fraction)), 1)
             keep = torch.randperm(n, generator=generator).to(dev)[:n_keep].sort().values
         else:
             keep = torch.arange(n, device=dev)
