@@ -223,14 +223,27 @@ def test_score_order_wins_overlap() -> None:
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
-def test_score_ties_keep_input_order(flavor: str) -> None:
-    # Many equal scores on one mask: the first in input order wins (a non-stable sort would not ensure it).
+def test_score_ties_visit_in_the_reference_order(flavor: str) -> None:
+    # Many equal scores on one mask: the first visited wins. panopticapi's sorted() is stable (input order),
+    # detectron2 and mmdet visit in torch.argsort(-scores) order (not stable on the CPU for long runs of
+    # ties), UPSNet's np.argsort(scores)[::-1] puts the later input first.
     n = 3000
     scores = torch.tensor([0.8, 0.9])[torch.arange(n) % 2]
     inst = Instances(torch.tensor([[0.0, 0.0, 3.0, 3.0]]).repeat(n, 1), scores, torch.arange(n) % 2,
                      torch.ones(n, 2, 2))
     res = fuse(HeuristicFusion(make_table(), flavor, stuff_area_limit=1), ALL_S, inst)
-    assert res.source.tolist() == [1, -1]
+    first = {"panopticapi": 1, "upsnet": n - 1}.get(flavor, int(torch.argsort(-scores)[0]))
+    assert res.source.tolist() == [first, -1]
+
+
+@pytest.mark.parametrize(("flavor", "winner"), [("panopticapi", 0), ("detectron2", 0), ("mmdet", 0),
+                                                ("upsnet", 1)])
+def test_two_tied_instances_hand_computed(flavor: str, winner: int) -> None:
+    # Two equal scores on one mask: input order wins, except UPSNet's reverse argsort (the later first).
+    inst = Instances(torch.tensor([[0.0, 0.0, 3.0, 3.0]] * 2), torch.tensor([0.7, 0.7]), torch.tensor([0, 1]),
+                     torch.ones(2, 2, 2))
+    res = fuse(HeuristicFusion(make_table(), flavor, stuff_area_limit=1), ALL_S, inst)
+    assert res.source.tolist() == [winner, -1]
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
@@ -439,7 +452,13 @@ def dense_fuse(fusion: HeuristicFusion, sem: np.ndarray, masks: np.ndarray, scor
     eps = 1e-5 if fusion.flavor == "mmdet" else 0.0
     cat, src = np.full(sem.shape, -1), np.full(sem.shape, -1)
     painted = np.zeros(sem.shape, dtype=bool)
-    for i in sorted(range(len(scores)), key=lambda j: -scores[j]):
+    if fusion.flavor in ("detectron2", "mmdet"):  # torch.argsort(-scores), as they call it
+        order = torch.argsort(-torch.tensor(scores, dtype=torch.float32)).tolist()
+    elif upsnet:  # np.argsort(scores)[::-1] with a stable sort: equal scores the later first
+        order = sorted(range(len(scores)), key=lambda j: (-scores[j], -j))
+    else:  # Python's stable sorted(key=-score)
+        order = sorted(range(len(scores)), key=lambda j: -scores[j])
+    for i in order:
         if fusion.score_threshold is not None and scores[i] < fusion.score_threshold:
             continue
         area = int(masks[i].sum())

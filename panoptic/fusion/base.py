@@ -50,14 +50,19 @@ class PanopticFusion(nn.Module, ABC):
         Returns:
             ``B`` results of size ``(H, W)``.
         """
-        sem = prepare_semantic(semantic_logits, self.table, len(instances), output_size,
-                               check_finite=not self.checks_finite)
+        sem = self.prepare_semantic(semantic_logits, len(instances), output_size)
         size = (int(sem.shape[-2]), int(sem.shape[-1]))
         out = []
         for b, inst in enumerate(instances):
             inst = prepare_instances(inst, self.table, size, sem.device)
             out.append(self.fuse_image(sem[b], inst))
         return out
+
+    def prepare_semantic(self, semantic_logits: torch.Tensor, batch: int,
+                         output_size: tuple[int, int] | None) -> torch.Tensor:
+        """Validate the batch's ``(B, C, h, w)`` logits and resize them to ``output_size`` (see
+        :func:`prepare_semantic`); a fusion that accepts another channel layout converts it here."""
+        return prepare_semantic(semantic_logits, self.table, batch, output_size, check_finite=not self.checks_finite)
 
     @abstractmethod
     def fuse_image(self, semantic_logits: torch.Tensor, instances: Instances) -> PanopticResult:
@@ -70,11 +75,14 @@ class PanopticFusion(nn.Module, ABC):
 
 
 def prepare_semantic(semantic_logits: torch.Tensor, table: CategoryTable, batch: int,
-                     output_size: tuple[int, int] | None, check_finite: bool = True) -> torch.Tensor:
+                     output_size: tuple[int, int] | None, check_finite: bool = True,
+                     layout: tuple[int, str] | None = None) -> torch.Tensor:
     """Validate ``(B, C, h, w)`` logits against the table and resize them to ``output_size``.
 
     With ``check_finite=False`` the caller rejects non-finite values itself (see :class:`FiniteCheck`); logits
-    that are resized are checked here anyway (a downsampling resize need not read every value).
+    that are resized are checked here anyway (a downsampling resize need not read every value). ``layout``:
+    the channel count and its description when the logits are not in the table's layout (``C = num_classes``,
+    stuff first, then things).
     """
     s = semantic_logits
     if not isinstance(s, torch.Tensor) or s.ndim != 4:
@@ -83,7 +91,10 @@ def prepare_semantic(semantic_logits: torch.Tensor, table: CategoryTable, batch:
                          "logits[None] for one image.")
     if not s.is_floating_point():
         raise ValueError(f"semantic_logits must be float logits, got {s.dtype}.")
-    if s.shape[1] != table.num_classes:
+    if layout is not None:
+        if s.shape[1] != layout[0]:
+            raise ValueError(f"semantic_logits has {s.shape[1]} channels but {layout[1]}.")
+    elif s.shape[1] != table.num_classes:
         raise ValueError(f"semantic_logits has {s.shape[1]} channels but the category table has "
                          f"{table.num_classes} ({table.num_stuff} stuff then {table.num_things} things); "
                          "order the channels stuff first, then things, one per category.")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -30,15 +31,19 @@ from .base import (
     PanopticFusion,
     fill_stuff_scores,
     fill_stuff_scores_sampled,
+    prepare_semantic,
     score_stride,
     scratch,
 )
 from .paste import box_regions, paste_masks
+from .pruning import reverse_argsort
 from .reduce import first_argmax_keys
 
 __all__ = ["HeuristicFusion"]
 
 Region = tuple[int, int, int, int]
+SemanticLayout = Literal["stuff_first", "detectron2"]
+TieOrder = Literal["stable", "torch_argsort", "reverse"]
 
 
 @dataclass(frozen=True)
@@ -53,13 +58,16 @@ class _Flavor:
     strict_mask: bool  # foreground iff prob > t (True) or prob >= t (False)
     overlap_eps: float  # added to the mask area in the overlap ratio's denominator
     stuff_before_paste: bool  # stuff area measured on the raw semantic map (UPSNet) or on what is left
+    # Visit order of equal scores: Python's stable sorted(key=-score) (input order), torch.argsort(-scores)
+    # itself, or numpy's argsort()[::-1] read with a stable sort (the later input first).
+    tie_order: TieOrder
 
 
 _FLAVORS = {
-    "panopticapi": _Flavor(0.5, 0.5, None, 4096.0, 0.5, False, 0.0, False),
-    "detectron2": _Flavor(0.5, 0.5, None, 4096.0, 0.5, False, 0.0, False),
-    "mmdet": _Flavor(None, 0.5, None, 4096.0, 0.5, False, 1e-5, False),
-    "upsnet": _Flavor(0.6, None, 0.7, 4096.0, 0.5, True, 0.0, True),
+    "panopticapi": _Flavor(0.5, 0.5, None, 4096.0, 0.5, False, 0.0, False, "stable"),
+    "detectron2": _Flavor(0.5, 0.5, None, 4096.0, 0.5, False, 0.0, False, "torch_argsort"),
+    "mmdet": _Flavor(None, 0.5, None, 4096.0, 0.5, False, 1e-5, False, "torch_argsort"),
+    "upsnet": _Flavor(0.6, None, 0.7, 4096.0, 0.5, True, 0.0, True, "reverse"),
 }
 
 
@@ -76,34 +84,41 @@ class HeuristicFusion(PanopticFusion):
       :func:`~panoptic.fusion.paste.paste_masks` (bilinear on logits; detectron2 and mmdet resize
       probabilities, which can move edge pixels) into their box; ``mask_space="image"`` masks are
       used whole, also outside their box.
-    * Instances are visited by score, descending, ties in input order (stable sort). A kept instance
-      paints only its still unpainted pixels, as a new segment; an instance with an empty mask is dropped.
+    * Instances are visited by score, descending; equal scores in the flavour's reference order (below).
+      A kept instance paints only its still unpainted pixels, as a new segment; an instance with an empty
+      mask is dropped.
     * Ratios are computed in float64, as the Python/numpy references do.
     * Segments: things in paint order, then stuff in channel order, at most one per stuff class.
       Thing score = detection score, source = index in the input ``Instances``; stuff score = mean
       class probability (:func:`~panoptic.fusion.base.fill_stuff_scores`), source = -1.
 
-    Flavours (``None`` for a keyword = the flavour's default):
+    Flavours (``None`` for a keyword = the flavour's default); ``docs/fusion-strategies.md`` has one table
+    per flavour with every rule, its reference file and each deliberate difference:
 
     * ``"panopticapi"`` (``combine_semantic_and_instance_predictions.py``, the default): keep an
-      instance iff ``score >= score_threshold`` (0.5); drop it iff
-      ``|mask ∧ painted| / |mask| > overlap_threshold`` (0.5); a stuff class keeps its unpainted
-      pixels iff their count ``>= stuff_area_limit`` (4096), else they are void.
+      instance iff ``score >= score_threshold`` (0.5); equal scores in input order (Python's stable
+      ``sorted``); drop it iff ``|mask ∧ painted| / |mask| > overlap_threshold`` (0.5); a stuff class keeps
+      its unpainted pixels iff their count ``>= stuff_area_limit`` (4096), else they are void.
     * ``"detectron2"`` (Panoptic FPN ``combine_semantic_and_instance_outputs``): the same values and
-      rules on these inputs. detectron2 merges all things into semantic channel 0 before its argmax
-      (equivalent to "argmax is a thing channel" here), ``break``s at the first sorted score
-      ``< score_threshold`` (equivalent to filtering), and sorts with a non-stable ``argsort``; ties
-      are in input order here.
+      rules; equal scores in the order of ``torch.argsort(-scores)`` itself (not stable: on the CPU a
+      long run of ties is not in input order), on the instances' device, like detectron2; its ``break`` at
+      the first sorted score ``< score_threshold`` equals filtering. detectron2's semantic head merges all
+      things into channel 0 (``semantic_layout="detectron2"``: channel 0 = the "things" logit, channels
+      ``1..S`` = the stuff classes in the table's stuff order); its argmax sends a tie between the things
+      logit and a stuff logit to things, so the pixel stays void. With stuff-first logits a tie goes to
+      the stuff class (the only difference, and only on exact ties).
     * ``"mmdet"`` (``HeuristicFusionHead``): no score threshold (``score_threshold=None`` keeps all;
-      mmdet filters in its RoI head); drop iff ``|mask ∧ painted| / (|mask| + 1e-5) > overlap_threshold``
-      (0.5); stuff as panopticapi (``>= 4096`` after pasting). mmdet evaluates the ratio (and the
-      threshold) in float32 and sorts non-stably; here float64 and stable (with the default 0.5 the
-      decisions agree for masks under about 2**24 pixels).
+      mmdet filters in its RoI head); equal scores in ``torch.argsort(-scores)`` order; drop iff
+      ``|mask ∧ painted| / (|mask| + 1e-5) > overlap_threshold`` (0.5); stuff as panopticapi (``>= 4096``
+      after pasting). mmdet evaluates the ratio (and the threshold) in float32; here float64 (with the
+      default 0.5 the decisions agree for masks under 2**24 pixels).
     * ``"upsnet"`` (UPSNet's ``get_combined_pan_result``): keep iff ``score >= score_threshold``
-      (0.6); with ``free = mask ∧ ¬painted``, drop iff ``|free| / |mask| < min_free_fraction`` (0.7),
-      i.e. kept iff ``>= 0.7``; the stuff test runs on the RAW semantic map before instances are
-      pasted: a stuff class whose total semantic area ``< stuff_area_limit`` (4096) is void, the
-      others keep all their pixels not painted by an instance.
+      (0.6); equal scores the later input first (its ``np.argsort(scores)[::-1]``, read as a stable sort);
+      with ``free = mask ∧ ¬painted``, drop iff ``|free| / |mask| < min_free_fraction`` (0.7), i.e. kept iff
+      ``>= 0.7`` exactly (the reference's float32 quotient against a float64 0.7 drops a mask exactly 70%
+      free under numpy 1.x, keeps it under numpy 2); the stuff test runs on the RAW semantic map before
+      instances are pasted: a stuff class whose total semantic area ``< stuff_area_limit`` (4096) is void,
+      the others keep all their pixels not painted by an instance.
 
     Args:
         table: Category table (stuff channels first, then things).
@@ -115,9 +130,12 @@ class HeuristicFusion(PanopticFusion):
         min_free_fraction: Minimum unpainted fraction of a mask (drop iff ratio ``<``); ``"upsnet"`` only.
         stuff_area_limit: Minimum stuff area in pixels (kept iff ``>=``).
         mask_threshold: Mask probability threshold in ``(0, 1)``.
+        semantic_layout: ``"stuff_first"`` (the table's ``C`` channels, stuff first, then things) or
+            ``"detectron2"`` (``"detectron2"`` flavour only: ``S + 1`` channels, channel 0 the merged things
+            logit, then the ``S`` stuff classes in the table's stuff order, as detectron2's ``sem_seg``).
 
     Raises:
-        ValueError: Unknown flavour, a keyword the flavour does not use, or an invalid value.
+        ValueError: Unknown flavour or layout, a keyword the flavour does not use, or an invalid value.
 
     Example:
         >>> table = CategoryTable.from_coco([{"id": 1, "isthing": 1}, {"id": 2, "isthing": 0}])
@@ -134,10 +152,17 @@ class HeuristicFusion(PanopticFusion):
     def __init__(self, table: CategoryTable, flavor: str = "panopticapi", *,
                  score_threshold: float | None = None, overlap_threshold: float | None = None,
                  min_free_fraction: float | None = None, stuff_area_limit: float | None = None,
-                 mask_threshold: float | None = None) -> None:
+                 mask_threshold: float | None = None, semantic_layout: SemanticLayout = "stuff_first") -> None:
         super().__init__(table)
         if flavor not in _FLAVORS:
             raise ValueError(f"unknown flavor {flavor!r}; choose one of {sorted(_FLAVORS)}.")
+        if semantic_layout not in ("stuff_first", "detectron2"):
+            raise ValueError(f"semantic_layout must be 'stuff_first' or 'detectron2', got {semantic_layout!r}.")
+        if semantic_layout == "detectron2" and flavor != "detectron2":
+            raise ValueError(f"semantic_layout='detectron2' (detectron2's merged things channel) is read by the "
+                             f"'detectron2' flavor only, not {flavor!r}; pass flavor='detectron2', or stuff-first "
+                             "logits with one channel per category.")
+        self.semantic_layout = semantic_layout
         f = _FLAVORS[flavor]
         if overlap_threshold is not None and f.overlap_threshold is None:
             raise ValueError(f"flavor {flavor!r} has no overlap_threshold; it keeps an instance by the free "
@@ -163,7 +188,26 @@ class HeuristicFusion(PanopticFusion):
         keys = ("score_threshold", "overlap_threshold", "min_free_fraction", "stuff_area_limit",
                 "mask_threshold")
         vals = ", ".join(f"{k}={getattr(self, k)}" for k in keys if getattr(self, k) is not None)
-        return f"flavor={self.flavor!r}, {vals}"
+        layout = f", semantic_layout={self.semantic_layout!r}" if self.semantic_layout != "stuff_first" else ""
+        return f"flavor={self.flavor!r}, {vals}{layout}"
+
+    def prepare_semantic(self, semantic_logits: torch.Tensor, batch: int,
+                         output_size: tuple[int, int] | None) -> torch.Tensor:
+        """The base checks and resize; detectron2-layout logits become ``(B, S + 1, H, W)`` stuff-first logits.
+
+        detectron2 takes the first maximum over ``[things, stuff_1 .. stuff_S]``; the things logit moves last
+        as its next float up (``nextafter(t, inf)``), so that it beats a stuff logit iff ``t >= stuff`` and the
+        first-maximum pass over ``[stuff_1 .. stuff_S, things]`` gives detectron2's argmax exactly.
+        """
+        if self.semantic_layout == "stuff_first":
+            return super().prepare_semantic(semantic_logits, batch, output_size)
+        ns = self.table.num_stuff
+        layout = (ns + 1, f"semantic_layout='detectron2' needs S + 1 = {ns + 1}: channel 0 the merged things "
+                  f"logit, then the table's {ns} stuff classes in its stuff order (stuff-first logits with one "
+                  f"channel per category, {self.table.num_classes} here, take semantic_layout='stuff_first')")
+        sem = prepare_semantic(semantic_logits, self.table, batch, output_size, check_finite=True, layout=layout)
+        things = torch.nextafter(sem[:, :1], sem.new_tensor(float("inf")))
+        return torch.cat([sem[:, 1:], things], 1)
 
     # ------------------------------------------------------------------------------------- fusion
     def fuse_image(self, semantic_logits: torch.Tensor, instances: Instances) -> PanopticResult:
@@ -215,9 +259,16 @@ class HeuristicFusion(PanopticFusion):
         return fill_stuff_scores_sampled(result, samples.reshape(samples.shape[0], -1), stride)
 
     def _visit_order(self, instances: Instances) -> torch.Tensor:
-        """``(K,)`` int64 indices of the instances passing the score test, by score descending (stable)."""
+        """``(K,)`` int64 indices of the instances passing the score test, by score descending, equal scores in
+        the flavour's reference order."""
         scores = instances.scores
-        order = torch.sort(scores, descending=True, stable=True).indices
+        ties = self._rules.tie_order
+        if ties == "stable":
+            order = torch.sort(scores, descending=True, stable=True).indices
+        elif ties == "torch_argsort":
+            order = torch.argsort(-scores)
+        else:
+            order = reverse_argsort(scores)
         if self.score_threshold is None:
             return order
         # float64, like the references' Python floats (a float32 cast of e.g. 0.55 would move the boundary).
