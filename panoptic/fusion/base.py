@@ -240,7 +240,9 @@ def fill_stuff_scores_sampled(result: PanopticResult, samples: torch.Tensor, str
         return result
     seg = result.segment_map[::stride, ::stride].long().reshape(-1)
     prob = torch.softmax(samples.float(), 0)
-    cat_lut = torch.cat([torch.zeros(1, dtype=torch.int64, device=seg.device), result.category])
+    # thing segments read channel 0 (their score is not replaced): samples may hold the stuff channels only
+    own = torch.where(stuff, result.category, 0)
+    cat_lut = torch.cat([torch.zeros(1, dtype=torch.int64, device=seg.device), own])
     p_own = prob.gather(0, cat_lut[seg][None])[0]
     s = result.num_segments
     sums = torch.zeros(s + 1, device=seg.device).index_add_(0, seg, p_own)
