@@ -592,3 +592,41 @@ def test_huge_finite_logits_are_accepted() -> None:
     sem = sem_logits(grid(ALL_S, SEM)) * 3.0e37
     res = HeuristicFusion(make_table(), stuff_area_limit=1)(sem, [Instances.empty()])[0]
     assert res.area.tolist() == [64]
+
+
+# ------------------------------------------------------------------------ detectron2's semantic layout
+def test_detectron2_layout_leaves_a_things_stuff_tie_void() -> None:
+    # 1x3, 2 stuff: detectron2's channels [things, stuff0, stuff1]. Pixel 0: things = stuff0 = 1 (tie: its
+    # argmax picks things, so the pixel is void); pixel 1: stuff0; pixel 2: stuff1.
+    table = make_table()
+    native = torch.tensor([[[1.0, 0.0, 0.0]], [[1.0, 2.0, 0.0]], [[0.0, 0.0, 3.0]]])[None]
+    fusion = HeuristicFusion(table, "detectron2", stuff_area_limit=0, semantic_layout="detectron2")
+    res = fusion(native, [Instances.empty()])[0]
+    assert res.semantic_map().tolist() == [[-1, 0, 1]]
+    # The same logits in our stuff-first layout (things copied to both thing channels): the tie goes to stuff.
+    ours = torch.cat([native[:, 1:], native[:, :1], native[:, :1]], 1)
+    res = HeuristicFusion(table, "detectron2", stuff_area_limit=0)(ours, [Instances.empty()])[0]
+    assert res.semantic_map().tolist() == [[0, 0, 1]]
+
+
+def test_detectron2_layout_is_resized_then_paints_instances() -> None:
+    table = make_table()
+    native = torch.zeros(1, 3, 4, 4)
+    native[0, 0, :2] = 5.0  # things on the top half, stuff0 below
+    native[0, 1, 2:] = 5.0
+    inst = image_instances([box(0, 2, 0, 8)], [0.9], [1])
+    fusion = HeuristicFusion(table, "detectron2", stuff_area_limit=0, semantic_layout="detectron2")
+    res = fusion(native, [inst], output_size=(8, 8))[0]
+    assert_map(res, "XXXXXXXX " * 2 + "........ " * 2 + "ssssssss " * 4)
+    assert float(res.score[0]) == pytest.approx(0.9) and 0 < float(res.score[1]) <= 1  # stuff: a probability
+
+
+def test_detectron2_layout_checks_its_channels_and_flavor() -> None:
+    table = make_table()
+    fusion = HeuristicFusion(table, "detectron2", semantic_layout="detectron2")
+    with pytest.raises(ValueError, match=r"S \+ 1 = 3.*channel 0 the merged things"):
+        fusion(torch.zeros(1, 4, 2, 2), [Instances.empty()])
+    with pytest.raises(ValueError, match="flavor='detectron2'"):
+        HeuristicFusion(table, "panopticapi", semantic_layout="detectron2")
+    with pytest.raises(ValueError, match="semantic_layout must be"):
+        HeuristicFusion(table, "detectron2", semantic_layout="things_first")  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICES, tiny_table
+from conftest import DEVICES, tiny_table, torch_only
 
 from panoptic import Instances
 from panoptic.fusion import PruningConfig, UPSNetFusion, prune_instances
@@ -275,3 +275,67 @@ def test_non_finite_logit_that_a_downsampling_resize_skips_still_raises():
     sem[0, 1, 0, 0] = float("-inf")
     with pytest.raises(ValueError, match="NaN or inf"):
         UPSNetFusion(table)(sem, [Instances.empty()], output_size=(4, 4))
+
+
+# ------------------------------------------------------------------------- parity with the reference code
+@pytest.mark.parametrize(("box", "pixels"), [
+    ([7.4, 1.0, 7.9, 2.0], [(1, 7), (2, 7)]),  # last column: trunc -> column 7 (x1 > W - 1 used to drop it)
+    ([-5.0, 1.0, -0.2, 2.0], [(1, 0), (2, 0)]),  # first column: trunc(-0.2) = 0
+    ([2.0, 7.3, 3.0, 7.8], [(7, 2), (7, 3)]),  # last row
+    ([2.0, -3.0, 3.0, -0.5], [(0, 2), (0, 3)]),  # first row
+    ([8.0, 1.0, 9.0, 2.0], []),  # x1 >= W: the truncated box misses the image
+    ([-3.0, 1.0, -1.0, 2.0], []),  # x2 <= -1
+])
+@pytest.mark.parametrize("path", ["dense", "torch", "native"])
+def test_boxes_on_every_border_keep_their_truncated_pixels(box, pixels, path):
+    # 8x8, one stuff (logit 1), one thing (semantic logit 0); mask logits 4: the instance (0 + 4) wins exactly
+    # the pixels of its truncated, clipped paste box (elsewhere its channel is 0 + 0 < 1).
+    table = tiny_table(1, 1)
+    sem = torch.zeros(2, 8, 8)
+    sem[0] = 1.0
+    inst = Instances(torch.tensor([box]), torch.tensor([0.9]), torch.tensor([0]), torch.full((1, 28, 28), 4.0))
+    fusion = UPSNetFusion(table, unknown=False, pruning=NO_PRUNE)
+    if path == "dense":
+        channel = fusion.panoptic_logits(sem, inst).argmax(0)
+    else:
+        with torch_only(path == "torch"):
+            channel = fusion.panoptic_argmax(sem, inst)
+    got = sorted(map(tuple, torch.nonzero(channel == 1).tolist()))
+    assert got == pixels
+
+
+def test_training_box_in_the_last_column_of_the_quarter_map_gets_its_channel():
+    # A ground-truth mask in input columns 13..15 has the pixel-edge box [13, 0, 16, 4]; at 1/4 resolution
+    # [3.25, 0, 4, 1] lies in column 3 of a width-4 map (it used to get an all-zero channel).
+    table = tiny_table(1, 1)
+    sem4 = torch.zeros(2, 1, 4)
+    inst = Instances(torch.tensor([[13.0, 0.0, 16.0, 4.0]]), torch.ones(1), torch.tensor([0]),
+                     torch.full((1, 28, 28), 2.0))
+    z = UPSNetFusion(table).panoptic_logits(sem4, inst, box_scale=0.25)
+    assert z[1].tolist() == [[0.0, 0.0, 0.0, 2.0]]
+
+
+def test_nms_clips_boxes_first_and_counts_pixels_inclusively():
+    # [-10, 0, 3, 3] clipped to [0, 0, 3, 3] is [0, 0, 3, 3]: IoU 1 -> one instance (unclipped IoU was 0.31).
+    inst = _square_instances([(0, 0, 3, 3, 0, 0.9, 5.0), (0, 0, 3, 3, 1, 0.8, 5.0)])
+    inst.boxes[0] = torch.tensor([-10.0, 0.0, 3.0, 3.0])
+    assert prune_instances(inst, (8, 8), PruningConfig(overlap_threshold=None)).tolist() == [0]
+    # +1 sides: [0, 0, 1, 1] and [1, 0, 2, 1] share a 1x2 column: IoU = 2 / (4 + 4 - 2) = 1/3 (0 without +1).
+    inst = _square_instances([(0, 0, 1, 1, 0, 0.9, 5.0), (1, 0, 2, 1, 0, 0.8, 5.0)])
+    assert prune_instances(inst, (8, 8), PruningConfig(nms_iou=0.3, overlap_threshold=None)).tolist() == [0]
+    assert prune_instances(inst, (8, 8), PruningConfig(nms_iou=0.34, overlap_threshold=None)).tolist() == [0, 1]
+
+
+def test_nms_keeps_the_later_of_two_equal_scores():
+    inst = _square_instances([(0, 0, 3, 3, 0, 0.9, 5.0), (0, 0, 3, 3, 1, 0.9, 5.0)])
+    assert prune_instances(inst, (8, 8), PruningConfig(overlap_threshold=None)).tolist() == [1]
+
+
+def test_max_instances_keeps_every_box_tied_with_the_last():
+    specs = [(2 * i, 0, 2 * i, 0, 0, s, 5.0) for i, s in enumerate([0.9, 0.8, 0.8, 0.7])]
+    inst = _square_instances(specs)
+    assert prune_instances(inst, (8, 8), PruningConfig(max_instances=2)).tolist() == [0, 1, 2]
+    assert prune_instances(inst, (8, 8), PruningConfig(max_instances=1)).tolist() == [0]
+    # equal scores survive NMS in the later-first order; the mask test then visits them in input order
+    inst = _square_instances([(2 * i, 0, 2 * i, 0, 0, 0.8, 5.0) for i in range(3)])
+    assert prune_instances(inst, (8, 8), PruningConfig()).tolist() == [0, 1, 2]

@@ -65,6 +65,9 @@ def test_make_targets_is_seeded_and_follows_the_fraction():
     assert torch.equal(a.keep, b.keep) and torch.equal(a.target, b.target)
     assert a.keep.numel() == 7
     assert UPSNetFusion(TABLE, unknown_fraction=0.5).make_targets(sem, masks[:1]).keep.tolist() == [0]
+    # the reference's max(int(N * 0.7), 1) in float arithmetic: 90 * 0.7 = 62.99999999999999 keeps 62
+    many = torch.zeros(90, 4, 40, dtype=torch.bool)
+    assert fusion.make_targets(sem, many, generator=torch.Generator().manual_seed(0)).keep.numel() == 62
     seen = {tuple(fusion.make_targets(sem, masks, generator=torch.Generator().manual_seed(s)).keep.tolist())
             for s in range(20)}
     assert len(seen) > 5  # really random across seeds
