@@ -5,7 +5,7 @@ For 20, 50 and 100 instances, all in one run and interleaved inside every repeti
 
 * ``upsnet``: ``UPSNetFusion(table)(sem, [inst])`` (the whole user call: validation, pruning, argmax, class
   assignment, stuff area, segment table, stuff scores);
-* ``heuristic``: ``HeuristicFusion(table)`` (default ``"panopticapi"`` flavour), the same call;
+* ``heuristic``: ``HeuristicFusion(table)`` (default ``"panopticapi"`` flavor), the same call;
 * ``panopticapi``: panopticapi's per-image core ``combine_to_panoptic_single_core`` (RLE area/merge, RLE
   decode, numpy painting, ``id2rgb`` + PNG write to a temporary folder), called in-process for one image;
   its RLE inputs (instance masks = pasted mask logits ``>= 0``, one RLE per stuff class of the semantic
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_start": [round(v, 2) for v in load_start], "loadavg_end": [round(v, 2) for v in os.getloadavg()],
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "backend": "c" if fusion_backend() == "c" else "torch",
-        "heuristic": ("HeuristicFusion() default flavour" if heuristic is not None
+        "heuristic": ("HeuristicFusion() default flavor" if heuristic is not None
                       else f"skipped: {heuristic_err}"),
     }
 

@@ -5,7 +5,7 @@ Inference, at 512x1024 and 1024x2048 (Cityscapes categories, ``CategoryTable.cit
 * ``upsnet``: :func:`panoptic.models.upsnet_r50_fpn` (``dataset="cityscapes"``: one ResNet-50-FPN, semantic and
   instance heads, :class:`~panoptic.fusion.UPSNetFusion`);
 * ``mrcnn_psp``: :func:`panoptic.models.mrcnn_psp` (``dataset="cityscapes"``: two ResNet-50 networks, a Mask
-  R-CNN and a dilated PSPNet, combined by :class:`~panoptic.fusion.HeuristicFusion`, ``"upsnet"`` flavour).
+  R-CNN and a dilated PSPNet, combined by :class:`~panoptic.fusion.HeuristicFusion`, ``"upsnet"`` flavor).
 
 Both are random-init (``pretrained=False``, seeded), in eval mode under ``torch.inference_mode()``, batch 1, on
 one fixed random image per size (``torch.rand`` then ``model.normalize``). Each model is warmed up once per size,

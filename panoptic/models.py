@@ -571,7 +571,7 @@ def upsnet_r50_fpn(table: CategoryTable, pretrained: bool = False, *, dataset: D
 
 
 def upsnet_c(table: CategoryTable, pretrained: bool = False, **kwargs: Any) -> UPSNet:
-    """UPSNet-C: trained without the panoptic loss, tested with :class:`HeuristicFusion` (``"upsnet"`` flavour).
+    """UPSNet-C: trained without the panoptic loss, tested with :class:`HeuristicFusion` (``"upsnet"`` flavor).
 
     Keyword arguments as :func:`upsnet_r50_fpn`.
     """
@@ -580,7 +580,7 @@ def upsnet_c(table: CategoryTable, pretrained: bool = False, **kwargs: Any) -> U
 
 
 def upsnet_cp(table: CategoryTable, pretrained: bool = False, **kwargs: Any) -> UPSNet:
-    """UPSNet-CP: trained with the panoptic loss, tested with :class:`HeuristicFusion` (``"upsnet"`` flavour).
+    """UPSNet-CP: trained with the panoptic loss, tested with :class:`HeuristicFusion` (``"upsnet"`` flavor).
 
     The same weights as UPSNet: load an UPSNet checkpoint into it. Keyword arguments as :func:`upsnet_r50_fpn`.
     """

@@ -1,4 +1,4 @@
-"""HeuristicFusion: golden toys, hand-computed 8x8 fixtures per rule and flavour, properties, bad input."""
+"""HeuristicFusion: golden toys, hand-computed 8x8 fixtures per rule and flavor, properties, bad input."""
 
 from __future__ import annotations
 
@@ -215,7 +215,7 @@ def test_score_order_wins_overlap() -> None:
         ssAAAAss
         ssssssss
         ssssssss"""
-    for flavor in FLAVORS:  # 4/16 overlapped, 12/16 = 0.75 free: kept by every flavour
+    for flavor in FLAVORS:  # 4/16 overlapped, 12/16 = 0.75 free: kept by every flavor
         res = fuse(HeuristicFusion(make_table(), flavor, stuff_area_limit=1), ALL_S, inst)
         assert_map(res, expected)
         assert res.source.tolist() == [1, 0, -1]

@@ -1,4 +1,4 @@
-"""Parity of ``HeuristicFusion`` (panopticapi flavour) with panopticapi's own combiner on random scenes.
+"""Parity of ``HeuristicFusion`` (panopticapi flavor) with panopticapi's own combiner on random scenes.
 
 The oracle is ``panopticapi-lite`` (module ``panopticapi``; ``pip install --no-deps panopticapi-lite``,
 it pins numpy<2). Each scene is written as the JSON files its ``combine_predictions`` reads (RLE

@@ -1,4 +1,4 @@
-"""Parity of every fusion flavour with its reference code, on random scenes.
+"""Parity of every fusion flavor with its reference code, on random scenes.
 
 Each reference's rules are re-expressed below as a small, independent numpy/torch function, written from
 reading the reference code (never pasted):
@@ -33,7 +33,7 @@ from panoptic.fusion import HeuristicFusion, PruningConfig, UPSNetFusion
 
 TABLE = tiny_table(3, 3)
 NST, NTH = TABLE.num_stuff, TABLE.num_things
-# float32 scores: ties, and values equal to every flavour's score threshold (0.5, 0.6) in float32
+# float32 scores: ties, and values equal to every flavor's score threshold (0.5, 0.6) in float32
 SCORES = np.array([0.3, 0.5, 0.5, 0.6, 0.6, 0.7, 0.9, 0.9], dtype=np.float32)
 
 

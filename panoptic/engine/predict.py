@@ -115,7 +115,7 @@ def _check_image(path: Path) -> None:
 
 def make_fusion(name: str | None, table: CategoryTable, model: nn.Module) -> PanopticFusion | None:
     """``None``/``"model"`` -> ``None`` (the model's own fusion); ``"upsnet"`` -> :class:`UPSNetFusion`;
-    ``"heuristic"`` -> :class:`HeuristicFusion` (``"upsnet"`` flavour). The model's fusion's stuff area limit is
+    ``"heuristic"`` -> :class:`HeuristicFusion` (``"upsnet"`` flavor). The model's fusion's stuff area limit is
     kept.
 
     Raises:

@@ -1,4 +1,4 @@
-"""The Kirillov et al. heuristic combiner (paste instances by score, then fill in stuff), in four flavours.
+"""The Kirillov et al. heuristic combiner (paste instances by score, then fill in stuff), in four flavors.
 
 The public versions of this baseline differ in defaults and edge rules (see the reference notes,
 ``fusion-anchors.md`` §0, §1.1, §2.1, §3.2, §4.1). :class:`HeuristicFusion` re-implements each of them from
@@ -74,7 +74,7 @@ _FLAVORS = {
 class HeuristicFusion(PanopticFusion):
     """Kirillov et al. heuristic: paste instances in score order, then add one segment per stuff class.
 
-    Shared rules (every flavour):
+    Shared rules (every flavor):
 
     * The semantic map is the argmax over all ``C`` channels (first index on ties). A pixel whose
       argmax is a thing channel is a "things" pixel; it stays void unless an instance paints it.
@@ -84,7 +84,7 @@ class HeuristicFusion(PanopticFusion):
       :func:`~panoptic.fusion.paste.paste_masks` (bilinear on logits; detectron2 and mmdet resize
       probabilities, which can move edge pixels) into their box; ``mask_space="image"`` masks are
       used whole, also outside their box.
-    * Instances are visited by score, descending; equal scores in the flavour's reference order (below).
+    * Instances are visited by score, descending; equal scores in the flavor's reference order (below).
       A kept instance paints only its still unpainted pixels, as a new segment; an instance with an empty
       mask is dropped.
     * Ratios are computed in float64, as the Python/numpy references do.
@@ -92,8 +92,8 @@ class HeuristicFusion(PanopticFusion):
       Thing score = detection score, source = index in the input ``Instances``; stuff score = mean
       class probability (:func:`~panoptic.fusion.base.fill_stuff_scores`), source = -1.
 
-    Flavours (``None`` for a keyword = the flavour's default); ``docs/fusion-strategies.md`` has one table
-    per flavour with every rule, its reference file and each deliberate difference:
+    Flavors (``None`` for a keyword = the flavor's default); ``docs/fusion-strategies.md`` has one table
+    per flavor with every rule, its reference file and each deliberate difference:
 
     * ``"panopticapi"`` (``combine_semantic_and_instance_predictions.py``, the default): keep an
       instance iff ``score >= score_threshold`` (0.5); equal scores in input order (Python's stable
@@ -123,19 +123,19 @@ class HeuristicFusion(PanopticFusion):
     Args:
         table: Category table (stuff channels first, then things).
         flavor: ``"panopticapi"``, ``"detectron2"``, ``"mmdet"`` or ``"upsnet"``.
-        score_threshold: Minimum detection score (``>=``); ``None``: flavour default. Pass
-            ``float("-inf")`` to keep every instance in any flavour.
+        score_threshold: Minimum detection score (``>=``); ``None``: flavor default. Pass
+            ``float("-inf")`` to keep every instance in any flavor.
         overlap_threshold: Maximum overlapped fraction of a mask (drop iff ratio ``>``); not used by
             ``"upsnet"``.
         min_free_fraction: Minimum unpainted fraction of a mask (drop iff ratio ``<``); ``"upsnet"`` only.
         stuff_area_limit: Minimum stuff area in pixels (kept iff ``>=``).
         mask_threshold: Mask probability threshold in ``(0, 1)``.
         semantic_layout: ``"stuff_first"`` (the table's ``C`` channels, stuff first, then things) or
-            ``"detectron2"`` (``"detectron2"`` flavour only: ``S + 1`` channels, channel 0 the merged things
+            ``"detectron2"`` (``"detectron2"`` flavor only: ``S + 1`` channels, channel 0 the merged things
             logit, then the ``S`` stuff classes in the table's stuff order, as detectron2's ``sem_seg``).
 
     Raises:
-        ValueError: Unknown flavour or layout, a keyword the flavour does not use, or an invalid value.
+        ValueError: Unknown flavor or layout, a keyword the flavor does not use, or an invalid value.
 
     Example:
         >>> table = CategoryTable.from_coco([{"id": 1, "isthing": 1}, {"id": 2, "isthing": 0}])
@@ -260,7 +260,7 @@ class HeuristicFusion(PanopticFusion):
 
     def _visit_order(self, instances: Instances) -> torch.Tensor:
         """``(K,)`` int64 indices of the instances passing the score test, by score descending, equal scores in
-        the flavour's reference order."""
+        the flavor's reference order."""
         scores = instances.scores
         ties = self._rules.tie_order
         if ties == "stable":
@@ -364,7 +364,7 @@ def _foreground_regions(binary: torch.Tensor) -> list[Region]:
 
 
 def _number(name: str, value: float | None, default: float | None, allow_inf: bool = False) -> float | None:
-    """``value`` (or the flavour's ``default`` when ``None``) as a float; ``ValueError`` if not a number."""
+    """``value`` (or the flavor's ``default`` when ``None``) as a float; ``ValueError`` if not a number."""
     if value is None:
         value = default
     if value is None:
