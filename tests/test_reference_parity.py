@@ -94,7 +94,7 @@ def ref_upsnet(sem: torch.Tensor, boxes: np.ndarray, scores: np.ndarray, labels:
     Deliberate differences of ours, taken here: no dummy instance when nothing survives, and boxes whose
     truncated extent misses the image get no pixels (the reference's detector never produces them).
     """
-    c, h, w = sem.shape
+    h, w = sem.shape[1:]
     # MaskROI, class-agnostic: score > 0.6 (float32), clip, NMS 0.5, then every box >= the max_det-th score
     cand = np.where(scores > np.float32(0.6))[0]
     kept = cand[ref_nms_keep(boxes[cand], scores[cand], h, w, 0.5)] if cand.size else cand
