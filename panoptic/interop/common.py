@@ -107,6 +107,10 @@ def expand_things_channel(logits: torch.Tensor, table: CategoryTable, things_cha
       each instance's own class, and the merged layout has only one logit for all thing classes, so every
       instance gets the merged things logit (and the "semantic" class assignment cannot tell thing classes
       apart: use ``class_assignment="heuristic"`` or ``"detector"``).
+    * Stuff channels are put in the table's stuff order, and the fusions break ties between equal stuff logits by
+      that order (first maximum). The frameworks break them by their own channel order, so tied stuff logits
+      give the framework's class only when both orders agree (they do under the default conventions,
+      :meth:`~panoptic.interop.Detectron2Metadata.from_table` and :meth:`~panoptic.interop.MMDetClasses.from_table`).
 
     Args:
         logits: ``(S + 1, H, W)`` float: ``S = table.num_stuff`` stuff channels and one things channel.
