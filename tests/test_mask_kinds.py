@@ -195,3 +195,22 @@ def test_boxes_from_masks_are_tight(h, w, seed):
         else:
             assert boxes[k].tolist() == [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
     assert torch.equal(boxes, boxes_from_masks(probabilities_to_logits(p), "logits"))
+
+
+def test_detection_ap_reads_every_kind():
+    """AP's binary masks (probability > 0.5, logit > 0) do not depend on the kind the masks are given in."""
+    from panoptic.evaluation.detection import DetectionAP
+
+    g = torch.Generator().manual_seed(9)
+    boxes = torch.tensor([[0.0, 0.0, 9.0, 9.0], [3.0, 2.0, 12.0, 11.0], [7.0, 6.0, 16.0, 15.0]])  # 10x10 paste boxes
+    labels = torch.zeros(3, dtype=torch.long)
+    for space, shape in (("roi", (3, 10, 10)), ("image", (3, 16, 17))):  # no resize: the decision alone
+        p = torch.rand(*shape, generator=g)
+        p[:, :3] = 0.5
+        masks = {"probabilities": p, "logits": probabilities_to_logits(p), "binary": p > 0.5}
+        got = {k: DetectionAP._binary_masks(Instances(boxes, torch.ones(3), labels, m, space, k), (16, 17))
+               for k, m in masks.items()}
+        for k in ("logits", "binary"):
+            assert all(np.array_equal(a, b) for a, b in zip(got["probabilities"], got[k]))
+        if space == "image":
+            assert all(np.array_equal(a, (f > 0.5).numpy()) for a, f in zip(got["probabilities"], p))
