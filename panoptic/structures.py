@@ -233,7 +233,7 @@ class Instances:
 
     def _validate_mask_values(self) -> None:
         """The values fit ``mask_kind``; 0/1-only "logits" (binary masks passed as logits) are refused."""
-        m = self.mask_logits
+        m = self.mask_logits.detach()
         if self.mask_kind == "binary":
             if m.dtype != torch.bool and not bool(((m == 0) | (m == 1)).all()):
                 raise ValueError("Instances.mask_logits with mask_kind='binary' must hold only 0 and 1 (or be "

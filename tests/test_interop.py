@@ -414,3 +414,9 @@ def test_expand_things_channel_fixture_and_errors():
         expand_things_channel(logits, TABLE, 0, [1, 1, 2])
     with pytest.raises(ValueError, match=r"\(S \+ 1, H, W\)"):
         expand_things_channel(torch.zeros(6, 1, 1), TABLE, 0)
+
+
+def test_merged_layout_given_to_a_fusion_names_the_fix():
+    inst = Instances.empty()
+    with pytest.raises(ValueError, match="expand_things_channel"):
+        UPSNetFusion(TABLE)(torch.zeros(1, NS + 1, 5, 5), [inst])

@@ -87,6 +87,11 @@ def prepare_semantic(semantic_logits: torch.Tensor, table: CategoryTable, batch:
                          "logits[None] for one image.")
     if not s.is_floating_point():
         raise ValueError(f"semantic_logits must be float logits, got {s.dtype}.")
+    if s.shape[1] != table.num_classes and s.shape[1] == table.num_stuff + 1:
+        raise ValueError(f"semantic_logits has {s.shape[1]} channels = {table.num_stuff} stuff + 1: a merged 'things' "
+                         "channel (detectron2/mmdet Panoptic FPN)? This fusion needs one channel per category: use "
+                         "panoptic.interop.expand_things_channel (approximate for UPSNetFusion), or "
+                         "HeuristicFusion(..., semantic_layout='detectron2') for detectron2's layout.")
     if s.shape[1] != table.num_classes:
         raise ValueError(f"semantic_logits has {s.shape[1]} channels but the category table has "
                          f"{table.num_classes} ({table.num_stuff} stuff then {table.num_things} things); "
