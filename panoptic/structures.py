@@ -115,6 +115,9 @@ class Instances:
             exactly 0 or 1. A fusion that needs logit *values* (``UPSNetFusion``) gets probabilities as
             ``logit(p)`` (computed in float64, sign-exact at 0.5, clamped to ``+-PROBABILITY_LOGIT_LIMIT``) and
             rejects binary masks. Prefer the constructors :meth:`from_probabilities` and :meth:`from_binary`.
+            The fusions' ``forward`` (and :class:`~panoptic.evaluation.detection.DetectionAP`) read every kind;
+            the lower-level functions that take logits directly (``prune_instances``,
+            ``UPSNetFusion.panoptic_logits`` in training) expect ``"logits"``.
 
     Example:
         >>> inst = Instances(boxes=torch.tensor([[0.0, 0.0, 3.0, 3.0]]), scores=torch.tensor([0.9]),

@@ -1,6 +1,6 @@
 """Explicit mask kinds on ``Instances`` (logits, probabilities, binary), their validation and derived boxes.
 
-Every kind must reach the same foreground decision: probability ``p >= t`` (``>`` for the strict UPSNet flavour)
+Every kind must reach the same foreground decision: probability ``p >= t`` (``>`` for the strict UPSNet flavor)
 iff logit ``>= log(t / (1 - t))``; a binary mask is a probability of exactly 0 or 1.
 """
 
