@@ -15,6 +15,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from panoptic import CategoryTable, HeuristicFusion, Instances, UPSNetFusion
 from panoptic.fusion.pruning import PruningConfig
@@ -420,3 +422,42 @@ def test_merged_layout_given_to_a_fusion_names_the_fix():
     inst = Instances.empty()
     with pytest.raises(ValueError, match="expand_things_channel"):
         UPSNetFusion(TABLE)(torch.zeros(1, NS + 1, 5, 5), [inst])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.permutations([0, 1, 2]), st.permutations([1, 2, 3]),
+       st.permutations(["person", "car", "dog"]), st.permutations(["sky", "road", "grass"]))
+def test_formats_round_trip_any_result_and_metadata(seed, thing_order, stuff_order, mm_things, mm_stuff):
+    """Property: for any result (random partition, categories, scores) and any framework category order, both
+    formats read back to the same segments; detectron2's keeps the segment order and the thing scores."""
+    from panoptic.segments import assemble_result
+
+    g = torch.Generator().manual_seed(seed)
+    h, w = int(torch.randint(1, 12, (1,), generator=g)), int(torch.randint(1, 12, (1,), generator=g))
+    s = int(torch.randint(1, 8, (1,), generator=g))
+    category = torch.randint(0, TABLE.num_classes, (s,), generator=g)
+    stuff_seen = set()
+    for k in range(s):  # at most one segment per stuff category
+        c = int(category[k])
+        if c < NS and c in stuff_seen:
+            category[k] = NS
+        stuff_seen.add(int(category[k]))
+    labels = torch.randint(-1, s, (h, w), generator=g)
+    present = labels.unique()
+    present = present[present >= 0]
+    remap = torch.full((s,), -1, dtype=torch.long)
+    remap[present] = torch.arange(present.numel())
+    labels = torch.where(labels >= 0, remap[labels.clamp(min=0)], -1)
+    category = category[present]
+    res = assemble_result(labels, category=category, isthing=category >= NS,
+                          score=torch.rand(category.numel(), generator=g), source=torch.arange(category.numel()))
+    things = [7, 3, 18]
+    stuff = [120, 140, 133]
+    meta = {"thing_dataset_id_to_contiguous_id": {things[i]: k for k, i in enumerate(thing_order)},
+            "stuff_dataset_id_to_contiguous_id": {stuff[i - 1]: k + 1 for k, i in enumerate(stuff_order)}}
+    d2 = from_detectron2_panoptic(*to_detectron2(res, TABLE, meta), TABLE, meta)
+    assert d2.equal(res, segmentation_only=True)
+    assert torch.equal(d2.score[d2.isthing], res.score[res.isthing])
+    classes = list(mm_things) + list(mm_stuff)
+    mm = from_mmdet_panoptic(to_mmdet(res, TABLE, classes), TABLE, classes)
+    assert same_segments(mm, res) and mm.num_segments == res.num_segments
