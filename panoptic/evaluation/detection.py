@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..fusion.paste import box_regions, paste_masks
+from ..structures import mask_foreground
 
 if TYPE_CHECKING:
     from ..categories import CategoryTable
@@ -150,19 +151,20 @@ class DetectionAP:
 
     @staticmethod
     def _binary_masks(pred: Instances, size: tuple[int, int]) -> list[np.ndarray]:
-        """``N`` ``(H, W)`` bool masks from the logits (``> 0``)."""
+        """``N`` ``(H, W)`` bool masks: probability ``> 0.5`` (logit ``> 0``), whatever ``pred.mask_kind``."""
         h, w = size
         logits = pred.mask_logits.detach().float()
+        kind = pred.mask_kind
         if pred.mask_space == "image":
             if tuple(logits.shape[1:]) != (h, w):
                 logits = F.interpolate(logits[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-            return list((logits > 0).numpy())
+            return list(mask_foreground(logits, kind, strict=True).numpy())
         regions = box_regions(pred.boxes, (h, w))
         out = []
         for loc, (y0, y1, x0, x1) in zip(paste_masks(logits, regions), regions.paste):
             m = np.zeros((h, w), dtype=bool)
             if y1 > y0 and x1 > x0:
-                m[y0:y1, x0:x1] = (loc > 0).numpy()
+                m[y0:y1, x0:x1] = mask_foreground(loc, kind, strict=True).numpy()
             out.append(m)
         return out
 

@@ -6,13 +6,14 @@ import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..categories import CategoryTable
-from ..structures import Instances, PanopticResult
+from ..structures import Instances, PanopticResult, probabilities_to_logits
 
 __all__ = ["FiniteCheck", "PanopticFusion", "fill_stuff_scores", "prepare_instances", "prepare_semantic"]
 
@@ -33,6 +34,9 @@ class PanopticFusion(nn.Module, ABC):
     #: Whether :meth:`fuse_image` itself rejects non-finite logits (with :class:`FiniteCheck`, while it reads
     #: them anyway), so that :meth:`forward` can skip the separate pass over logits it does not resize.
     checks_finite: bool = False
+    #: The ``Instances.mask_kind`` values :meth:`fuse_image` reads as they are; :meth:`forward` converts the others
+    #: (see :func:`prepare_instances`).
+    mask_kinds: tuple[str, ...] = ("logits",)
 
     def __init__(self, table: CategoryTable) -> None:
         super().__init__()
@@ -54,7 +58,7 @@ class PanopticFusion(nn.Module, ABC):
         size = (int(sem.shape[-2]), int(sem.shape[-1]))
         out = []
         for b, inst in enumerate(instances):
-            inst = prepare_instances(inst, self.table, size, sem.device)
+            inst = prepare_instances(inst, self.table, size, sem.device, self.mask_kinds)
             out.append(self.fuse_image(sem[b], inst))
         return out
 
@@ -94,6 +98,11 @@ def prepare_semantic(semantic_logits: torch.Tensor, table: CategoryTable, batch:
     if layout is not None:
         if s.shape[1] != layout[0]:
             raise ValueError(f"semantic_logits has {s.shape[1]} channels but {layout[1]}.")
+    elif s.shape[1] == table.num_stuff + 1 != table.num_classes:
+        raise ValueError(f"semantic_logits has {s.shape[1]} channels = {table.num_stuff} stuff + 1: a merged 'things' "
+                         "channel (detectron2/mmdet Panoptic FPN)? This fusion needs one channel per category: use "
+                         "panoptic.interop.expand_things_channel (approximate for UPSNetFusion), or "
+                         "HeuristicFusion(..., semantic_layout='detectron2') for detectron2's layout.")
     elif s.shape[1] != table.num_classes:
         raise ValueError(f"semantic_logits has {s.shape[1]} channels but the category table has "
                          f"{table.num_classes} ({table.num_stuff} stuff then {table.num_things} things); "
@@ -190,16 +199,28 @@ def _all_finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
-def prepare_instances(inst: Instances, table: CategoryTable, size: tuple[int, int],
-                      device: torch.device) -> Instances:
-    """Validate one image's instances and move them to ``device``; image-space masks resized to ``size``."""
+def prepare_instances(inst: Instances, table: CategoryTable, size: tuple[int, int], device: torch.device,
+                      mask_kinds: tuple[str, ...] = ("logits",)) -> Instances:
+    """Validate one image's instances and move them to ``device``; image-space masks resized to ``size``.
+
+    Masks of a kind the fusion does not read (``mask_kinds``, see :attr:`PanopticFusion.mask_kinds`) are
+    converted: probabilities to logits (:func:`~panoptic.structures.probabilities_to_logits`, sign-exact);
+    binary masks cannot become logits and raise. Resized binary masks become probabilities (bilinear on 0/1).
+    """
     if not isinstance(inst, Instances):
         raise ValueError(f"expected panoptic.Instances per image, got {type(inst).__name__}.")
     inst.validate(table.num_things, size)
     inst = inst.to(device)
+    kind = inst.mask_kind
+    if kind not in mask_kinds:
+        if kind != "probabilities" or "logits" not in mask_kinds:
+            raise ValueError(f"this fusion reads mask {' or '.join(mask_kinds)}, not {kind} masks (they carry no "
+                             "logit to add to the semantic logits); pass the mask probabilities "
+                             "(Instances.from_probabilities) or logits, or use HeuristicFusion.")
+        inst = replace(inst, mask_logits=probabilities_to_logits(inst.mask_logits), mask_kind="logits")
     if inst.mask_space == "image" and tuple(inst.mask_logits.shape[-2:]) != size and len(inst):
         m = F.interpolate(inst.mask_logits[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
-        inst = Instances(inst.boxes, inst.scores, inst.labels, m, "image")
+        inst = replace(inst, mask_logits=m, mask_kind="probabilities" if kind == "binary" else inst.mask_kind)
     return inst
 
 

@@ -25,7 +25,7 @@ import torch
 
 from ..categories import CategoryTable
 from ..segments import assemble_from_keys
-from ..structures import Instances, PanopticResult
+from ..structures import Instances, MaskKind, PanopticResult, mask_foreground
 from .base import (
     FiniteCheck,
     PanopticFusion,
@@ -148,6 +148,7 @@ class HeuristicFusion(PanopticFusion):
     """
 
     checks_finite = True  # in its one pass over the logits
+    mask_kinds = ("logits", "probabilities", "binary")  # thresholded in their own units (mask_foreground)
 
     def __init__(self, table: CategoryTable, flavor: str = "panopticapi", *,
                  score_threshold: float | None = None, overlap_threshold: float | None = None,
@@ -274,8 +275,11 @@ class HeuristicFusion(PanopticFusion):
         # float64, like the references' Python floats (a float32 cast of e.g. 0.55 would move the boundary).
         return order[scores[order].double() >= self.score_threshold]
 
-    def _binarize(self, logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Mask logits against the threshold (``out``: e.g. an int32 buffer, 1/0)."""
+    def _binarize(self, logits: torch.Tensor, out: torch.Tensor | None = None,
+                  kind: MaskKind = "logits") -> torch.Tensor:
+        """Mask logits (or masks of another ``kind``) against the threshold (``out``: e.g. an int32 buffer, 1/0)."""
+        if kind != "logits":
+            return mask_foreground(logits, kind, self.mask_threshold, self._rules.strict_mask, out=out)
         if self._rules.strict_mask:
             return torch.gt(logits, self._mask_logit, out=out)
         return torch.ge(logits, self._mask_logit, out=out)
@@ -285,8 +289,12 @@ class HeuristicFusion(PanopticFusion):
         logits (ROI masks pasted into their box, binarised while painting) or bool masks (image space)."""
         if inst.mask_space == "roi":
             regions = box_regions(inst.boxes, size)
-            return regions.paste, paste_masks(inst.mask_logits, regions)
-        binary = self._binarize(inst.mask_logits)  # (K, H, W), the input's own size
+            if inst.mask_kind == "logits":
+                return regions.paste, paste_masks(inst.mask_logits, regions)
+            # probabilities (binary: of 0/1) are pasted as probabilities and thresholded as such
+            pasted = paste_masks(inst.mask_logits.float(), regions)
+            return regions.paste, [self._binarize(m, kind="probabilities") for m in pasted]
+        binary = self._binarize(inst.mask_logits, kind=inst.mask_kind)  # (K, H, W), the input's own size
         regions = _foreground_regions(binary)
         return regions, [binary[k, y0:y1, x0:x1] for k, (y0, y1, x0, x1) in enumerate(regions)]
 

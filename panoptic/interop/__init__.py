@@ -1,0 +1,34 @@
+"""Other frameworks' outputs in and out: detectron2, mmdetection 3.x and torchvision, without hand conversion.
+
+Each adapter reads plain attributes (or dict keys) of the framework's output objects, so no framework is
+imported: a detectron2 ``Instances``, an mmdet ``DetDataSample`` or a torchvision output dict is enough, and so
+are look-alikes built from tensors. Category ids are mapped through the framework's own metadata (detectron2's
+``thing_dataset_id_to_contiguous_id``, mmdet's ``classes``, torchvision's label -> dataset id) and a
+:class:`~panoptic.categories.CategoryTable`.
+
+* In: :func:`from_detectron2`, :func:`from_mmdet`, :func:`from_torchvision` give a :class:`FusionInputs`
+  (semantic logits in a layout the fusions read, and :class:`~panoptic.structures.Instances`).
+* Out: :func:`to_detectron2` gives ``(panoptic_seg, segments_info)``, :func:`to_mmdet` mmdet's ``pan_results``;
+  :func:`from_detectron2_panoptic` and :func:`from_mmdet_panoptic` read them back.
+* Semantic layouts with one merged "things" channel: :func:`expand_things_channel`.
+"""
+
+from .common import FusionInputs, expand_things_channel
+from .detectron2 import Detectron2Metadata, from_detectron2, from_detectron2_panoptic, to_detectron2
+from .mmdet import INSTANCE_OFFSET, MMDetClasses, from_mmdet, from_mmdet_panoptic, to_mmdet
+from .torchvision import from_torchvision
+
+__all__ = [
+    "INSTANCE_OFFSET",
+    "Detectron2Metadata",
+    "FusionInputs",
+    "MMDetClasses",
+    "expand_things_channel",
+    "from_detectron2",
+    "from_detectron2_panoptic",
+    "from_mmdet",
+    "from_mmdet_panoptic",
+    "from_torchvision",
+    "to_detectron2",
+    "to_mmdet",
+]
