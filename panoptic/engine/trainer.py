@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..atomic import atomic_write_text
 from ..categories import CategoryTable
 from ..models import MRCNNPSP
 from .checkpoint import (
@@ -241,9 +242,7 @@ class Trainer:
                             schedulers={k: s.state_dict() for k, s in self.schedulers.items()},
                             scalers={k: s.state_dict() for k, s in self.scalers.items()} if self.amp else None,
                             rng=rng, world_size=self.info.world_size)
-            tmp = self.out_dir / (LAST_FILE + ".tmp")
-            tmp.write_text(path.name + "\n")
-            os.replace(tmp, self.out_dir / LAST_FILE)
+            atomic_write_text(self.out_dir / LAST_FILE, path.name + "\n")
             self._prune()
         barrier(self.info)
         return path
@@ -322,7 +321,7 @@ class Trainer:
         seconds = time.perf_counter() - t0
         final = self.save(self.out_dir / FINAL_NAME)
         if cfg.debug_rank_digest:
-            (self.out_dir / f"rank{info.rank}.sha256").write_text(parameter_digest(self.model) + "\n")
+            atomic_write_text(self.out_dir / f"rank{info.rank}.sha256", parameter_digest(self.model) + "\n")
         done = self.iteration - start
         return TrainResult(checkpoint=final, out_dir=self.out_dir, metrics=self.metrics, iterations=self.iteration,
                            losses=losses, seconds=seconds,
