@@ -87,6 +87,7 @@ class CheckpointMeta:
         config: The :class:`~panoptic.engine.config.TrainConfig` as a dict, when trained by the engine.
         metrics: Latest evaluation results.
         world_size: Processes of the run that wrote it.
+        threads: torch CPU threads of the run that wrote it (``None``: not recorded).
         panoptic_version: Library version that wrote it.
         torch_version: torch version that wrote it.
         created: Unix time of writing.
@@ -99,6 +100,7 @@ class CheckpointMeta:
     config: dict[str, Any] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     world_size: int = 1
+    threads: int | None = None
     panoptic_version: str = __version__
     torch_version: str = torch.__version__
     created: float = 0.0
@@ -184,7 +186,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_name: str, tabl
                     iteration: int = 0, metrics: Mapping[str, Any] | None = None,
                     optimizers: Mapping[str, Any] | None = None, schedulers: Mapping[str, Any] | None = None,
                     scalers: Mapping[str, Any] | None = None, rng: list[dict[str, Any]] | None = None,
-                    world_size: int = 1) -> Path:
+                    world_size: int = 1, threads: int | None = None) -> Path:
     """Write a checkpoint atomically (:func:`~panoptic.atomic.atomic_write`: a disk-full or file-size failure is an
     ``OSError`` naming ``path``, and the previous file at ``path`` stays as it was).
 
@@ -205,6 +207,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_name: str, tabl
         scalers: Part name -> ``GradScaler.state_dict()``.
         rng: Per-rank :func:`capture_rng_state` results.
         world_size: Processes of the run.
+        threads: torch CPU threads of the run (checked by ``--resume``).
 
     Returns:
         ``path``.
@@ -212,7 +215,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_name: str, tabl
     path = Path(path)
     meta = CheckpointMeta(model=model_name, model_kwargs=dict(model_kwargs or {}), categories=table.to_coco(),
                           iteration=int(iteration), config=dict(config) if config is not None else None,
-                          metrics=dict(metrics or {}), world_size=world_size, created=time.time())
+                          metrics=dict(metrics or {}), world_size=world_size, threads=threads,
+                          created=time.time())
     meta_json = json.dumps(asdict(meta))
     state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in _unwrap(model).state_dict().items()}
     if path.suffix == ".safetensors":
