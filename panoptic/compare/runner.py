@@ -16,9 +16,11 @@ import torch
 
 from ..atomic import AtomicFiles
 from ..data.writer import encode_png
-from ..engine.checkpoint import load_checkpoint
+from ..engine.checkpoint import CheckpointError, load_checkpoint
+from ..engine.config import TrainConfig
 from ..engine.data import build_datasets, synthetic_benchmark
 from ..engine.distributed import resolve_device
+from ..engine.resume import config_differences
 from ..engine.runlog import format_eta
 from ..fusion import UPSNetFusion
 from .config import DISPLAY_NAMES, CompareConfig
@@ -146,14 +148,15 @@ def _run(config: CompareConfig, log: Callable[[str], None], t_start: float) -> C
     trained: dict[str, TrainedNetwork] = {}
     for k, net in enumerate(config.networks):
         log(f"[2/4] training {DISPLAY_NAMES[net]} ({k + 1}/{len(config.networks)})")
-        trained[net] = tn = train_or_reuse(net, config.train_config(net, ""), cache, config.retrain)
+        trained[net] = tn = train_or_reuse(net, config.train_config(net, ""), cache, config.retrain,
+                                           data_files=_training_files(train_set, config), device=device.type)
         if tn.reused:
             log(f"      reused {tn.checkpoint}")
         else:
             log(f"      {tn.seconds:.0f} s, {tn.images_per_second:.1f} images/s -> {tn.checkpoint}")
 
     # 3. evaluation
-    models = {net: load_checkpoint(tn.checkpoint, device, table=table)[0] for net, tn in trained.items()}
+    models = {net: _load_trained(tn, config.train_config(net, ""), device, table) for net, tn in trained.items()}
     fusions = {m: models[m].fusion for m in models}
     rows: list[Row] = main_rows(config.models, fusions, DISPLAY_NAMES)
     head = fusions.get("upsnet")
@@ -179,6 +182,43 @@ def _run(config: CompareConfig, log: Callable[[str], None], t_start: float) -> C
     results["wall_s"] = time.perf_counter() - t_start  # everything but writing the few output files
     files = _write_outputs(results, rows, evals, val_set, table, fig_idx, out_dir)
     return CompareResult(results, out_dir, files)
+
+
+def _training_files(train_set: Any, config: CompareConfig) -> list[Path]:
+    """Every file training reads, in order: the JSON, the categories file, then each image and its PNG."""
+    files = [Path(train_set.panoptic_json)] + ([Path(config.data.categories)] if config.data.categories else [])
+    for item in train_set.items:
+        files += [item.image_path, item.png_path]
+    return files
+
+
+def _load_trained(tn: TrainedNetwork, expected: TrainConfig, device: torch.device, table: Any) -> torch.nn.Module:
+    """Load a network's checkpoint after checking that it holds the row's model, trained with the row's config.
+
+    Raises:
+        CheckpointError: If it does not (for a cached checkpoint: telling to rerun with ``--retrain``).
+    """
+    try:
+        model, _, meta = load_checkpoint(tn.checkpoint, device, table=table)
+        if meta.model != expected.model:
+            raise CheckpointError(f"{tn.checkpoint} holds a {meta.model!r} model, not {DISPLAY_NAMES[tn.network]}'s "
+                                  f"{expected.model!r}.")
+        diffs = config_differences(meta.config or {}, expected.to_dict(), ignore=frozenset())
+        if meta.iteration != expected.iterations:
+            diffs.append(("completed iterations", meta.iteration, expected.iterations))
+        threads = expected.threads or torch.get_num_threads()
+        if meta.threads is not None and meta.threads != threads:
+            diffs.append(("threads", meta.threads, threads))
+        if diffs:
+            listed = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} expected" for k, a, b in diffs)
+            raise CheckpointError(f"{tn.checkpoint} was not trained with {DISPLAY_NAMES[tn.network]}'s config "
+                                  f"({listed}).")
+    except CheckpointError as e:
+        if not tn.reused:
+            raise
+        raise CheckpointError(f"the cached checkpoint of {DISPLAY_NAMES[tn.network]} cannot be used: {e} Rerun with "
+                              "--retrain to train it again.") from None
+    return model
 
 
 def _results(config: CompareConfig, rows: list[Row], evals: dict[str, NetworkEvaluation],

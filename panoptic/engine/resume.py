@@ -23,16 +23,17 @@ from typing import Any
 
 from .checkpoint import CheckpointError
 
-__all__ = ["ALLOW_FLAG", "NOT_TRAJECTORY", "check_resume", "config_differences"]
+__all__ = ["ALLOW_FLAG", "NOT_WEIGHTS", "check_resume", "config_differences", "weight_config"]
 
 ALLOW_FLAG = "--allow-config-change"
 
 # Config keys (dotted) that do not change the weights a run reaches: where and how often it logs, evaluates and
-# saves (evaluation runs with the RNG states saved and restored), and how the data is loaded.
-NOT_TRAJECTORY = frozenset({
+# saves (evaluation runs with the RNG states saved and restored), and how the data is loaded. Also used by
+# `panoptic compare`'s cache key.
+NOT_WEIGHTS = frozenset({
     "out_dir", "progress", "tensorboard", "log_every", "eval_every", "eval_at_end", "checkpoint_every",
-    "keep_checkpoints", "debug_rank_digest", "iterations", "data.num_workers", "data.cache_dir",
-    "data.max_eval_images", "dist.timeout_s",
+    "keep_checkpoints", "debug_rank_digest", "data.num_workers", "data.cache_dir", "data.max_eval_images",
+    "dist.timeout_s",
     "threads",  # compared as the thread count the run actually used (the config may leave it to torch)
 })
 
@@ -48,15 +49,22 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """``(dotted key, saved value, current value)`` for every trajectory-shaping config field that differs.
+def weight_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a ``TrainConfig.to_dict()`` that determine the trained weights, by dotted key."""
+    return {k: v for k, v in _flatten(config).items() if k not in NOT_WEIGHTS}
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
+                       ignore: frozenset[str] = frozenset({"iterations"})) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, saved value, current value)`` for every weight-determining config field that differs.
 
     Args:
         saved: The checkpoint's config (``TrainConfig.to_dict()``).
         current: The new run's.
+        ignore: Further keys to skip (default ``iterations``, which a resumed run may raise).
     """
-    a, b = _flatten(saved), _flatten(current)
-    keys = sorted((a.keys() | b.keys()) - NOT_TRAJECTORY)
+    a, b = weight_config(saved), weight_config(current)
+    keys = sorted((a.keys() | b.keys()) - ignore)
     return [(k, a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)]
 
 
