@@ -24,6 +24,7 @@ part-way (a bad image, a full disk) leaves the previous outputs exactly as they 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +44,8 @@ from ..models import MRCNNPSP, UPSNet
 from ..structures import PanopticResult
 from ..visualize import overlay
 
-__all__ = ["IMAGE_SUFFIXES", "PredictOutput", "collect_images", "images_from_json", "load_image", "make_fusion",
-           "predict_image", "predict_images", "semantic_logits"]
+__all__ = ["IMAGE_SUFFIXES", "MIN_SCALED_SIDE", "PredictOutput", "check_scales", "collect_images", "images_from_json",
+           "load_image", "make_fusion", "predict_image", "predict_images", "semantic_logits"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -167,6 +168,7 @@ def predict_image(model: nn.Module, image: torch.Tensor, *, scales: Sequence[flo
         short_side: Resize to this short side first (the base size); the result is resized back (nearest).
         max_size: Long-side cap of that resize.
     """
+    check_scales(scales)
     device = next(model.parameters()).device
     x = image.to(device)[None]
     orig = (int(image.shape[-2]), int(image.shape[-1]))
@@ -176,6 +178,7 @@ def predict_image(model: nn.Module, image: torch.Tensor, *, scales: Sequence[flo
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     x = model.normalize(x)
     h, w = int(x.shape[-2]), int(x.shape[-1])
+    check_scales(scales, (h, w))
     base = model(x)[0]
     if list(scales) == [1.0] and not flip and fusion is None:
         result = base.panoptic
@@ -200,6 +203,30 @@ def predict_image(model: nn.Module, image: torch.Tensor, *, scales: Sequence[flo
     return result if result.image_size == orig else resize_panoptic(result, orig)
 
 
+MIN_SCALED_SIDE = 32  # the coarsest FPN level (stride 32) needs at least one pixel
+
+
+def check_scales(scales: Sequence[float], size: tuple[int, int] | None = None) -> None:
+    """Refuse test scales that are not positive, or that shrink a ``(H, W)`` image below
+    :data:`MIN_SCALED_SIDE` pixels on its short side.
+
+    Raises:
+        ValueError: Naming the scale and the smallest scale the image allows.
+    """
+    if not scales:
+        raise ValueError("give at least one test scale, e.g. --scales 1.0.")
+    bad = [s for s in scales if not (math.isfinite(s) and s > 0)]
+    if bad:
+        raise ValueError(f"test scales must be positive numbers (e.g. --scales 0.75 1.0 1.25), got {bad}.")
+    if size is not None:
+        short = min(size)
+        low = [s for s in scales if round(short * s) < MIN_SCALED_SIDE]
+        if low:
+            raise ValueError(f"test scale {low[0]:g} shrinks the {size[0]}x{size[1]} image to a short side of "
+                             f"{round(short * low[0])} px, below the {MIN_SCALED_SIDE} px the network needs; use "
+                             f"scales >= {MIN_SCALED_SIDE / short:.3g} for this image.")
+
+
 def images_from_json(json_path: str | Path, image_root: str | Path) -> tuple[list[Path], list[int | str]]:
     """The images listed in a COCO(-panoptic) JSON's ``images`` and their ids, for :func:`predict_images`.
 
@@ -217,8 +244,8 @@ def images_from_json(json_path: str | Path, image_root: str | Path) -> tuple[lis
         ValueError: If the JSON cannot be read, has no ``images``, or lists a missing file.
     """
     try:
-        data = json.loads(Path(json_path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(Path(json_path).read_bytes())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read the image list JSON {json_path}: {e}.") from None
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list) or not images:
@@ -272,6 +299,7 @@ def predict_images(model: nn.Module, table: CategoryTable, paths: Sequence[str |
     Returns:
         One :class:`PredictOutput` per image, in input order.
     """
+    check_scales(scales)
     model.eval()
     fuse = make_fusion(fusion, table, model) if fusion is None or isinstance(fusion, str) else fusion
     image_files = collect_images(paths)

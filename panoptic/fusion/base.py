@@ -49,7 +49,11 @@ class PanopticFusion(nn.Module, ABC):
 
         Returns:
             ``B`` results of size ``(H, W)``.
+
+        Raises:
+            ValueError: For invalid inputs, including tensors on the ``meta`` device (see :func:`check_not_meta`).
         """
+        check_not_meta(semantic_logits, instances)
         sem = prepare_semantic(semantic_logits, self.table, len(instances), output_size,
                                check_finite=not self.checks_finite)
         size = (int(sem.shape[-2]), int(sem.shape[-1]))
@@ -67,6 +71,21 @@ class PanopticFusion(nn.Module, ABC):
             semantic_logits: ``(C, H, W)`` at output size, already validated.
             instances: Validated, on the same device; ``image``-space masks already at ``(H, W)``.
         """
+
+
+def check_not_meta(semantic_logits: torch.Tensor, instances: Sequence[Instances]) -> None:
+    """Refuse ``meta``-device inputs: a fusion's segments depend on the values, which meta tensors do not have.
+
+    Raises:
+        ValueError: If ``semantic_logits`` or a tensor of an :class:`Instances` is on the ``meta`` device.
+    """
+    tensors = [semantic_logits] + [t for inst in instances if isinstance(inst, Instances)
+                                   for t in (inst.boxes, inst.scores, inst.labels, inst.mask_logits)]
+    if any(isinstance(t, torch.Tensor) and t.is_meta for t in tensors):
+        raise ValueError("fusion got tensors on the 'meta' device, which have shapes but no values; the segments "
+                         "a fusion returns depend on the values (even their number), so no shapes can be derived. "
+                         "Fuse real tensors: move the model off 'meta' (e.g. model.to_empty(device='cpu') and load "
+                         "its weights) before running it.")
 
 
 def prepare_semantic(semantic_logits: torch.Tensor, table: CategoryTable, batch: int,
