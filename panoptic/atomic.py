@@ -191,7 +191,7 @@ class AtomicFiles:
         ...     files = AtomicFiles()
         ...     _ = files.write_bytes(f"{d}/x.txt", b"x")
         ...     before = sorted(p.name for p in Path(d).iterdir() if not p.name.startswith("."))
-        ...     files.commit()
+        ...     _ = files.commit()
         ...     before, sorted(p.name for p in Path(d).iterdir())
         ([], ['x.txt'])
     """

@@ -14,7 +14,8 @@ from torch import nn
 from ..categories import CategoryTable
 from ..structures import Instances, PanopticResult
 
-__all__ = ["FiniteCheck", "PanopticFusion", "fill_stuff_scores", "prepare_instances", "prepare_semantic"]
+__all__ = ["FiniteCheck", "PanopticFusion", "check_not_meta", "fill_stuff_scores", "prepare_instances",
+           "prepare_semantic"]
 
 _SCORE_SAMPLES = 1 << 16
 _SCRATCH = threading.local()
