@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, fsync_dir
 from ..categories import CategoryTable
 from ..data import CocoPanopticDataset, PanopticTarget, build_transforms, collate, write_synthetic_dataset
 from .config import DataConfig
@@ -84,6 +84,7 @@ def synthetic_benchmark(config: DataConfig, info: DistInfo | None = None,
             shutil.rmtree(root, ignore_errors=True)
         try:
             os.replace(tmp, root)
+            fsync_dir(root.parent)
         except OSError:  # another process finished first
             shutil.rmtree(tmp, ignore_errors=True)
     barrier(info)
