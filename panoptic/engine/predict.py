@@ -203,7 +203,7 @@ def predict_image(model: nn.Module, image: torch.Tensor, *, scales: Sequence[flo
     return result if result.image_size == orig else resize_panoptic(result, orig)
 
 
-MIN_SCALED_SIDE = 32  # the coarsest FPN level (stride 32) needs at least one pixel
+MIN_SCALED_SIDE = 16  # below this a scale gives the FPN almost no pixels: a typo such as 0.01, not a test scale
 
 
 def check_scales(scales: Sequence[float], size: tuple[int, int] | None = None) -> None:
