@@ -17,7 +17,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["Category", "CategoryTable"]
+from .errors import PanopticError
+
+__all__ = ["Category", "CategoryError", "CategoryTable"]
+
+
+class CategoryError(PanopticError, ValueError):
+    """An invalid category table; the message names the category and the fix."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,7 @@ class CategoryTable:
         categories: The categories, in any order.
 
     Raises:
-        ValueError: If the table is empty or ids are duplicated.
+        CategoryError: If the table is empty or ids are duplicated.
 
     Example:
         >>> table = CategoryTable.from_coco([
@@ -74,11 +80,11 @@ class CategoryTable:
     def __init__(self, categories: Sequence[Category]) -> None:
         cats = list(categories)
         if not cats:
-            raise ValueError("CategoryTable needs at least one category; pass a non-empty categories list.")
+            raise CategoryError("CategoryTable needs at least one category; pass a non-empty categories list.")
         ids = [c.id for c in cats]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
-            raise ValueError(f"duplicate category ids {dupes}; every category needs a unique 'id'.")
+            raise CategoryError(f"duplicate category ids {dupes}; every category needs a unique 'id'.")
         self._cats: tuple[Category, ...] = tuple([c for c in cats if not c.isthing] + [c for c in cats if c.isthing])
         self._to_contiguous = {c.id: k for k, c in enumerate(self._cats)}
 
@@ -91,26 +97,37 @@ class CategoryTable:
             categories: Dicts as found under ``"categories"`` in a COCO-panoptic JSON.
 
         Raises:
-            ValueError: On a missing ``id``/``isthing``, a bad colour, duplicates or an empty list.
+            CategoryError: On a missing or non-integer ``id``, a missing ``isthing``, a bad colour, duplicates, an
+                empty list, or a dict instead of a list.
         """
+        if isinstance(categories, Mapping) or isinstance(categories, str | bytes):
+            keys = f" with keys {sorted(map(str, categories))[:5]}" if isinstance(categories, Mapping) else ""
+            raise CategoryError(f"the categories must be a list of dicts like {{\"id\": 1, \"name\": \"person\", "
+                                f"\"isthing\": 1}}, got a {type(categories).__name__}{keys}; pass the JSON's "
+                                "'categories' list (a single category goes in a list of one).")
         out = []
         for n, c in enumerate(categories):
             if not isinstance(c, Mapping):
-                raise ValueError(f"category #{n} is {type(c).__name__}, expected a dict with 'id' and 'isthing'.")
+                raise CategoryError(f"category #{n} is {type(c).__name__}, expected a dict with 'id' and 'isthing'.")
             if "id" not in c:
-                raise ValueError(f"category #{n} ({c!r}) has no 'id'; add the dataset category id.")
+                raise CategoryError(f"category #{n} ({c!r}) has no 'id'; add the dataset category id.")
+            if not isinstance(c["id"], int) or isinstance(c["id"], bool):
+                named = f" ({c['name']!r})" if "name" in c else ""
+                raise CategoryError(f"category #{n}{named}: 'id' must be an integer, got "
+                                    f"{c['id']!r}; write the dataset category id as a whole number.")
             if "isthing" not in c:
-                raise ValueError(
+                raise CategoryError(
                     f"category id {c['id']} has no 'isthing'; add \"isthing\": 1 for countable objects "
                     "or 0 for stuff (COCO-panoptic categories need it)."
                 )
             if c["isthing"] not in (0, 1, True, False):
-                raise ValueError(f"category id {c['id']}: 'isthing' must be 0/1 or a bool, got {c['isthing']!r}.")
+                raise CategoryError(f"category id {c['id']}: 'isthing' must be 0/1 or a bool, got {c['isthing']!r}.")
             color = c.get("color")
             if color is None:
                 color = _default_color(n)
-            elif len(color) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in color):
-                raise ValueError(f"category id {c['id']}: 'color' must be 3 ints in 0..255, got {color!r}.")
+            elif not isinstance(color, list | tuple) or len(color) != 3 or not all(
+                    isinstance(v, int) and 0 <= v <= 255 for v in color):
+                raise CategoryError(f"category id {c['id']}: 'color' must be 3 ints in 0..255, got {color!r}.")
             out.append(Category(int(c["id"]), str(c.get("name", f"category_{c['id']}")), bool(c["isthing"]),
                                 tuple(int(v) for v in color)))  # type: ignore[arg-type]
         return cls(out)
@@ -120,13 +137,17 @@ class CategoryTable:
         """Load from a JSON file holding a ``categories`` list, or a COCO-panoptic JSON with that key."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_bytes())  # bytes: UTF-8/16/32 detected as JSON allows
+        except UnicodeDecodeError as e:
+            raise CategoryError(f"cannot read categories from {path}: it is not UTF-8 text ({e.reason} at byte "
+                                f"{e.start}); save the file as UTF-8 JSON.") from None
         except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read categories from {path}: {e}. Pass a JSON list of categories "
-                             "or a COCO-panoptic JSON with a 'categories' key.") from e
+            raise CategoryError(f"cannot read categories from {path}: {e}. Pass a JSON list of categories "
+                                "or a COCO-panoptic JSON with a 'categories' key.") from e
         if isinstance(data, dict):
             if "categories" not in data:
-                raise ValueError(f"{path} has no 'categories' key; pass a COCO-panoptic JSON or a list of categories.")
+                raise CategoryError(f"{path} has no 'categories' key; pass a COCO-panoptic JSON or a list of "
+                                    "categories.")
             data = data["categories"]
         return cls.from_coco(data)
 
@@ -188,12 +209,12 @@ class CategoryTable:
         """Dataset id -> contiguous id (channel index).
 
         Raises:
-            ValueError: If the id is not in the table.
+            CategoryError: If the id is not in the table.
         """
         try:
             return self._to_contiguous[int(dataset_id)]
         except KeyError:
-            raise ValueError(f"unknown category id {dataset_id}; the table has ids {sorted(self._to_contiguous)}. "
+            raise CategoryError(f"unknown category id {dataset_id}; the table has ids {sorted(self._to_contiguous)}. "
                              "Add the category to the categories list or fix the annotation.") from None
 
     def to_dataset(self, contiguous_id: int) -> int:

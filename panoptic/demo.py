@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from .atomic import atomic_write_text
 from .categories import CategoryTable
 from .data.synthetic import SyntheticScene, generate_scene
 from .evaluation import PanopticQuality
@@ -149,7 +150,7 @@ def run_demo(out_dir: str | Path = "panoptic-demo", seed: int = 0, size: int = 2
         png, info = res.to_coco(table)
         files.append(save_png(png, out / f"{name}_panoptic.png"))
         seg_json = out / f"{name}_segments.json"
-        seg_json.write_text(json.dumps({"segments_info": info, "categories": table.to_coco()}, indent=1))
+        atomic_write_text(seg_json, json.dumps({"segments_info": info, "categories": table.to_coco()}, indent=1))
         files.append(seg_json)
         if name != "ground_truth":
             pq = PanopticQuality(table)
@@ -164,6 +165,6 @@ def run_demo(out_dir: str | Path = "panoptic-demo", seed: int = 0, size: int = 2
                           colorize(results["upsnet"], table)],
                          ["image", "ground truth", "heuristic (panopticapi)", "UPSNet (white = unknown)"])
     files.append(save_png(panel, out / "side_by_side.png"))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     files.append(out / "summary.json")
     return DemoReport(out, results, files, timings, summary)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -84,15 +82,8 @@ def side_by_side(panels: Sequence[np.ndarray], titles: Sequence[str] | None = No
 
 
 def save_png(array: np.ndarray, path: str | Path) -> Path:
-    """Write a uint8 image atomically (temporary file + rename), creating parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
-    os.close(fd)
-    try:
-        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write a uint8 image atomically (:func:`~panoptic.atomic.atomic_write`), creating parent folders."""
+    from .atomic import atomic_write
+
+    image = Image.fromarray(np.ascontiguousarray(array))
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))

@@ -80,13 +80,13 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, model, monkeyp
     before = path.read_bytes()
 
     def crash(obj, f):
-        open(f, "wb").write(b"PK\x03\x04 half written")
+        f.write(b"PK\x03\x04 half written")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, model, model_name="upsnet_cpu_small", table=TABLE, model_kwargs=KW, iteration=9)
-    assert path.read_bytes() == before and not list(tmp_path.glob("*.tmp"))
+    assert path.read_bytes() == before and not list(tmp_path.glob(".*tmp"))
 
 
 # -------------------------------------------------------------------------------------- bad files

@@ -49,15 +49,24 @@ def test_train_config_shares_schedule_and_maps_builders():
     assert CompareConfig(preset="r50_fpn").train_config("upsnet_c", "x").model == "upsnet_c"
 
 
-def test_cache_key_tracks_weights_not_logging():
+def test_cache_key_tracks_weights_not_logging(tmp_path):
+    from panoptic.compare.fingerprint import FileHashes
+
+    (tmp_path / "d.json").write_text("{}")
+    hashes = FileHashes(tmp_path / "h.json")
+
+    def key(c, threads=1):
+        return cache_key(c, [tmp_path / "d.json"], hashes, threads=threads, device="cpu")
+
     cfg = CompareConfig(iterations=100)
     base = cfg.train_config("upsnet", "out-a")
-    assert cache_key(base) == cache_key(CompareConfig(iterations=100, progress=False).train_config("upsnet", "out-b"))
-    assert cache_key(base) != cache_key(CompareConfig(iterations=101).train_config("upsnet", "out-a"))
-    assert cache_key(base) != cache_key(CompareConfig(iterations=100, seed=1).train_config("upsnet", "out-a"))
-    assert cache_key(base) != cache_key(cfg.train_config("upsnet_c", "out-a"))
+    assert key(base) == key(CompareConfig(iterations=100, progress=False).train_config("upsnet", "out-b"))
+    assert key(base) != key(CompareConfig(iterations=101).train_config("upsnet", "out-a"))
+    assert key(base) != key(CompareConfig(iterations=100, seed=1).train_config("upsnet", "out-a"))
+    assert key(base) != key(cfg.train_config("upsnet_c", "out-a"))
     other_data = CompareConfig(iterations=100, data=DataConfig(synthetic_n=10)).train_config("upsnet", "out-a")
-    assert cache_key(base) != cache_key(other_data)
+    assert key(base) != key(other_data)
+    assert key(base) != key(base, threads=2)
 
 
 # --------------------------------------------------------------------------------------------- rows

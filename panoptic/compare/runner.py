@@ -11,14 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from ..engine.checkpoint import load_checkpoint
+from ..atomic import AtomicFiles
+from ..data.writer import encode_png
+from ..engine.checkpoint import CheckpointError, load_checkpoint
+from ..engine.config import TrainConfig
 from ..engine.data import build_datasets, synthetic_benchmark
 from ..engine.distributed import resolve_device
+from ..engine.resume import config_differences
 from ..engine.runlog import format_eta
 from ..fusion import UPSNetFusion
-from ..visualize import save_png
 from .config import DISPLAY_NAMES, CompareConfig
 from .evaluate import NetworkEvaluation, evaluate_network, figure_panels
 from .figure import comparison_figure
@@ -70,11 +74,8 @@ class _Bar:
             self.bar.close()
 
 
-def _write(path: Path, text: str, files: list[Path]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    files.append(path)
+def _write(files: AtomicFiles, path: Path, text: str, index: bool = False) -> None:
+    files.write_bytes(path, text.encode("utf-8"), index=index)
 
 
 def _json_safe(obj: Any) -> Any:
@@ -147,14 +148,15 @@ def _run(config: CompareConfig, log: Callable[[str], None], t_start: float) -> C
     trained: dict[str, TrainedNetwork] = {}
     for k, net in enumerate(config.networks):
         log(f"[2/4] training {DISPLAY_NAMES[net]} ({k + 1}/{len(config.networks)})")
-        trained[net] = tn = train_or_reuse(net, config.train_config(net, ""), cache, config.retrain)
+        trained[net] = tn = train_or_reuse(net, config.train_config(net, ""), cache, config.retrain,
+                                           data_files=_training_files(train_set, config), device=device.type)
         if tn.reused:
             log(f"      reused {tn.checkpoint}")
         else:
             log(f"      {tn.seconds:.0f} s, {tn.images_per_second:.1f} images/s -> {tn.checkpoint}")
 
     # 3. evaluation
-    models = {net: load_checkpoint(tn.checkpoint, device, table=table)[0] for net, tn in trained.items()}
+    models = {net: _load_trained(tn, config.train_config(net, ""), device, table) for net, tn in trained.items()}
     fusions = {m: models[m].fusion for m in models}
     rows: list[Row] = main_rows(config.models, fusions, DISPLAY_NAMES)
     head = fusions.get("upsnet")
@@ -180,6 +182,43 @@ def _run(config: CompareConfig, log: Callable[[str], None], t_start: float) -> C
     results["wall_s"] = time.perf_counter() - t_start  # everything but writing the few output files
     files = _write_outputs(results, rows, evals, val_set, table, fig_idx, out_dir)
     return CompareResult(results, out_dir, files)
+
+
+def _training_files(train_set: Any, config: CompareConfig) -> list[Path]:
+    """Every file training reads, in order: the JSON, the categories file, then each image and its PNG."""
+    files = [Path(train_set.panoptic_json)] + ([Path(config.data.categories)] if config.data.categories else [])
+    for item in train_set.items:
+        files += [item.image_path, item.png_path]
+    return files
+
+
+def _load_trained(tn: TrainedNetwork, expected: TrainConfig, device: torch.device, table: Any) -> torch.nn.Module:
+    """Load a network's checkpoint after checking that it holds the row's model, trained with the row's config.
+
+    Raises:
+        CheckpointError: If it does not (for a cached checkpoint: telling to rerun with ``--retrain``).
+    """
+    try:
+        model, _, meta = load_checkpoint(tn.checkpoint, device, table=table)
+        if meta.model != expected.model:
+            raise CheckpointError(f"{tn.checkpoint} holds a {meta.model!r} model, not {DISPLAY_NAMES[tn.network]}'s "
+                                  f"{expected.model!r}.")
+        diffs = config_differences(meta.config or {}, expected.to_dict(), ignore=frozenset())
+        if meta.iteration != expected.iterations:
+            diffs.append(("completed iterations", meta.iteration, expected.iterations))
+        threads = expected.threads or torch.get_num_threads()
+        if meta.threads is not None and meta.threads != threads:
+            diffs.append(("threads", meta.threads, threads))
+        if diffs:
+            listed = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} expected" for k, a, b in diffs)
+            raise CheckpointError(f"{tn.checkpoint} was not trained with {DISPLAY_NAMES[tn.network]}'s config "
+                                  f"({listed}).")
+    except CheckpointError as e:
+        if not tn.reused:
+            raise
+        raise CheckpointError(f"the cached checkpoint of {DISPLAY_NAMES[tn.network]} cannot be used: {e} Rerun with "
+                              "--retrain to train it again.") from None
+    return model
 
 
 def _results(config: CompareConfig, rows: list[Row], evals: dict[str, NetworkEvaluation],
@@ -214,40 +253,46 @@ def _results(config: CompareConfig, rows: list[Row], evals: dict[str, NetworkEva
 
 def _write_outputs(results: dict[str, Any], rows: list[Row], evals: dict[str, NetworkEvaluation], val_set: Any,
                    table: Any, fig_idx: list[int], out_dir: Path) -> list[Path]:
+    """Write every output to a temporary name, then rename them into place together (``results.json`` and
+    ``report.md``, which name the others, last): a failure leaves the previous run's outputs as they were."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
-    _write(out_dir / "results.json", json.dumps(_json_safe(results), indent=2) + "\n", files)
-    sections = []
-    for kind, title in (("main", "Main results (Table 7 style)"), ("ablation", "Ablation (Table 6 style)"),
-                        ("runtime", "Run time (Table 5 style), ms per image at batch size 1")):
-        if not results["models" if kind == "main" else kind]:
-            continue
-        md = to_markdown(kind, results)
-        _write(out_dir / f"{kind}.md", md, files)
-        _write(out_dir / f"{kind}.csv", to_csv(kind, results), files)
-        sections.append(f"## {title}\n\n{md}")
-    m = results["machine"]
-    lines = [f"# panoptic compare ({results['num_images']} held-out images)", "",
-             f"Measured on {m['processor']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, "
-             f"device {m.get('gpu', m['device'])}, torch {m['torch']}; total wall time {results['wall_s']:.0f} s.",
-             "", *sections]
-    if results["checks"]:
-        lines += ["## Checks", ""] + [f"- {'PASS' if ok else 'MISS'}: {name}" for name, ok in results["checks"].items()]
-    if fig_idx:
-        lines += ["", "## Figure", "", "![image | ground truth | combined | UPSNet](figure.png)"]
-    _write(out_dir / "report.md", "\n".join(lines) + "\n", files)
-    if fig_idx:
-        files.append(_figure(rows, evals, val_set, table, fig_idx, out_dir))
-    return files
+    files = AtomicFiles()
+    try:
+        _write(files, out_dir / "results.json", json.dumps(_json_safe(results), indent=2) + "\n", index=True)
+        sections = []
+        for kind, title in (("main", "Main results (Table 7 style)"), ("ablation", "Ablation (Table 6 style)"),
+                            ("runtime", "Run time (Table 5 style), ms per image at batch size 1")):
+            if not results["models" if kind == "main" else kind]:
+                continue
+            md = to_markdown(kind, results)
+            _write(files, out_dir / f"{kind}.md", md)
+            _write(files, out_dir / f"{kind}.csv", to_csv(kind, results))
+            sections.append(f"## {title}\n\n{md}")
+        m = results["machine"]
+        lines = [f"# panoptic compare ({results['num_images']} held-out images)", "",
+                 f"Measured on {m['processor']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, "
+                 f"device {m.get('gpu', m['device'])}, torch {m['torch']}; total wall time {results['wall_s']:.0f} s.",
+                 "", *sections]
+        if results["checks"]:
+            lines += ["## Checks", ""] + [f"- {'PASS' if ok else 'MISS'}: {name}"
+                                          for name, ok in results["checks"].items()]
+        if fig_idx:
+            lines += ["", "## Figure", "", "![image | ground truth | combined | UPSNet](figure.png)"]
+            fig = _figure(rows, evals, val_set, table, fig_idx)
+            files.write_bytes(out_dir / "figure.png", encode_png(fig))
+        _write(files, out_dir / "report.md", "\n".join(lines) + "\n", index=True)
+        return files.commit()  # results.json and report.md last
+    except BaseException:
+        files.discard()
+        raise
 
 
-def _figure(rows: list[Row], evals: dict[str, NetworkEvaluation], val_set: Any, table: Any, fig_idx: list[int],
-            out_dir: Path) -> Path:
+def _figure(rows: list[Row], evals: dict[str, NetworkEvaluation], val_set: Any, table: Any,
+            fig_idx: list[int]) -> np.ndarray:
     main = [r for r in rows if not r.flags]
     combined = next((r for r in main if r.key in ("mrcnn_psp", "upsnet_c", "upsnet_cp")), None)
     ours = next((r for r in main if r.key == "upsnet"), None)
     shown = [r for r in (combined, ours) if r is not None] or main
     panels = figure_panels(val_set, fig_idx)
     columns = {r.label: [evals[r.network].rows[r.key].figure[i] for i in fig_idx] for r in shown}
-    fig = comparison_figure([panels[i][0] for i in fig_idx], [panels[i][1] for i in fig_idx], columns, table)
-    return save_png(fig, out_dir / "figure.png")
+    return comparison_figure([panels[i][0] for i in fig_idx], [panels[i][1] for i in fig_idx], columns, table)

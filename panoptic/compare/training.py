@@ -1,9 +1,11 @@
-"""Train the compared networks, or reuse cached checkpoints whose training config matches.
+"""Train the compared networks, or reuse cached checkpoints trained from the same inputs.
 
 A checkpoint is cached under ``<cache>/<network>-<key>/model_final.pt`` where ``key`` hashes everything that
-changes the weights: the full :class:`~panoptic.engine.config.TrainConfig` (minus logging and output fields), the
-panoptic version and, for user data, the annotation files' size and modification time. An interrupted training
-resumes from its last periodic checkpoint.
+determines the weights: the :class:`~panoptic.engine.config.TrainConfig` (minus logging and output fields, see
+:data:`~panoptic.engine.resume.NOT_WEIGHTS`), the content of every training file (JSON, images, PNGs; see
+:mod:`panoptic.compare.fingerprint`), the code (version + source hash), the torch version, the device type and the
+number of CPU threads (different thread counts give different weights). An interrupted training resumes from its
+last periodic checkpoint.
 """
 
 from __future__ import annotations
@@ -11,19 +13,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from .. import __version__
+import torch
+
 from ..engine.config import TrainConfig
+from ..engine.resume import weight_config
 from ..engine.trainer import FINAL_NAME, LAST_FILE, train
+from .fingerprint import FileHashes, code_fingerprint, data_fingerprint
 
 __all__ = ["TrainedNetwork", "cache_key", "default_cache_dir", "train_or_reuse"]
 
-# TrainConfig fields that do not change the trained weights.
-_NOT_IN_KEY = ("out_dir", "progress", "tensorboard", "log_every", "eval_every", "eval_at_end", "checkpoint_every",
-               "keep_checkpoints", "threads", "debug_rank_digest")
+HASHES_FILE = "file-hashes.json"
 
 
 @dataclass
@@ -51,35 +54,25 @@ def default_cache_dir() -> Path:
     return Path(env) / "compare" if env else Path.home() / ".cache" / "panoptic" / "compare"
 
 
-def _file_stamp(path: str | None) -> list[Any] | None:
-    if not path:
-        return None
-    p = Path(path)
-    if not p.exists():
-        return [str(p), None]
-    st = p.stat()
-    return [str(p.resolve()), st.st_size, int(st.st_mtime)]
+def cache_key(config: TrainConfig, data_files: Sequence[Path], hashes: FileHashes, *, threads: int,
+              device: str) -> str:
+    """16 hex digits identifying the weights ``config`` trains (see the module docstring).
 
-
-def cache_key(config: TrainConfig) -> str:
-    """16 hex digits identifying the weights ``config`` trains (see the module docstring)."""
-    d = config.to_dict()
-    for k in _NOT_IN_KEY:
-        d.pop(k, None)
-    d["data"].pop("cache_dir", None)
-    d["data"].pop("num_workers", None)
-    data = config.data
-    stamps = {}
-    if data.root is not None:
-        for name in ("panoptic_train.json", "annotations/panoptic_train2017.json"):
-            stamps[name] = _file_stamp(str(Path(data.root) / name))
-    stamps["train_json"] = _file_stamp(data.train_json)
-    stamps["categories"] = _file_stamp(getattr(data, "categories", None))
-    blob = json.dumps({"config": d, "files": stamps, "version": __version__}, sort_keys=True)
+    Args:
+        config: The training config.
+        data_files: Every file training reads, in the dataset's order (JSON, categories, images, PNGs).
+        hashes: The file-hash cache.
+        threads: The CPU threads training runs with.
+        device: The device type (``"cpu"``, ``"cuda"``).
+    """
+    blob = json.dumps({"config": weight_config(config.to_dict()), "data": data_fingerprint(data_files, hashes),
+                       "code": code_fingerprint(), "torch": torch.__version__, "threads": threads,
+                       "device": device}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def train_or_reuse(network: str, config: TrainConfig, cache_dir: Path, retrain: bool = False) -> TrainedNetwork:
+def train_or_reuse(network: str, config: TrainConfig, cache_dir: Path, retrain: bool = False, *,
+                   data_files: Sequence[Path], device: str = "cpu") -> TrainedNetwork:
     """Return the cached checkpoint of ``config`` or train it (resuming an interrupted run).
 
     Args:
@@ -87,8 +80,13 @@ def train_or_reuse(network: str, config: TrainConfig, cache_dir: Path, retrain: 
         config: Its training config; ``out_dir`` is replaced by the cache folder.
         cache_dir: Cache root.
         retrain: Ignore a cached final checkpoint and train from scratch.
+        data_files: Every file training reads (see :func:`cache_key`).
+        device: The device type training runs on.
     """
-    run_dir = cache_dir / f"{network}-{cache_key(config)}"
+    hashes = FileHashes(cache_dir / HASHES_FILE)
+    key = cache_key(config, data_files, hashes, threads=config.threads or torch.get_num_threads(), device=device)
+    hashes.save()
+    run_dir = cache_dir / f"{network}-{key}"
     final = run_dir / FINAL_NAME
     if final.is_file() and not retrain:
         return TrainedNetwork(network, final, True, 0.0, 0.0)

@@ -33,7 +33,7 @@ from ..segments import assemble_result
 from ..structures import PanopticResult
 from .drawing import hsv_color, shape_mask, shape_window, smooth_noise, texture
 from .targets import IGNORE, thing_targets
-from .writer import CocoPanopticWriter, atomic_write_bytes, encode_png
+from .writer import CocoPanopticWriter, encode_png
 
 __all__ = ["SceneConfig", "SyntheticScene", "generate_scene", "split_counts", "synthetic_categories",
            "write_synthetic_dataset"]
@@ -395,19 +395,20 @@ def write_synthetic_dataset(out_dir: str | Path, n: int, size: int | tuple[int, 
     paths: dict[str, Path] = {}
     index = 0
     for split, count in counts.items():
-        writer = CocoPanopticWriter(table, out / f"panoptic_{split}.json", out / "panoptic",
-                                    ground_truth=True, info={**info, "split": split})
-        for _ in range(count):
-            scene = generate_scene(np.random.default_rng([seed, index]), size, table, config)
-            image_id = index + 1
-            name = f"synth_{image_id:06d}"
-            image_bytes = _encode_image(scene.image, image_format)
-            atomic_write_bytes(out / "images" / f"{name}.{image_format}", image_bytes)
-            writer.add(scene.panoptic, image_id, f"{name}.png", image_file_name=f"{name}.{image_format}")
-            index += 1
-            if progress is not None:
-                progress(index, n)
-        paths[split] = writer.close()
+        # The split's images, PNGs and JSON appear together (see CocoPanopticWriter), the JSON last.
+        with CocoPanopticWriter(table, out / f"panoptic_{split}.json", out / "panoptic",
+                                ground_truth=True, info={**info, "split": split}) as writer:
+            for _ in range(count):
+                scene = generate_scene(np.random.default_rng([seed, index]), size, table, config)
+                image_id = index + 1
+                name = f"synth_{image_id:06d}"
+                writer.files.write_bytes(out / "images" / f"{name}.{image_format}",
+                                         _encode_image(scene.image, image_format))
+                writer.add(scene.panoptic, image_id, f"{name}.png", image_file_name=f"{name}.{image_format}")
+                index += 1
+                if progress is not None:
+                    progress(index, n)
+        paths[split] = writer.out_json
     return paths
 
 

@@ -4,9 +4,9 @@ The output is exactly what panopticapi's ``pq_compute(gt_json, pred_json, gt_fol
 reads: one RGB PNG per image (``id = R + 256 G + 65536 B``, 0 = void) and a JSON with
 ``annotations[{image_id, file_name, segments_info}]`` and ``categories``.
 
-Crash safety: every PNG is written to a temporary name and renamed into place, and the JSON is
-written last (temporary file + ``os.replace``), so an interrupted run never leaves a JSON that
-points to missing or half-written PNGs.
+Crash safety: every PNG and the JSON are first written to temporary names (:class:`~panoptic.atomic.AtomicFiles`)
+and renamed into place only when all exist, the JSON last; a failure before that leaves the previous outputs
+untouched, and a JSON never names a missing, half-written or other run's PNG.
 
 Example:
     >>> import tempfile, numpy as np
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -32,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..atomic import AtomicFiles, atomic_write_bytes
 from ..categories import CategoryTable
 from ..structures import PanopticResult
 
@@ -45,23 +44,12 @@ def encode_png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it onto ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # plain open: the file gets the usual umask permissions
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 class CocoPanopticWriter:
     """Stream results into a COCO-panoptic PNG folder; the JSON is written only by :meth:`close`.
 
-    Used as a context manager, the JSON is written on a clean exit and not at all after an exception.
+    Used as a context manager, the files appear on a clean exit and not at all after an exception. The PNGs
+    are written as they come, to temporary names; :meth:`close` writes the JSON and renames everything into
+    place, the JSON last (unless ``files`` is given: then its owner commits them, with its other files).
 
     Args:
         table: Maps contiguous categories to dataset ids for ``category_id``.
@@ -69,6 +57,8 @@ class CocoPanopticWriter:
         out_folder: Folder for the PNGs (created).
         ground_truth: Drop the prediction-only keys ``score`` and ``source`` from ``segments_info``.
         info: Optional ``info`` dict stored in the JSON.
+        files: The :class:`~panoptic.atomic.AtomicFiles` to write into; its owner calls ``commit`` (default:
+            a private one committed by :meth:`close`).
 
     Example:
         >>> import tempfile, numpy as np
@@ -81,8 +71,11 @@ class CocoPanopticWriter:
     """
 
     def __init__(self, table: CategoryTable, out_json: str | Path, out_folder: str | Path, *,
-                 ground_truth: bool = False, info: dict[str, Any] | None = None) -> None:
+                 ground_truth: bool = False, info: dict[str, Any] | None = None,
+                 files: AtomicFiles | None = None) -> None:
         self.table = table
+        self.files = files if files is not None else AtomicFiles()
+        self._owns_files = files is None
         self.out_json = Path(out_json)
         self.out_folder = Path(out_folder)
         self.ground_truth = ground_truth
@@ -122,9 +115,7 @@ class CocoPanopticWriter:
             for s in segments_info:
                 s.pop("score", None)
                 s.pop("source", None)
-        target = self.out_folder / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(target, encode_png(png))
+        self.files.write_bytes(self.out_folder / name, encode_png(png))
         ann = {"image_id": image_id, "file_name": name, "segments_info": segments_info}
         self.annotations.append(ann)
         self._ids.add(image_id)
@@ -135,7 +126,7 @@ class CocoPanopticWriter:
         return ann
 
     def close(self) -> Path:
-        """Write the JSON (atomically) and return its path."""
+        """Write the JSON and (with a private ``files``) rename every file into place, the JSON last."""
         data: dict[str, Any] = {}
         if self.info is not None:
             data["info"] = self.info
@@ -143,8 +134,14 @@ class CocoPanopticWriter:
             data["images"] = self.images
         data["annotations"] = self.annotations
         data["categories"] = self.table.to_coco()
-        atomic_write_bytes(self.out_json, json.dumps(data, separators=(",", ":")).encode())
+        self.files.write_bytes(self.out_json, json.dumps(data, separators=(",", ":")).encode(), index=True)
+        if self._owns_files:
+            self.files.commit()
         return self.out_json
+
+    def discard(self) -> None:
+        """Forget the results: delete the temporary files (the previous outputs stay as they were)."""
+        self.files.discard()
 
     def __enter__(self) -> CocoPanopticWriter:
         return self
@@ -153,6 +150,8 @@ class CocoPanopticWriter:
                  tb: TracebackType | None) -> None:
         if exc_type is None:
             self.close()
+        elif self._owns_files:
+            self.discard()
 
 
 def write_coco_predictions(results: Iterable[PanopticResult], image_ids: Sequence[int | str],
@@ -178,14 +177,14 @@ def write_coco_predictions(results: Iterable[PanopticResult], image_ids: Sequenc
     names: Sequence[str | None] = file_names if file_names is not None else [None] * len(image_ids)
     if len(names) != len(image_ids):
         raise ValueError(f"got {len(image_ids)} image_ids but {len(names)} file_names; pass one per result.")
-    writer = CocoPanopticWriter(table, out_json, out_folder)
-    it = iter(results)
-    for k, (image_id, name) in enumerate(zip(image_ids, names, strict=True)):
-        result = next(it, None)
-        if result is None:
-            raise ValueError(f"got {k} results for {len(image_ids)} image_ids; pass one image_id per result.")
-        writer.add(result, image_id, name)
-    if next(it, None) is not None:
-        raise ValueError(f"got more results than the {len(image_ids)} image_ids; pass one image_id per "
-                         "result.")
-    return writer.close()
+    with CocoPanopticWriter(table, out_json, out_folder) as writer:
+        it = iter(results)
+        for k, (image_id, name) in enumerate(zip(image_ids, names, strict=True)):
+            result = next(it, None)
+            if result is None:
+                raise ValueError(f"got {k} results for {len(image_ids)} image_ids; pass one image_id per result.")
+            writer.add(result, image_id, name)
+        if next(it, None) is not None:
+            raise ValueError(f"got more results than the {len(image_ids)} image_ids; pass one image_id per "
+                             "result.")
+    return writer.out_json

@@ -9,8 +9,9 @@ A checkpoint is a dict of tensors and plain data saved with ``torch.save`` (``.p
      "rng": [per-rank RNG states as tensors]}                                                # for --resume
 
 so ``torch.load(path, weights_only=True)`` reads it. A ``.safetensors`` file holds the weights with the same
-JSON metadata (no optimizer state: for inference and sharing). Both are written to ``<path>.tmp`` and renamed
-into place, so an interrupted save never leaves a half-written checkpoint. Every failure to load raises a
+JSON metadata (no optimizer state: for inference and sharing). Both are written to a temporary file and renamed
+into place (:mod:`panoptic.atomic`), so an interrupted save never leaves a half-written checkpoint. The loader is
+chosen by the file's content, not its suffix. Every failure to load raises a
 :class:`CheckpointError` that says what is wrong and what to do.
 
 Example:
@@ -29,7 +30,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
 import struct
@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..atomic import atomic_write, atomic_write_bytes
 from ..categories import CategoryTable
 from ..errors import PanopticError
 from ..models import MODELS, LossWeights, build_model
@@ -86,6 +87,7 @@ class CheckpointMeta:
         config: The :class:`~panoptic.engine.config.TrainConfig` as a dict, when trained by the engine.
         metrics: Latest evaluation results.
         world_size: Processes of the run that wrote it.
+        threads: torch CPU threads of the run that wrote it (``None``: not recorded).
         panoptic_version: Library version that wrote it.
         torch_version: torch version that wrote it.
         created: Unix time of writing.
@@ -98,6 +100,7 @@ class CheckpointMeta:
     config: dict[str, Any] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     world_size: int = 1
+    threads: int | None = None
     panoptic_version: str = __version__
     torch_version: str = torch.__version__
     created: float = 0.0
@@ -178,26 +181,14 @@ def restore_rng_state(state: Mapping[str, Any], model: nn.Module | None = None) 
 
 
 # --------------------------------------------------------------------------------------------- save
-def _atomic_save(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: str | Path, model: nn.Module, *, model_name: str, table: CategoryTable,
                     model_kwargs: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
                     iteration: int = 0, metrics: Mapping[str, Any] | None = None,
                     optimizers: Mapping[str, Any] | None = None, schedulers: Mapping[str, Any] | None = None,
                     scalers: Mapping[str, Any] | None = None, rng: list[dict[str, Any]] | None = None,
-                    world_size: int = 1) -> Path:
-    """Write a checkpoint atomically (``<path>.tmp`` then ``os.replace``).
+                    world_size: int = 1, threads: int | None = None) -> Path:
+    """Write a checkpoint atomically (:func:`~panoptic.atomic.atomic_write`: a disk-full or file-size failure is an
+    ``OSError`` naming ``path``, and the previous file at ``path`` stays as it was).
 
     A ``.safetensors`` suffix writes the weights and metadata only (``optimizers``, ``schedulers``,
     ``scalers`` and ``rng`` are then not saved); anything else is a ``torch.save`` file.
@@ -216,6 +207,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_name: str, tabl
         scalers: Part name -> ``GradScaler.state_dict()``.
         rng: Per-rank :func:`capture_rng_state` results.
         world_size: Processes of the run.
+        threads: torch CPU threads of the run (checked by ``--resume``).
 
     Returns:
         ``path``.
@@ -223,22 +215,20 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_name: str, tabl
     path = Path(path)
     meta = CheckpointMeta(model=model_name, model_kwargs=dict(model_kwargs or {}), categories=table.to_coco(),
                           iteration=int(iteration), config=dict(config) if config is not None else None,
-                          metrics=dict(metrics or {}), world_size=world_size, created=time.time())
+                          metrics=dict(metrics or {}), world_size=world_size, threads=threads,
+                          created=time.time())
     meta_json = json.dumps(asdict(meta))
     state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in _unwrap(model).state_dict().items()}
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        flat = _flatten(state)
-        _atomic_save(path, lambda tmp: save_file(flat, str(tmp), metadata={"format": FORMAT, "version": str(VERSION),
-                                                                          "meta": meta_json}))
-        return path
+        data = save(_flatten(state), metadata={"format": FORMAT, "version": str(VERSION), "meta": meta_json})
+        return atomic_write_bytes(path, data)
     obj: dict[str, Any] = {"format": FORMAT, "version": VERSION, "meta": meta_json, "model": state}
     for key, value in (("optimizers", optimizers), ("schedulers", schedulers), ("scalers", scalers), ("rng", rng)):
         if value is not None:
             obj[key] = value
-    _atomic_save(path, lambda tmp: torch.save(obj, tmp))
-    return path
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _flatten(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -341,7 +331,9 @@ def _read_torch(path: Path, map_location: str | torch.device) -> Any:
         raise CheckpointError(f"{path} is truncated or corrupt ({e}); the save was interrupted or the copy is "
                               "incomplete: re-copy it or use an earlier checkpoint.") from None
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        # An open file, not the path: torch.load picks a loader by the path's suffix, and the kind is the content's.
+        with open(path, "rb") as f:
+            return torch.load(f, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is not a panoptic checkpoint: it holds Python objects that only a full "

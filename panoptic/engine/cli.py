@@ -90,7 +90,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--threads", type=int, metavar="N", help="CPU threads per process")
     r.add_argument("--backend", choices=("auto", "gloo", "nccl"), help="process-group backend")
     r.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
-                   help="continue a run: from CKPT, or from the latest checkpoint in --out")
+                   help="continue a run: from CKPT, or from the latest checkpoint in --out (its config must match: "
+                        "a difference is an error that lists it)")
+    r.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue even if the checkpoint was trained with another config, thread "
+                        "count or number of processes (the weights then differ from an uninterrupted run)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard events")
     r.add_argument("--debug-rank-digest", action="store_true", help=argparse.SUPPRESS)
@@ -168,7 +172,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     try:
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume, allow_config_change=args.allow_config_change)
     except (ConfigError, CheckpointError, PanopticDataError, FileNotFoundError) as e:
         print(f"panoptic train: error: {e}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
+from ..atomic import atomic_write_text
 from ..errors import PanopticError
 
 __all__ = ["ConfigError", "DataConfig", "DistConfig", "OptimConfig", "TrainConfig", "apply_overrides"]
@@ -236,7 +237,7 @@ class TrainConfig:
         """Write as indented JSON; returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
     @classmethod

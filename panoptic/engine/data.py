@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..atomic import atomic_write_text, fsync_dir
 from ..categories import CategoryTable
 from ..data import CocoPanopticDataset, PanopticTarget, build_transforms, collate, write_synthetic_dataset
 from .config import DataConfig
@@ -72,13 +73,18 @@ def synthetic_benchmark(config: DataConfig, info: DistInfo | None = None,
         tmp = root.with_name(f".{name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         splits = {"train": 1.0 - frac, "val": frac} if frac > 0 else {"train": 1.0}
-        write_synthetic_dataset(tmp, config.synthetic_n, config.synthetic_size, config.synthetic_seed, splits,
-                                progress=progress)
-        (tmp / "DONE").write_text("ok\n")
+        try:
+            write_synthetic_dataset(tmp, config.synthetic_n, config.synthetic_size, config.synthetic_seed, splits,
+                                    progress=progress)
+            atomic_write_text(tmp / "DONE", "ok\n")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # no half-written benchmark left behind
+            raise
         if root.exists() and not (root / "DONE").is_file():
             shutil.rmtree(root, ignore_errors=True)
         try:
             os.replace(tmp, root)
+            fsync_dir(root.parent)
         except OSError:  # another process finished first
             shutil.rmtree(tmp, ignore_errors=True)
     barrier(info)

@@ -15,11 +15,16 @@ Output folder::
 where ``<id>`` is the image's file stem (made unique with ``_1``, ``_2``, ... when stems repeat). The JSON's
 ``image_id`` is that stem too, or, for the images of a COCO JSON (:func:`images_from_json`), their id there,
 so that the predictions can be evaluated against that ground truth as they are.
+
+Into an existing folder: every file is first written under a temporary name and the files are renamed into place
+only once all images are done, ``panoptic.json`` last (:class:`~panoptic.atomic.AtomicFiles`), so a failure
+part-way (a bad image, a full disk) leaves the previous outputs exactly as they were.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,16 +35,17 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
+from ..atomic import AtomicFiles
 from ..categories import CategoryTable
 from ..data.transforms import ResizeShortSide, resize_panoptic
-from ..data.writer import CocoPanopticWriter, atomic_write_bytes
+from ..data.writer import CocoPanopticWriter, encode_png
 from ..fusion import HeuristicFusion, PanopticFusion, UPSNetFusion
 from ..models import MRCNNPSP, UPSNet
 from ..structures import PanopticResult
-from ..visualize import overlay, save_png
+from ..visualize import overlay
 
-__all__ = ["IMAGE_SUFFIXES", "PredictOutput", "collect_images", "images_from_json", "load_image", "make_fusion",
-           "predict_image", "predict_images", "semantic_logits"]
+__all__ = ["IMAGE_SUFFIXES", "MIN_SCALED_SIDE", "PredictOutput", "check_scales", "collect_images", "images_from_json",
+           "load_image", "make_fusion", "predict_image", "predict_images", "semantic_logits"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -162,6 +168,7 @@ def predict_image(model: nn.Module, image: torch.Tensor, *, scales: Sequence[flo
         short_side: Resize to this short side first (the base size); the result is resized back (nearest).
         max_size: Long-side cap of that resize.
     """
+    check_scales(scales)
     device = next(model.parameters()).device
     x = image.to(device)[None]
     orig = (int(image.shape[-2]), int(image.shape[-1]))
@@ -171,6 +178,7 @@ def predict_image(model: nn.Module, image: torch.Tensor, *, scales: Sequence[flo
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     x = model.normalize(x)
     h, w = int(x.shape[-2]), int(x.shape[-1])
+    check_scales(scales, (h, w))
     base = model(x)[0]
     if list(scales) == [1.0] and not flip and fusion is None:
         result = base.panoptic
@@ -195,6 +203,30 @@ def predict_image(model: nn.Module, image: torch.Tensor, *, scales: Sequence[flo
     return result if result.image_size == orig else resize_panoptic(result, orig)
 
 
+MIN_SCALED_SIDE = 16  # below this a scale gives the FPN almost no pixels: a typo such as 0.01, not a test scale
+
+
+def check_scales(scales: Sequence[float], size: tuple[int, int] | None = None) -> None:
+    """Refuse test scales that are not positive, or that shrink a ``(H, W)`` image below
+    :data:`MIN_SCALED_SIDE` pixels on its short side.
+
+    Raises:
+        ValueError: Naming the scale and the smallest scale the image allows.
+    """
+    if not scales:
+        raise ValueError("give at least one test scale, e.g. --scales 1.0.")
+    bad = [s for s in scales if not (math.isfinite(s) and s > 0)]
+    if bad:
+        raise ValueError(f"test scales must be positive numbers (e.g. --scales 0.75 1.0 1.25), got {bad}.")
+    if size is not None:
+        short = min(size)
+        low = [s for s in scales if round(short * s) < MIN_SCALED_SIDE]
+        if low:
+            raise ValueError(f"test scale {low[0]:g} shrinks the {size[0]}x{size[1]} image to a short side of "
+                             f"{round(short * low[0])} px, below the {MIN_SCALED_SIDE} px the network needs; use "
+                             f"scales >= {MIN_SCALED_SIDE / short:.3g} for this image.")
+
+
 def images_from_json(json_path: str | Path, image_root: str | Path) -> tuple[list[Path], list[int | str]]:
     """The images listed in a COCO(-panoptic) JSON's ``images`` and their ids, for :func:`predict_images`.
 
@@ -212,8 +244,8 @@ def images_from_json(json_path: str | Path, image_root: str | Path) -> tuple[lis
         ValueError: If the JSON cannot be read, has no ``images``, or lists a missing file.
     """
     try:
-        data = json.loads(Path(json_path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(Path(json_path).read_bytes())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read the image list JSON {json_path}: {e}.") from None
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list) or not images:
@@ -267,41 +299,56 @@ def predict_images(model: nn.Module, table: CategoryTable, paths: Sequence[str |
     Returns:
         One :class:`PredictOutput` per image, in input order.
     """
+    check_scales(scales)
     model.eval()
     fuse = make_fusion(fusion, table, model) if fusion is None or isinstance(fusion, str) else fusion
-    files = collect_images(paths)
-    stems = _unique_ids(files)
+    image_files = collect_images(paths)
+    stems = _unique_ids(image_files)
     if image_ids is None:
         ids: list[int | str] = list(stems)
     else:
         ids = list(image_ids)
-        if len(ids) != len(files) or len(files) != len(paths):
-            raise ValueError(f"image_ids has {len(ids)} ids for {len(paths)} paths ({len(files)} images); give one id "
-                             "per image file (folders cannot take ids).")
+        if len(ids) != len(image_files) or len(image_files) != len(paths):
+            raise ValueError(f"image_ids has {len(ids)} ids for {len(paths)} paths ({len(image_files)} images); give "
+                             "one id per image file (folders cannot take ids).")
         if len(set(ids)) != len(ids):
             raise ValueError("image_ids must be unique.")
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
-        for path in files:  # headers only: a bad file stops the run before anything is written
+        for path in image_files:  # headers only: a bad file stops the run before anything is written
             _check_image(path)
-    writer = CocoPanopticWriter(table, out / "panoptic.json", out / "panoptic") if out is not None else None
+    files = AtomicFiles()
+    writer = CocoPanopticWriter(table, out / "panoptic.json", out / "panoptic", files=files) if out else None
     results = []
-    for path, image_id, stem in zip(files, ids, stems, strict=True):
-        image = load_image(path)
-        result = predict_image(model, image, scales=scales, flip=flip, fusion=fuse, short_side=short_side,
-                               max_size=max_size)
-        item = PredictOutput(path, image_id, result)
-        if writer is not None and out is not None:
-            ann = writer.add(result, image_id, f"{stem}.png", image_file_name=path.name)
-            h, w = result.image_size
-            seg = out / "segments" / f"{stem}.json"
-            seg.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(seg, json.dumps({**ann, "height": h, "width": w, "image_file": str(path)}).encode())
-            item.files = {"png": out / "panoptic" / ann["file_name"], "json": seg}
-            if write_overlay:
-                rgb = (image.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-                item.files["overlay"] = save_png(overlay(rgb, result, table), out / "overlay" / f"{stem}.png")
-        results.append(item)
-    if writer is not None:
-        writer.close()
+    try:
+        for path, image_id, stem in zip(image_files, ids, stems, strict=True):
+            image = load_image(path)
+            result = predict_image(model, image, scales=scales, flip=flip, fusion=fuse, short_side=short_side,
+                                   max_size=max_size)
+            item = PredictOutput(path, image_id, result)
+            if writer is not None and out is not None:
+                item.files = _stage_outputs(writer, files, out, path, image_id, stem, image, result, table,
+                                            write_overlay)
+            results.append(item)
+        if writer is not None:
+            writer.close()
+            files.commit()
+    except BaseException:
+        files.discard()
+        raise
     return results
+
+
+def _stage_outputs(writer: CocoPanopticWriter, files: AtomicFiles, out: Path, path: Path, image_id: int | str,
+                   stem: str, image: torch.Tensor, result: PanopticResult, table: CategoryTable,
+                   write_overlay: bool) -> dict[str, Path]:
+    """Write one image's PNG, segments JSON and overlay to their temporary names; returns them by kind."""
+    ann = writer.add(result, image_id, f"{stem}.png", image_file_name=path.name)
+    h, w = result.image_size
+    seg = files.write_bytes(out / "segments" / f"{stem}.json",
+                            json.dumps({**ann, "height": h, "width": w, "image_file": str(path)}).encode())
+    written = {"png": out / "panoptic" / ann["file_name"], "json": seg}
+    if write_overlay:
+        rgb = (image.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        written["overlay"] = files.write_bytes(out / "overlay" / f"{stem}.png", encode_png(overlay(rgb, result, table)))
+    return written

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..atomic import append_line
+
 __all__ = ["MetricsLogger", "ProgressBar", "format_eta"]
 
 
@@ -45,8 +47,7 @@ class MetricsLogger:
         """Append one JSON line; numeric top-level and ``losses`` / ``lr`` values also go to TensorBoard."""
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, separators=(",", ":")) + "\n")
+        append_line(self.path, json.dumps(record, separators=(",", ":")))  # whole lines only, even on a full disk
         if self.tb is not None:
             step = int(record.get("iteration", 0))
             kind = record.get("type", "train")

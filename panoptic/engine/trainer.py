@@ -17,6 +17,7 @@ import hashlib
 import math
 import os
 import re
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..atomic import atomic_write_text
 from ..categories import CategoryTable
 from ..models import MRCNNPSP
 from .checkpoint import (
@@ -44,6 +46,7 @@ from .data import build_datasets, train_loader
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_distributed
 from .evaluate import evaluate
 from .optim import build_optimizer, build_scheduler
+from .resume import check_resume
 from .runlog import MetricsLogger, ProgressBar, format_eta
 
 __all__ = ["TrainResult", "Trainer", "find_resume_checkpoint", "model_parts", "parameter_digest", "train"]
@@ -146,25 +149,44 @@ class Trainer:
                                                                 if info.device.type == "cuda" else 0)
         self.iteration = 0
         self.metrics: dict[str, Any] = {}
+        self.resume_differences: list[str] = []  # config changes accepted by resume(allow_config_change=True)
         self._seed_training()
 
     def _seed_training(self) -> None:
         _seed_all(self.config.seed * 1000 + 1 + self.info.rank)
 
     # ------------------------------------------------------------------------------------ resume
-    def resume(self, path: str | Path) -> None:
+    def resume(self, path: str | Path, allow_config_change: bool = False) -> None:
         """Load weights, optimizer/scheduler/scaler states, RNG states and the iteration from a checkpoint.
+
+        Args:
+            path: The checkpoint.
+            allow_config_change: Resume even if the checkpoint was trained with another config, thread count
+                or number of processes (see :func:`~panoptic.engine.resume.check_resume`).
 
         Raises:
             CheckpointError: If the checkpoint is unreadable, for another model, for another category table,
-                or has no optimizer state (a weights-only export).
+                for another config (see :func:`~panoptic.engine.resume.check_resume`), ahead of
+                ``config.iterations``, or has no optimizer state (a weights-only export).
         """
         obj = read_checkpoint(path, map_location="cpu")
         meta = obj["meta"]
         if meta.model != self.config.model:
             raise CheckpointError(f"{path} holds a {meta.model!r} model but this run trains {self.config.model!r}; "
                                   f"pass --model {meta.model} to resume it, or start a new run without --resume.")
-        check_table(meta.table, self.table, str(path))
+        try:
+            saved_table = meta.table
+        except ValueError as e:
+            raise CheckpointError(f"{path}: the checkpoint's category table is invalid ({e}); it cannot be resumed, "
+                                  "start a new run without --resume.") from None
+        check_table(saved_table, self.table, str(path))
+        self.resume_differences = check_resume(
+            path, meta.config, self.config.to_dict(), checkpoint_iteration=int(meta.iteration),
+            saved_threads=meta.threads, threads=torch.get_num_threads(), saved_world_size=meta.world_size,
+            world_size=self.info.world_size, allow_config_change=allow_config_change)
+        if self.resume_differences and self.info.is_main:
+            print(f"resuming {path} with a changed configuration: {'; '.join(self.resume_differences)}",
+                  file=sys.stderr)
         load_state(self.model, obj["model"], path)
         for key, store in (("optimizers", self.optimizers), ("schedulers", self.schedulers)):
             saved = obj.get(key) or {}
@@ -240,10 +262,8 @@ class Trainer:
                             optimizers={k: o.state_dict() for k, o in self.optimizers.items()},
                             schedulers={k: s.state_dict() for k, s in self.schedulers.items()},
                             scalers={k: s.state_dict() for k, s in self.scalers.items()} if self.amp else None,
-                            rng=rng, world_size=self.info.world_size)
-            tmp = self.out_dir / (LAST_FILE + ".tmp")
-            tmp.write_text(path.name + "\n")
-            os.replace(tmp, self.out_dir / LAST_FILE)
+                            rng=rng, world_size=self.info.world_size, threads=torch.get_num_threads())
+            atomic_write_text(self.out_dir / LAST_FILE, path.name + "\n")
             self._prune()
         barrier(self.info)
         return path
@@ -322,7 +342,7 @@ class Trainer:
         seconds = time.perf_counter() - t0
         final = self.save(self.out_dir / FINAL_NAME)
         if cfg.debug_rank_digest:
-            (self.out_dir / f"rank{info.rank}.sha256").write_text(parameter_digest(self.model) + "\n")
+            atomic_write_text(self.out_dir / f"rank{info.rank}.sha256", parameter_digest(self.model) + "\n")
         done = self.iteration - start
         return TrainResult(checkpoint=final, out_dir=self.out_dir, metrics=self.metrics, iterations=self.iteration,
                            losses=losses, seconds=seconds,
@@ -338,7 +358,8 @@ class Trainer:
         return out
 
 
-def train(config: TrainConfig, resume: str | Path | bool | None = None) -> TrainResult:
+def train(config: TrainConfig, resume: str | Path | bool | None = None,
+          allow_config_change: bool = False) -> TrainResult:
     """Train a model as described by ``config`` (one process, or every process of a ``torchrun`` launch).
 
     Seeds torch, numpy and Python ``random`` (global state) from ``config.seed``; ``config.threads`` applies
@@ -348,6 +369,8 @@ def train(config: TrainConfig, resume: str | Path | bool | None = None) -> Train
         config: The run.
         resume: A checkpoint path to continue from, ``True`` for the latest one in ``config.out_dir``, or
             ``None``/``False`` to start from scratch.
+        allow_config_change: Resume even if the checkpoint's config, thread count or number of processes differ
+            from this run's (otherwise a :class:`CheckpointError` lists the differences).
 
     Returns:
         The final checkpoint path, the last evaluation's metrics and throughput.
@@ -363,7 +386,7 @@ def train(config: TrainConfig, resume: str | Path | bool | None = None) -> Train
         trainer = Trainer(config, info)
         if resume:
             path = find_resume_checkpoint(config.out_dir) if resume is True else Path(resume)
-            trainer.resume(path)
+            trainer.resume(path, allow_config_change=allow_config_change)
         return trainer.run()
     finally:
         torch.set_num_threads(threads)

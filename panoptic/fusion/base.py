@@ -15,7 +15,8 @@ from torch import nn
 from ..categories import CategoryTable
 from ..structures import Instances, PanopticResult, probabilities_to_logits
 
-__all__ = ["FiniteCheck", "PanopticFusion", "fill_stuff_scores", "prepare_instances", "prepare_semantic"]
+__all__ = ["FiniteCheck", "PanopticFusion", "check_not_meta", "fill_stuff_scores", "prepare_instances",
+           "prepare_semantic"]
 
 _SCORE_SAMPLES = 1 << 16
 _SCRATCH = threading.local()
@@ -53,7 +54,11 @@ class PanopticFusion(nn.Module, ABC):
 
         Returns:
             ``B`` results of size ``(H, W)``.
+
+        Raises:
+            ValueError: For invalid inputs, including tensors on the ``meta`` device (see :func:`check_not_meta`).
         """
+        check_not_meta(semantic_logits, instances)
         sem = self.prepare_semantic(semantic_logits, len(instances), output_size)
         size = (int(sem.shape[-2]), int(sem.shape[-1]))
         out = []
@@ -76,6 +81,21 @@ class PanopticFusion(nn.Module, ABC):
             semantic_logits: ``(C, H, W)`` at output size, already validated.
             instances: Validated, on the same device; ``image``-space masks already at ``(H, W)``.
         """
+
+
+def check_not_meta(semantic_logits: torch.Tensor, instances: Sequence[Instances]) -> None:
+    """Refuse ``meta``-device inputs: a fusion's segments depend on the values, which meta tensors do not have.
+
+    Raises:
+        ValueError: If ``semantic_logits`` or a tensor of an :class:`Instances` is on the ``meta`` device.
+    """
+    tensors = [semantic_logits] + [t for inst in instances if isinstance(inst, Instances)
+                                   for t in (inst.boxes, inst.scores, inst.labels, inst.mask_logits)]
+    if any(isinstance(t, torch.Tensor) and t.is_meta for t in tensors):
+        raise ValueError("fusion got tensors on the 'meta' device, which have shapes but no values; the segments "
+                         "a fusion returns depend on the values (even their number), so no shapes can be derived. "
+                         "Fuse real tensors: move the model off 'meta' (e.g. model.to_empty(device='cpu') and load "
+                         "its weights) before running it.")
 
 
 def prepare_semantic(semantic_logits: torch.Tensor, table: CategoryTable, batch: int,
