@@ -74,16 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
-    from .errors import PanopticError, describe_os_error
+    from .errors import run_command
 
-    # User mistakes and file-system failures end in one line and exit code 2, never a traceback.
-    try:
-        return int(args.func(args) or 0)
-    except PanopticError as e:
-        print(f"panoptic {args.command}: error: {e}", file=sys.stderr)
-    except OSError as e:
-        print(f"panoptic {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
-    return 2
+    # User mistakes and file-system failures end in one line and exit code 2, Ctrl-C in one line and 130.
+    return run_command(args.command, lambda: args.func(args))
 
 
 if __name__ == "__main__":
