@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .threads import add_threads_argument, applied_threads
 
 __all__ = ["build_parser", "main"]
 
@@ -19,16 +19,18 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="panoptic-demo", help="output folder (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="scene seed (default: %(default)s)")
     p.add_argument("--size", type=int, default=256, help="image side in pixels, >= 16 (default: %(default)s)")
+    add_threads_argument(p)
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .engine.config import ConfigError
 
     if args.size < 16:
-        print("panoptic demo: --size must be at least 16", file=sys.stderr)
-        return 2
-    report = run_demo(args.out, seed=args.seed, size=args.size)
+        raise ConfigError(f"--size must be at least 16, got {args.size}.")
+    with applied_threads(args.threads):
+        report = run_demo(args.out, seed=args.seed, size=args.size)
     print(f"scene seed {args.seed}, {args.size}x{args.size}")
     print(f"{'strategy':<12} {'PQ':>6} {'PQ_th':>6} {'PQ_st':>6} {'segments':>8} {'unknown px':>10} {'ms':>7}")
     for name, res in report.results.items():

@@ -192,9 +192,10 @@ def annotate(picture: np.ndarray, result: PanopticResult, table: CategoryTable, 
         seg_color = np.concatenate([np.zeros((1, 3), np.uint8), colors[cat]])
         out[edge] = seg_color[sm[edge]]
     canvas = Image.fromarray(np.ascontiguousarray(out))
+    text_scale = max(1, max(canvas.size) // 640)  # 11 px text up to 640 px, larger on large pictures
     if labels and len(cat):
         draw = ImageDraw.Draw(canvas)
-        font = _font(11 * max(1, k // 2) if k > 1 else 11)
+        font = _font(11 * text_scale)
         area = result.area.cpu().numpy()
         scores = result.score.cpu().numpy()
         anchors = _label_anchors(sm, len(cat))
@@ -217,7 +218,7 @@ def annotate(picture: np.ndarray, result: PanopticResult, table: CategoryTable, 
     strip = legend(table, [int(c) for c in cat[np.argsort(things, kind="stable")]], picture_out.shape[1],
                    unknown=bool(result.unknown_mask.any()),
                    void=void_in_legend and bool(((sm == 0) & ~_enlarge(result.unknown_mask, k)).any()),
-                   scale=max(1, min(2, k // 2)))
+                   scale=text_scale)
     return np.concatenate([picture_out, strip], axis=0)
 
 

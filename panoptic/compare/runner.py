@@ -138,7 +138,8 @@ def _run(config: CompareConfig, log: Callable[[str], None], t_start: float) -> C
     train_set, val_set = build_datasets(config.data, config.seed)
     if val_set is None or len(val_set) == 0:
         raise PanopticDataError("panoptic compare needs a held-out split: the data has no validation JSON (give a "
-                                "folder with panoptic_val.json or annotations/panoptic_val2017.json, or pass --val-json).")
+                                "folder with panoptic_val.json or annotations/panoptic_val2017.json, or pass "
+                                "--val-json).")
     table = train_set.table
     log(f"      {len(train_set)} training / {len(val_set)} held-out images, {table.num_stuff} stuff + "
         f"{table.num_things} thing categories ({time.perf_counter() - t:.1f} s)")

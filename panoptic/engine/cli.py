@@ -209,6 +209,8 @@ def run_predict(args: argparse.Namespace) -> int:
         raise ConfigError(str(e)) from None
     with applied_threads(args.threads):
         checkpoint = checkpoint_of(args.checkpoint)
+        if checkpoint != args.checkpoint:
+            print(f"using {checkpoint}", file=sys.stderr)
         model, table, meta = load_checkpoint(checkpoint, map_location=device)
         note = fusion_note(args.fusion, model)
         if note:
@@ -220,8 +222,8 @@ def run_predict(args: argparse.Namespace) -> int:
         things = int(o.result.isthing.sum())
         print(f"{o.image_path}: {o.result.num_segments} segments ({things} things, "
               f"{o.result.num_segments - things} stuff)")
-    print(f"wrote {len(outputs)} predictions of {meta.model} (iteration {meta.iteration}, {checkpoint}) to "
-          f"{args.out}/ (panoptic.json, panoptic/, segments/, overlay/)")
+    print(f"wrote {len(outputs)} predictions of {meta.model} (iteration {meta.iteration}) to {args.out}/ "
+          "(panoptic.json, panoptic/, segments/, overlay/)")
     return 0
 
 

@@ -10,7 +10,8 @@ Output folder::
     OUT/panoptic.json            COCO-panoptic JSON of every image (images, annotations, categories)
     OUT/panoptic/<id>.png        id PNGs (id = R + 256 G + 65536 B, 0 = void)
     OUT/segments/<id>.json       the image's annotation {image_id, file_name, segments_info, height, width}
-    OUT/overlay/<id>.png         the segmentation blended over the image
+    OUT/overlay/<id>.png         the segmentation blended over the image, with thing outlines, category labels
+                                 and a legend below (small images enlarged; ``labels=False``: the bare blend)
 
 where ``<id>`` is the image's file stem (made unique with ``_1``, ``_2``, ... when stems repeat). The JSON's
 ``image_id`` is that stem too, or, for the images of a COCO JSON (:func:`images_from_json`), their id there,
