@@ -78,7 +78,7 @@ def test_predict_checkpoint_folder(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "checkpoint_0000010.pt").write_bytes(b"x")
-    with pytest.raises(CheckpointError, match="checkpoint_0000010.pt"):
+    with pytest.raises(CheckpointError, match=r"checkpoint_0000010\.pt"):
         checkpoint_of(run)
     (run / LAST_FILE).write_text("checkpoint_0000010.pt\n")
     assert checkpoint_of(run) == run / "checkpoint_0000010.pt"  # an unfinished run: its latest checkpoint
