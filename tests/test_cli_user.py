@@ -193,6 +193,18 @@ def test_progress_bars_only_on_a_terminal_unless_asked(monkeypatch):
     assert not ProgressBar(5, bar=False).active
 
 
+def test_bar_shows_the_step_loss_before_the_first_logging_window():
+    """The bar's loss is this step's total until the first ``log_every`` window closes (it used to show nan)."""
+    from panoptic.engine.trainer import Trainer
+
+    bar = ProgressBar(5, bar=True)
+    try:
+        assert Trainer._step_total({"a": torch.tensor(1.5), "b": torch.tensor(2.0)}, bar) == 3.5
+    finally:
+        bar.close()
+    assert np.isnan(Trainer._step_total({"a": torch.tensor(1.5)}, ProgressBar(5, bar=False)))  # no bar: no sync
+
+
 def test_progress_flags_parse_to_three_states():
     parser = cli.build_parser()
     for command in (["evaluate", "--gt-json", "g", "--pred-json", "p"], ["train"], ["compare"]):
