@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .threads import add_threads_argument, applied_threads
 
 __all__ = ["build_parser", "main"]
 
@@ -19,16 +19,18 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="panoptic-demo", help="output folder (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="scene seed (default: %(default)s)")
     p.add_argument("--size", type=int, default=256, help="image side in pixels, >= 16 (default: %(default)s)")
+    add_threads_argument(p)
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .engine.config import ConfigError
 
     if args.size < 16:
-        print("panoptic demo: --size must be at least 16", file=sys.stderr)
-        return 2
-    report = run_demo(args.out, seed=args.seed, size=args.size)
+        raise ConfigError(f"--size must be at least 16, got {args.size}.")
+    with applied_threads(args.threads):
+        report = run_demo(args.out, seed=args.seed, size=args.size)
     print(f"scene seed {args.seed}, {args.size}x{args.size}")
     print(f"{'strategy':<12} {'PQ':>6} {'PQ_th':>6} {'PQ_st':>6} {'segments':>8} {'unknown px':>10} {'ms':>7}")
     for name, res in report.results.items():
@@ -74,16 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
-    from .errors import PanopticError, describe_os_error
+    from .errors import run_command
 
-    # User mistakes and file-system failures end in one line and exit code 2, never a traceback.
-    try:
-        return int(args.func(args) or 0)
-    except PanopticError as e:
-        print(f"panoptic {args.command}: error: {e}", file=sys.stderr)
-    except OSError as e:
-        print(f"panoptic {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
-    return 2
+    # User mistakes and file-system failures end in one line and exit code 2, Ctrl-C in one line and 130.
+    return run_command(args.command, lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from .evaluation import PanopticQuality
 from .fusion import UPSNetFusion
 from .fusion.heuristic import HeuristicFusion
 from .structures import Instances, PanopticResult
-from .visualize import colorize, save_png, side_by_side
+from .visualize import colorize, save_png, side_by_side, with_legend
 
 __all__ = ["DemoReport", "run_demo", "simulate_predictions"]
 
@@ -120,7 +120,8 @@ def run_demo(out_dir: str | Path = "panoptic-demo", seed: int = 0, size: int = 2
     Each strategy is scored against the ground truth with :class:`~panoptic.evaluation.PanopticQuality`.
     Writes ``image.png``, per strategy a coloured ``<name>.png`` plus its COCO-panoptic
     ``<name>_panoptic.png`` + ``<name>_segments.json``, the ground truth likewise,
-    ``side_by_side.png`` (image | ground truth | heuristic | UPSNet) and ``summary.json``.
+    ``side_by_side.png`` (image | ground truth | heuristic | UPSNet, titled, with a colour legend) and
+    ``summary.json``.
 
     Args:
         out_dir: Output folder (created).
@@ -164,6 +165,7 @@ def run_demo(out_dir: str | Path = "panoptic-demo", seed: int = 0, size: int = 2
     panel = side_by_side([scene.image, colorize(scene.panoptic, table), colorize(results["heuristic"], table),
                           colorize(results["upsnet"], table)],
                          ["image", "ground truth", "heuristic (panopticapi)", "UPSNet (white = unknown)"])
+    panel = with_legend(panel, table, [scene.panoptic, *results.values()])
     files.append(save_png(panel, out / "side_by_side.png"))
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     files.append(out / "summary.json")

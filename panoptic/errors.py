@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
+from collections.abc import Callable
 
-__all__ = ["PanopticError", "describe_os_error"]
+__all__ = ["Interrupted", "PanopticError", "describe_os_error", "run_command"]
+
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED_EXIT = 130
 
 
 class PanopticError(Exception):
     """A problem the user can fix; the message names it and the fix."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C ended a command after it saved what it had; the message says what was kept and how to continue."""
 
 
 _OS_FIXES = {
@@ -43,3 +52,27 @@ def describe_os_error(e: OSError) -> str:
     fix = _OS_FIXES.get(e.errno) if e.errno is not None else None
     text = f"{where}: {cause}" if where else cause
     return f"{text} ({fix})" if fix else text
+
+
+def run_command(command: str, func: Callable[[], int | None]) -> int:
+    """Run one subcommand the way every entry point does: its exit status, or one line on stderr.
+
+    ``PanopticError`` and ``OSError`` print ``panoptic COMMAND: error: MESSAGE`` and return 2; Ctrl-C prints
+    ``panoptic COMMAND: MESSAGE`` (:class:`Interrupted`) or ``panoptic COMMAND: interrupted`` and returns 130.
+    Anything else is a bug and propagates with its traceback.
+
+    Args:
+        command: The subcommand's name, for the message.
+        func: Runs it; returns the exit status (``None`` means 0).
+    """
+    try:
+        return int(func() or 0)
+    except PanopticError as e:
+        print(f"panoptic {command}: error: {e}", file=sys.stderr)
+    except OSError as e:
+        print(f"panoptic {command}: error: {describe_os_error(e)}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        text = str(e) if isinstance(e, Interrupted) and str(e) else "interrupted"
+        print(f"\npanoptic {command}: {text}", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    return 2

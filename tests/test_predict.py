@@ -52,7 +52,10 @@ def test_predict_cli_writes_coco_png_json_and_overlay(trained, images, tmp_path,
         assert set(np.unique(ids).tolist()) - {0} == {s["id"] for s in ann["segments_info"]}
         per_image = json.loads((out / "segments" / f"{ann['image_id']}.json").read_text())
         assert per_image["segments_info"] == ann["segments_info"] and (per_image["height"], per_image["width"]) == hw
-        assert Image.open(out / "overlay" / f"{ann['image_id']}.png").size == (hw[1], hw[0])
+        # Small images are enlarged by an integer factor for legible labels; the legend strip goes below.
+        w, h = Image.open(out / "overlay" / f"{ann['image_id']}.png").size
+        k = w // hw[1]
+        assert k >= 1 and w == k * hw[1] and h > k * hw[0]
 
 
 def test_multiscale_flip_test_and_fusion_choice(trained, images, tmp_path):

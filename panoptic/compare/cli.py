@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from typing import Any
+
+from ..engine.runlog import add_progress_argument
+from ..errors import Interrupted
+from ..threads import add_threads_argument, applied_threads
 
 __all__ = ["register", "run"]
 
@@ -48,11 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--retrain", action="store_true", help="train even when a matching checkpoint is cached")
     r = p.add_argument_group("run")
     r.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    r.add_argument("--threads", type=int, metavar="N", help="CPU threads")
+    add_threads_argument(r)
     r.add_argument("--eval-images", type=int, metavar="N", help="evaluate on the first N held-out images")
     r.add_argument("--out", metavar="DIR", help="output folder (default panoptic-compare)")
     r.add_argument("--cache", metavar="DIR", help="checkpoint cache (default $PANOPTIC_CACHE/compare)")
-    r.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
+    add_progress_argument(r)
     p.set_defaults(func=run)
 
 
@@ -74,8 +77,8 @@ def _config(args: argparse.Namespace) -> Any:
         over["pretrained"] = True
     if args.retrain:
         over["retrain"] = True
-    if args.no_progress:
-        over["progress"] = False
+    if args.progress is not None:
+        over["progress"] = args.progress
     over["models"] = tuple(s.strip() for s in args.models.split(",") if s.strip())
     if data_over:
         over["data"] = dataclasses.replace(base.data, **data_over)
@@ -83,20 +86,23 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``compare``; returns the exit status (2 on bad input)."""
-    from ..data import PanopticDataError
-    from ..engine.checkpoint import CheckpointError
+    """Run ``compare``; returns the exit status (user mistakes raise a ``PanopticError``: one line, exit 2)."""
     from ..engine.config import ConfigError
+    from ..engine.trainer import TrainingInterrupted
     from .report import to_markdown
     from .runner import run_compare
 
     t0 = time.perf_counter()
     try:
         config = _config(args)
-        result = run_compare(config)
-    except (ValueError, ConfigError, CheckpointError, PanopticDataError, FileNotFoundError) as e:
-        print(f"panoptic compare: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # a bad flag value: one line
+        raise ConfigError(str(e)) from None
+    try:
+        with applied_threads(config.threads):
+            result = run_compare(config)
+    except TrainingInterrupted as e:
+        raise Interrupted(f"{e}; run the same `panoptic compare` command again to resume it (models already "
+                          "trained stay cached)") from None
     res = result.results
     print()
     print(to_markdown("main", res))

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..engine.config import DataConfig, OptimConfig, TrainConfig
+from ..engine.config import ConfigError, DataConfig, OptimConfig, TrainConfig
 
 __all__ = ["DISPLAY_NAMES", "MODEL_IDS", "CompareConfig", "network_of"]
 
@@ -65,7 +65,7 @@ class CompareConfig:
         cache_dir: Where trained checkpoints are kept and reused (keyed by their full training config);
             ``None``: ``$PANOPTIC_CACHE/compare`` or ``~/.cache/panoptic/compare``.
         retrain: Train even when a matching checkpoint is cached.
-        progress: Progress bars (when stderr is a terminal).
+        progress: Progress bars: ``None`` when stderr is a terminal, or as asked.
     """
 
     models: tuple[str, ...] = MODEL_IDS
@@ -88,22 +88,22 @@ class CompareConfig:
     out_dir: str = "panoptic-compare"
     cache_dir: str | None = None
     retrain: bool = False
-    progress: bool = True
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.models if m not in MODEL_IDS]
         if unknown or not self.models:
-            raise ValueError(f"unknown model id(s) {unknown}; choose from {list(MODEL_IDS)} (comma-separated).")
+            raise ConfigError(f"unknown model id(s) {unknown}; choose from {list(MODEL_IDS)} (comma-separated).")
         if len(set(self.models)) != len(self.models):
-            raise ValueError(f"models {list(self.models)} repeat an id.")
+            raise ConfigError(f"models {list(self.models)} repeat an id.")
         if self.preset not in BUILDERS:
-            raise ValueError(f"preset must be one of {sorted(BUILDERS)}, got {self.preset!r}.")
+            raise ConfigError(f"preset must be one of {sorted(BUILDERS)}, got {self.preset!r}.")
         if self.iterations < 1 or self.batch_size < 1:
-            raise ValueError("iterations and batch_size must be >= 1.")
+            raise ConfigError("iterations and batch_size must be >= 1.")
         if any(not 0.0 < s < 1.0 for s in self.steps) or list(self.steps) != sorted(self.steps):
-            raise ValueError(f"steps are increasing fractions of the iterations in (0, 1), got {self.steps}.")
+            raise ConfigError(f"steps are increasing fractions of the iterations in (0, 1), got {self.steps}.")
         if self.figure_images < 0 or self.timing_warmup < 0:
-            raise ValueError("figure_images and timing_warmup must be >= 0.")
+            raise ConfigError("figure_images and timing_warmup must be >= 0.")
         # keep the table order whatever order the user typed
         object.__setattr__(self, "models", tuple(m for m in MODEL_IDS if m in self.models))
 

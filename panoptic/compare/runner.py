@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,13 +14,14 @@ import numpy as np
 import torch
 
 from ..atomic import AtomicFiles
+from ..data import PanopticDataError
 from ..data.writer import encode_png
 from ..engine.checkpoint import CheckpointError, load_checkpoint
 from ..engine.config import TrainConfig
 from ..engine.data import build_datasets, synthetic_benchmark
 from ..engine.distributed import resolve_device
 from ..engine.resume import config_differences
-from ..engine.runlog import format_eta
+from ..engine.runlog import format_eta, progress_enabled
 from ..fusion import UPSNetFusion
 from .config import DISPLAY_NAMES, CompareConfig
 from .evaluate import NetworkEvaluation, evaluate_network, figure_panels
@@ -51,11 +51,12 @@ class CompareResult:
 class _Bar:
     """A tqdm bar with ETA on a terminal; otherwise a line every ~10% (logs and CI stay readable)."""
 
-    def __init__(self, total: int, desc: str, enabled: bool, log: Callable[[str], None], unit: str = "img") -> None:
+    def __init__(self, total: int, desc: str, enabled: bool | None, log: Callable[[str], None],
+                 unit: str = "img") -> None:
         self.total, self.desc, self.log, self.n, self.unit = total, desc, log, 0, unit
         self.t0 = time.perf_counter()
         self.bar = None
-        if enabled and sys.stderr.isatty():
+        if progress_enabled(enabled):
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
@@ -106,7 +107,7 @@ def run_compare(config: CompareConfig, log: Callable[[str], None] = print) -> Co
         The results and the written files.
 
     Raises:
-        ValueError: If the data has no held-out split, or the ablation is impossible with the chosen models.
+        PanopticDataError: If the data has no held-out split.
     """
     t_start = time.perf_counter()
     threads = torch.get_num_threads()
@@ -137,8 +138,9 @@ def _run(config: CompareConfig, log: Callable[[str], None], t_start: float) -> C
             bar.close()
     train_set, val_set = build_datasets(config.data, config.seed)
     if val_set is None or len(val_set) == 0:
-        raise ValueError("panoptic compare needs a held-out split: the data has no validation JSON (give a folder "
-                         "with panoptic_val.json or annotations/panoptic_val2017.json, or pass --val-json).")
+        raise PanopticDataError("panoptic compare needs a held-out split: the data has no validation JSON (give a "
+                                "folder with panoptic_val.json or annotations/panoptic_val2017.json, or pass "
+                                "--val-json).")
     table = train_set.table
     log(f"      {len(train_set)} training / {len(val_set)} held-out images, {table.num_stuff} stuff + "
         f"{table.num_things} thing categories ({time.perf_counter() - t:.1f} s)")

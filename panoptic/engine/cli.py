@@ -21,6 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import Interrupted, run_command
+from ..threads import add_threads_argument, applied_threads
+from .runlog import add_progress_argument
+
 __all__ = ["main", "register", "run_predict", "run_train"]
 
 # flag dest -> config key
@@ -87,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--eval-every", type=int, metavar="N")
     r.add_argument("--checkpoint-every", type=int, metavar="N")
     r.add_argument("--log-every", type=int, metavar="N")
-    r.add_argument("--threads", type=int, metavar="N", help="CPU threads per process")
+    add_threads_argument(r, "per process")
     r.add_argument("--backend", choices=("auto", "gloo", "nccl"), help="process-group backend")
     r.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
                    help="continue a run: from CKPT, or from the latest checkpoint in --out (its config must match: "
@@ -95,7 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--allow-config-change", action="store_true",
                    help="with --resume: continue even if the checkpoint was trained with another config, thread "
                         "count or number of processes (the weights then differ from an uninterrupted run)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(r)
     r.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard events")
     r.add_argument("--debug-rank-digest", action="store_true", help=argparse.SUPPRESS)
     t.set_defaults(func=run_train)
@@ -109,7 +113,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="predict the images listed in this COCO(-panoptic) JSON (with --image-root) and keep their "
                         "image ids, so that `panoptic evaluate` matches the predictions to that ground truth")
     p.add_argument("--image-root", type=Path, metavar="DIR", help="folder of the --images-json file_names")
-    p.add_argument("--checkpoint", required=True, type=Path, help=".pt or .safetensors checkpoint")
+    p.add_argument("--checkpoint", required=True, type=Path,
+                   help=".pt or .safetensors checkpoint, or a `panoptic train` run folder (its final or latest one)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--fusion", choices=("model", "upsnet", "heuristic"), default="model",
                    help="fusion strategy (default: the model's own)")
@@ -120,6 +125,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-size", type=int, metavar="PX")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--no-overlay", action="store_true", help="skip the overlay pictures")
+    p.add_argument("--bare-overlay", action="store_true",
+                   help="overlays without outlines, labels and legend (only the blended colours)")
+    add_threads_argument(p)
     p.set_defaults(func=run_predict)
 
 
@@ -139,7 +147,9 @@ def build_config(args: argparse.Namespace) -> Any:
                             if getattr(args, dest, None) is not None}
     if args.clip_grad is not None:
         over["optim.clip_grad_norm"] = args.clip_grad or None
-    switches = (("no_amp", "amp", False), ("no_progress", "progress", False),
+    if args.progress is not None:
+        over["progress"] = args.progress
+    switches = (("no_amp", "amp", False),
                 ("no_tensorboard", "tensorboard", False), ("debug_rank_digest", "debug_rank_digest", True),
                 ("pretrained", "pretrained", True))
     for flag, key, value in switches:
@@ -157,25 +167,22 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Run ``train``; returns the exit status (2 on bad input)."""
-    from ..data import PanopticDataError
-    from .checkpoint import CheckpointError
+    """Run ``train``; returns the exit status (user mistakes raise a ``PanopticError``: one line, exit 2)."""
     from .config import ConfigError
-    from .trainer import train
+    from .trainer import TrainingInterrupted, train
 
     try:
         cfg = build_config(args)
-    except (ConfigError, ValueError) as e:
-        print(f"panoptic train: error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # a bad flag value: one line
+        raise ConfigError(str(e)) from None
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     try:
-        result = train(cfg, resume=args.resume, allow_config_change=args.allow_config_change)
-    except (ConfigError, CheckpointError, PanopticDataError, FileNotFoundError) as e:
-        print(f"panoptic train: error: {e}", file=sys.stderr)
-        return 2
+        with applied_threads(cfg.threads):
+            result = train(cfg, resume=args.resume, allow_config_change=args.allow_config_change)
+    except TrainingInterrupted as e:
+        raise Interrupted(f"{e}; resume with: panoptic train --config {e.out_dir / 'config.json'} --resume") from None
     if int(os.environ.get("RANK", "0")) == 0:
         m = result.metrics
         summary = (f"PQ {100 * m['pq']:.1f}  SQ {100 * m['sq']:.1f}  RQ {100 * m['rq']:.1f}  mIoU {100 * m['miou']:.1f}"
@@ -186,27 +193,35 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    """Run ``predict``; returns the exit status (2 on bad input)."""
-    from .checkpoint import CheckpointError, load_checkpoint
+    """Run ``predict``; returns the exit status (user mistakes raise a ``PanopticError``: one line, exit 2)."""
+    from .checkpoint import load_checkpoint
+    from .config import ConfigError
     from .distributed import resolve_device
-    from .predict import images_from_json, predict_images
+    from .predict import fusion_note, images_from_json, predict_images
+    from .trainer import checkpoint_of
 
+    if (args.images_json is None) == (not args.inputs):
+        raise ConfigError("give image files / folders, or --images-json with --image-root (not both).")
+    inputs, ids = args.inputs, None
+    if args.images_json is not None:
+        if args.image_root is None:
+            raise ConfigError("--images-json needs --image-root, the folder its file_names are relative to.")
+        inputs, ids = images_from_json(args.images_json, args.image_root)
     try:
-        if (args.images_json is None) == (not args.inputs):
-            raise ValueError("give image files / folders, or --images-json with --image-root (not both).")
-        inputs, ids = args.inputs, None
-        if args.images_json is not None:
-            if args.image_root is None:
-                raise ValueError("--images-json needs --image-root, the folder its file_names are relative to.")
-            inputs, ids = images_from_json(args.images_json, args.image_root)
         device = resolve_device(args.device)
-        model, table, meta = load_checkpoint(args.checkpoint, map_location=device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    with applied_threads(args.threads):
+        checkpoint = checkpoint_of(args.checkpoint)
+        if checkpoint != args.checkpoint:
+            print(f"using {checkpoint}", file=sys.stderr)
+        model, table, meta = load_checkpoint(checkpoint, map_location=device)
+        note = fusion_note(args.fusion, model)
+        if note:
+            print(f"panoptic predict: note: {note}", file=sys.stderr)
         outputs = predict_images(model, table, inputs, out_dir=args.out, scales=args.scales, flip=args.flip,
                                  fusion=args.fusion, short_side=args.short_side, max_size=args.max_size,
-                                 write_overlay=not args.no_overlay, image_ids=ids)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"panoptic predict: error: {e}", file=sys.stderr)
-        return 2
+                                 write_overlay=not args.no_overlay, image_ids=ids, labels=not args.bare_overlay)
     for o in outputs:
         things = int(o.result.isthing.sum())
         print(f"{o.image_path}: {o.result.num_segments} segments ({things} things, "
@@ -221,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="panoptic")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    return run_command(args.command, lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -180,10 +180,11 @@ class TrainConfig:
         eval_at_end: Evaluate after the last iteration (when there is a validation split).
         checkpoint_every: Write ``checkpoint_<iter>.pt`` every this many iterations; 0: only ``model_final.pt``.
         keep_checkpoints: Keep this many periodic checkpoints (older ones are deleted); 0 keeps all.
-        progress: Show a tqdm progress bar (only on rank 0 and when stderr is a terminal); log lines are printed
-            instead when there is no bar.
+        progress: Show a tqdm progress bar on rank 0: ``None`` when stderr is a terminal, ``True``/``False`` as
+            asked; log lines are printed instead when there is no bar.
         tensorboard: Also write TensorBoard events when ``tensorboard`` is installed.
-        threads: CPU threads per process (``torch.set_num_threads``); ``None`` leaves torch's default.
+        threads: CPU threads per process (``torch.set_num_threads``); ``None`` leaves the count in effect (the
+            command line sets it to the free cores, :func:`panoptic.threads.default_threads`).
         debug_rank_digest: Test aid: every rank writes ``rank<r>.sha256`` (digest of its final parameters).
     """
 
@@ -204,7 +205,7 @@ class TrainConfig:
     eval_at_end: bool = True
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
-    progress: bool = True
+    progress: bool | None = None
     tensorboard: bool = True
     threads: int | None = None
     debug_rank_digest: bool = False

@@ -23,7 +23,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..atomic import atomic_write_text, fsync_dir
 from ..categories import CategoryTable
-from ..data import CocoPanopticDataset, PanopticTarget, build_transforms, collate, write_synthetic_dataset
+from ..data import (
+    CocoPanopticDataset,
+    PanopticDataError,
+    PanopticTarget,
+    build_transforms,
+    collate,
+    write_synthetic_dataset,
+)
 from .config import DataConfig
 from .distributed import DistInfo, barrier
 
@@ -112,7 +119,7 @@ def _explicit(json_path: str, image_root: str | None, panoptic_root: str | None,
                                                       else j.parent / "panoptic")
     img = Path(image_root) if image_root else j.parent / "images"
     if not img.is_dir():
-        raise ValueError(f"cannot find the images of {what} {j} (looked in {img}); pass --image-root.")
+        raise PanopticDataError(f"cannot find the images of {what} {j} (looked in {img}); pass --image-root.")
     return SplitPaths(img, j, pan)
 
 
@@ -120,14 +127,18 @@ def resolve_splits(config: DataConfig, info: DistInfo | None = None) -> tuple[Sp
     """Train and (optional) validation paths: explicit JSONs, else ``root``'s layout, else the synthetic benchmark.
 
     Raises:
-        ValueError: If ``root`` has neither known layout, or an explicit JSON's folders cannot be found.
+        PanopticDataError: If ``root`` is missing or has neither known layout, or an explicit JSON's folders
+            cannot be found.
     """
     train = val = None
     if config.root is not None:
         root = Path(config.root)
+        if not root.is_dir():
+            raise PanopticDataError(f"data folder {root} does not exist; pass a COCO-panoptic folder (e.g. one "
+                                    "written by `panoptic synth`), or leave --data out for the synthetic benchmark.")
         train, val = _layout(root)
         if train is None and config.train_json is None:
-            raise ValueError(f"no COCO-panoptic data found in {root}: expected panoptic_train.json (+ images/, "
+            raise PanopticDataError(f"no COCO-panoptic data found in {root}: expected panoptic_train.json (+ images/, "
                              "panoptic/; what `panoptic synth` writes) or annotations/panoptic_train2017.json (+ "
                              "train2017/, annotations/panoptic_train2017/). Pass --train-json and friends for "
                              "other layouts.")
@@ -149,10 +160,14 @@ def build_datasets(config: DataConfig, seed: int = 0, info: DistInfo | None = No
     """Training dataset (resize/flip per ``config``) and validation dataset (test resize, no flip).
 
     Raises:
-        ValueError: If the splits disagree on the category table (or see :func:`resolve_splits`).
+        PanopticDataError: If the splits disagree on the category table, the categories file is unreadable (or
+            see :func:`resolve_splits`).
     """
     train_p, val_p = resolve_splits(config, info)
-    table = CategoryTable.from_json(config.categories) if config.categories else None
+    try:
+        table = CategoryTable.from_json(config.categories) if config.categories else None
+    except ValueError as e:  # a user's file: one line, not a traceback
+        raise PanopticDataError(str(e)) from None
     train = CocoPanopticDataset(train_p.image_root, train_p.json, train_p.panoptic_root, seed=seed, table=table,
                                 transforms=build_transforms(config.short_side, config.max_size, config.flip_prob,
                                                             size_divisor=None))
@@ -161,7 +176,8 @@ def build_datasets(config: DataConfig, seed: int = 0, info: DistInfo | None = No
     val = CocoPanopticDataset(val_p.image_root, val_p.json, val_p.panoptic_root, table=table,
                               transforms=build_transforms(config.test_short_side, config.test_max_size, 0.0, None))
     if val.table != train.table:
-        raise ValueError(f"the validation categories ({val_p.json}) differ from the training ones ({train_p.json}); "
+        raise PanopticDataError(f"the validation categories ({val_p.json}) differ from the training ones "
+                                f"({train_p.json}); "
                          "both splits need the same 'categories' list.")
     return train, val
 

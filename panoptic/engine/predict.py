@@ -10,7 +10,8 @@ Output folder::
     OUT/panoptic.json            COCO-panoptic JSON of every image (images, annotations, categories)
     OUT/panoptic/<id>.png        id PNGs (id = R + 256 G + 65536 B, 0 = void)
     OUT/segments/<id>.json       the image's annotation {image_id, file_name, segments_info, height, width}
-    OUT/overlay/<id>.png         the segmentation blended over the image
+    OUT/overlay/<id>.png         the segmentation blended over the image, with thing outlines, category labels
+                                 and a legend below (small images enlarged; ``labels=False``: the bare blend)
 
 where ``<id>`` is the image's file stem (made unique with ``_1``, ``_2``, ... when stems repeat). The JSON's
 ``image_id`` is that stem too, or, for the images of a COCO JSON (:func:`images_from_json`), their id there,
@@ -37,15 +38,16 @@ from torch import nn
 
 from ..atomic import AtomicFiles
 from ..categories import CategoryTable
+from ..data import PanopticDataError
 from ..data.transforms import ResizeShortSide, resize_panoptic
 from ..data.writer import CocoPanopticWriter, encode_png
 from ..fusion import HeuristicFusion, PanopticFusion, UPSNetFusion
 from ..models import MRCNNPSP, UPSNet
 from ..structures import PanopticResult
-from ..visualize import overlay
+from ..visualize import annotate, overlay
 
-__all__ = ["IMAGE_SUFFIXES", "MIN_SCALED_SIDE", "PredictOutput", "check_scales", "collect_images", "images_from_json",
-           "load_image", "make_fusion", "predict_image", "predict_images", "semantic_logits"]
+__all__ = ["IMAGE_SUFFIXES", "MIN_SCALED_SIDE", "PredictOutput", "check_scales", "collect_images", "fusion_note",
+           "images_from_json", "load_image", "make_fusion", "predict_image", "predict_images", "semantic_logits"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -85,7 +87,7 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
         else:
             raise FileNotFoundError(f"{p} does not exist; pass image files or folders of images.")
     if not paths:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {[str(i) for i in inputs]}.")
+        raise PanopticDataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {[str(i) for i in inputs]}.")
     return paths
 
 
@@ -106,8 +108,8 @@ def load_image(path: str | Path) -> torch.Tensor:
 _IMAGE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
 
 
-def _image_error(path: str | Path, e: Exception) -> ValueError:
-    return ValueError(f"{path}: cannot read the image ({type(e).__name__}: {e}); remove or replace the file.")
+def _image_error(path: str | Path, e: Exception) -> PanopticDataError:
+    return PanopticDataError(f"{path}: cannot read the image ({type(e).__name__}: {e}); remove or replace the file.")
 
 
 def _check_image(path: Path) -> None:
@@ -117,6 +119,20 @@ def _check_image(path: Path) -> None:
             pass
     except _IMAGE_ERRORS as e:
         raise _image_error(path, e) from None
+
+
+def fusion_note(name: str | None, model: nn.Module) -> str | None:
+    """A note when ``--fusion upsnet`` runs UPSNet's head on a model not trained with its panoptic loss.
+
+    The head has no parameters, so it runs on any model's logits (the paper's ablation does so), but such a
+    model's logits were never trained for it; the note says so and what else to pass. ``None`` otherwise.
+    """
+    if name != "upsnet" or getattr(model, "train_panoptic_loss", False):
+        return None
+    what = "an MR-CNN-PSP model" if isinstance(model, MRCNNPSP) else f"a {type(model).__name__} model"
+    return (f"this checkpoint holds {what} not trained with UPSNet's panoptic head (no panoptic loss); "
+            "--fusion upsnet applies the parameter-free head to its logits anyway (as in the paper's ablation). "
+            "Use --fusion heuristic or the model's own fusion (the default) for the output it was trained for.")
 
 
 def make_fusion(name: str | None, table: CategoryTable, model: nn.Module) -> PanopticFusion | None:
@@ -246,19 +262,19 @@ def images_from_json(json_path: str | Path, image_root: str | Path) -> tuple[lis
     try:
         data = json.loads(Path(json_path).read_bytes())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read the image list JSON {json_path}: {e}.") from None
+        raise PanopticDataError(f"cannot read the image list JSON {json_path}: {e}.") from None
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list) or not images:
-        raise ValueError(f"{json_path} has no 'images' list; pass a COCO or COCO-panoptic JSON.")
+        raise PanopticDataError(f"{json_path} has no 'images' list; pass a COCO or COCO-panoptic JSON.")
     paths, ids = [], []
     for entry in images:
         if not isinstance(entry, dict) or "id" not in entry or "file_name" not in entry:
-            raise ValueError(f"{json_path}: image entry {str(entry)[:200]} needs 'id' and 'file_name'.")
+            raise PanopticDataError(f"{json_path}: image entry {str(entry)[:200]} needs 'id' and 'file_name'.")
         paths.append(Path(image_root) / entry["file_name"])
         ids.append(entry["id"])
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise ValueError(f"{len(missing)} images listed in {json_path} are missing under {image_root}, e.g. "
+        raise PanopticDataError(f"{len(missing)} images listed in {json_path} are missing under {image_root}, e.g. "
                          f"{missing[:3]}; pass the folder the file_names are relative to as the image root.")
     return paths, ids
 
@@ -278,7 +294,7 @@ def predict_images(model: nn.Module, table: CategoryTable, paths: Sequence[str |
                    out_dir: str | Path | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
                    fusion: str | PanopticFusion | None = None, short_side: int | None = None,
                    max_size: int | None = None, write_overlay: bool = True,
-                   image_ids: Sequence[int | str] | None = None) -> list[PredictOutput]:
+                   image_ids: Sequence[int | str] | None = None, labels: bool = True) -> list[PredictOutput]:
     """Predict image files (and folders of images) and, with ``out_dir``, write the outputs described above.
 
     Args:
@@ -295,6 +311,8 @@ def predict_images(model: nn.Module, table: CategoryTable, paths: Sequence[str |
         image_ids: The ``image_id`` of each file of ``paths`` (files only, no folders) in the JSON, e.g. the
             ground truth's (:func:`images_from_json`); default: the unique file stem. Output files are named
             after the stem either way.
+        labels: Overlays with instance outlines, category labels and a legend (:func:`~panoptic.visualize.annotate`);
+            ``False`` writes the bare blend.
 
     Returns:
         One :class:`PredictOutput` per image, in input order.
@@ -328,7 +346,7 @@ def predict_images(model: nn.Module, table: CategoryTable, paths: Sequence[str |
             item = PredictOutput(path, image_id, result)
             if writer is not None and out is not None:
                 item.files = _stage_outputs(writer, files, out, path, image_id, stem, image, result, table,
-                                            write_overlay)
+                                            write_overlay, labels)
             results.append(item)
         if writer is not None:
             writer.close()
@@ -341,7 +359,7 @@ def predict_images(model: nn.Module, table: CategoryTable, paths: Sequence[str |
 
 def _stage_outputs(writer: CocoPanopticWriter, files: AtomicFiles, out: Path, path: Path, image_id: int | str,
                    stem: str, image: torch.Tensor, result: PanopticResult, table: CategoryTable,
-                   write_overlay: bool) -> dict[str, Path]:
+                   write_overlay: bool, labels: bool) -> dict[str, Path]:
     """Write one image's PNG, segments JSON and overlay to their temporary names; returns them by kind."""
     ann = writer.add(result, image_id, f"{stem}.png", image_file_name=path.name)
     h, w = result.image_size
@@ -350,5 +368,8 @@ def _stage_outputs(writer: CocoPanopticWriter, files: AtomicFiles, out: Path, pa
     written = {"png": out / "panoptic" / ann["file_name"], "json": seg}
     if write_overlay:
         rgb = (image.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-        written["overlay"] = files.write_bytes(out / "overlay" / f"{stem}.png", encode_png(overlay(rgb, result, table)))
+        picture = overlay(rgb, result, table)
+        if labels:
+            picture = annotate(picture, result, table)
+        written["overlay"] = files.write_bytes(out / "overlay" / f"{stem}.png", encode_png(picture))
     return written

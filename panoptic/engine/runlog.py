@@ -11,7 +11,23 @@ from typing import Any
 
 from ..atomic import append_line
 
-__all__ = ["MetricsLogger", "ProgressBar", "format_eta"]
+__all__ = ["MetricsLogger", "ProgressBar", "add_progress_argument", "format_eta", "progress_enabled"]
+
+
+def progress_enabled(requested: bool | None) -> bool:
+    """Whether to draw progress bars, tqdm's convention: ``None`` (not asked) means only when stderr is a
+    terminal, so pipes (``panoptic evaluate | cat``) and log files get none; ``True``/``False`` as asked."""
+    if requested is not None:
+        return bool(requested)
+    return sys.stderr.isatty()
+
+
+def add_progress_argument(parser: Any) -> None:
+    """Add ``--progress`` / ``--no-progress`` (``dest="progress"``, default ``None``: bars on a terminal only)."""
+    import argparse
+
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bars (default: only when stderr is a terminal)")
 
 
 def format_eta(seconds: float) -> str:
@@ -65,20 +81,20 @@ class MetricsLogger:
 
 
 class ProgressBar:
-    """tqdm bar with the loss and ETA (when installed, wanted and stderr is a terminal); ``write`` prints lines
+    """tqdm bar with the loss and ETA (when installed and :func:`progress_enabled`); ``write`` prints lines
     either way.
 
     Args:
         total: Total iterations.
         initial: Iterations already done (resume).
         enabled: Print anything at all (rank 0 only).
-        bar: Show a bar (else :meth:`write` lines are the only output).
+        bar: Show a bar (else :meth:`write` lines are the only output); ``None``: when stderr is a terminal.
     """
 
-    def __init__(self, total: int, initial: int = 0, enabled: bool = True, bar: bool = True) -> None:
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, bar: bool | None = None) -> None:
         self.bar = None
         self.enabled = enabled
-        if enabled and bar and sys.stderr.isatty():
+        if enabled and progress_enabled(bar):
             try:
                 from tqdm import tqdm
             except ImportError:

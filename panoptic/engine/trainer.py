@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..atomic import atomic_write_text
 from ..categories import CategoryTable
+from ..errors import Interrupted
 from ..models import MRCNNPSP
 from .checkpoint import (
     CheckpointError,
@@ -45,11 +46,13 @@ from .config import TrainConfig
 from .data import build_datasets, train_loader
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_distributed
 from .evaluate import evaluate
+from .interrupt import StopRequest
 from .optim import build_optimizer, build_scheduler
 from .resume import check_resume
 from .runlog import MetricsLogger, ProgressBar, format_eta
 
-__all__ = ["TrainResult", "Trainer", "find_resume_checkpoint", "model_parts", "parameter_digest", "train"]
+__all__ = ["TrainResult", "Trainer", "TrainingInterrupted", "checkpoint_of", "find_resume_checkpoint", "model_parts",
+           "parameter_digest", "train"]
 
 FINAL_NAME = "model_final.pt"
 LAST_FILE = "last_checkpoint"
@@ -76,6 +79,21 @@ class TrainResult:
     losses: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     images_per_second: float = 0.0
+
+
+class TrainingInterrupted(Interrupted):
+    """Ctrl-C stopped training after an iteration; its state was saved to ``checkpoint`` (resumable).
+
+    Attributes:
+        checkpoint: The checkpoint written at the stop (also named in ``out_dir/last_checkpoint``).
+        iteration: Iterations completed.
+        total: Iterations the run was configured for.
+        out_dir: The run folder.
+    """
+
+    def __init__(self, checkpoint: Path, iteration: int, total: int, out_dir: Path) -> None:
+        super().__init__(f"stopped at iteration {iteration} of {total}; saved {checkpoint}")
+        self.checkpoint, self.iteration, self.total, self.out_dir = checkpoint, iteration, total, out_dir
 
 
 def model_parts(model: nn.Module) -> dict[str, nn.Module]:
@@ -111,6 +129,29 @@ def find_resume_checkpoint(out_dir: str | Path) -> Path:
             return path
     raise CheckpointError(f"nothing to resume in {out}: no {LAST_FILE} file naming a checkpoint; pass --resume PATH "
                           "or start a new run.")
+
+
+def checkpoint_of(path: str | Path) -> Path:
+    """A checkpoint file as given, or a run folder's: its ``model_final.pt``, else its latest periodic checkpoint.
+
+    Raises:
+        CheckpointError: If ``path`` is a folder without either (or does not exist).
+    """
+    p = Path(path)
+    if not p.is_dir():
+        if not p.exists():
+            raise CheckpointError(f"checkpoint {p} not found; pass a .pt or .safetensors file or a `panoptic train` "
+                                  "run folder.")
+        return p
+    if (p / FINAL_NAME).is_file():
+        return p / FINAL_NAME
+    try:
+        return find_resume_checkpoint(p)
+    except CheckpointError:
+        found = sorted(q.name for q in p.iterdir() if q.suffix in (".pt", ".safetensors"))[:3]
+        hint = f" (it holds {found}: pass one of them)" if found else ""
+        raise CheckpointError(f"{p} is a folder with no {FINAL_NAME} or {LAST_FILE}{hint}; pass a .pt or .safetensors "
+                              "file or a `panoptic train` run folder.") from None
 
 
 def _seed_all(seed: int) -> None:
@@ -298,6 +339,8 @@ class Trainer:
         losses: dict[str, float] = {}
         t0 = t_log = time.perf_counter()
         n_log = 0
+        stopped: Path | None = None
+        stop = StopRequest().install()
         try:
             for images, targets in loader:
                 step_losses = self._step(parts, images, targets)
@@ -323,7 +366,7 @@ class Trainer:
                                   f"lr {record['lr'][next(iter(record['lr']))]:.2e}  "
                                   f"{record['images_per_sec']:.1f} img/s  eta {format_eta(record['eta_s'])}")
                     window, n_log, t_log = {}, 0, now
-                bar.update(1, loss=f"{losses.get('total', float('nan')):.3f}")
+                bar.update(1, loss=f"{losses['total'] if losses else self._step_total(step_losses, bar):.3f}")
                 if (cfg.eval_every and it % cfg.eval_every == 0) or (last and cfg.eval_at_end):
                     self.metrics = self._evaluate()
                     if self.metrics:
@@ -334,11 +377,20 @@ class Trainer:
                         bar.write(f"eval @ {it}: PQ {100 * m['pq']:.1f}  SQ {100 * m['sq']:.1f}  RQ {100 * m['rq']:.1f}"
                                   f"  PQ_th {100 * m['pq_th']:.1f}  PQ_st {100 * m['pq_st']:.1f}  "
                                   f"mIoU {100 * m['miou']:.1f}  ({m['num_images']} images)")
-                if cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and not last:
+                periodic = cfg.checkpoint_every and it % cfg.checkpoint_every == 0
+                if periodic and not last:
                     self.save(self.out_dir / f"checkpoint_{it:07d}.pt")
+                if not last and self._stop_requested(stop):
+                    stopped = self.out_dir / f"checkpoint_{it:07d}.pt"
+                    if not periodic:
+                        self.save(stopped)
+                    break
         finally:
+            stop.restore()
             bar.close()
             logger.close()
+        if stopped is not None:
+            raise TrainingInterrupted(stopped, self.iteration, cfg.iterations, self.out_dir)
         seconds = time.perf_counter() - t0
         final = self.save(self.out_dir / FINAL_NAME)
         if cfg.debug_rank_digest:
@@ -347,6 +399,18 @@ class Trainer:
         return TrainResult(checkpoint=final, out_dir=self.out_dir, metrics=self.metrics, iterations=self.iteration,
                            losses=losses, seconds=seconds,
                            images_per_second=done * cfg.batch_size * info.world_size / seconds if done else 0.0)
+
+    def _stop_requested(self, stop: StopRequest) -> bool:
+        """Whether any process got Ctrl-C (every rank must stop at the same iteration to save together)."""
+        if not self.info.distributed:
+            return stop.requested
+        flag = all_reduce_sum({"stop": torch.tensor(float(stop.requested))}, self.info)["stop"]
+        return bool(flag > 0)
+
+    @staticmethod
+    def _step_total(step_losses: Mapping[str, torch.Tensor], bar: ProgressBar) -> float:
+        """This step's total loss for the bar before the first logging window closes (no sync without a bar)."""
+        return float(sum(v.float() for v in step_losses.values())) if bar.active else math.nan
 
     def _reduce_losses(self, window: dict[str, list[torch.Tensor]]) -> dict[str, float]:
         means = {k: torch.stack(v).float().mean().cpu() for k, v in window.items()}
@@ -377,6 +441,8 @@ def train(config: TrainConfig, resume: str | Path | bool | None = None,
 
     Raises:
         CheckpointError: If ``resume`` names an unusable checkpoint (see :meth:`Trainer.resume`).
+        TrainingInterrupted: If Ctrl-C stopped the run (after saving a resumable checkpoint at the end of the
+            iteration it was in).
     """
     info = init_distributed(config.device, config.dist.backend, config.dist.timeout_s)
     threads = torch.get_num_threads()
@@ -387,6 +453,8 @@ def train(config: TrainConfig, resume: str | Path | bool | None = None,
         if resume:
             path = find_resume_checkpoint(config.out_dir) if resume is True else Path(resume)
             trainer.resume(path, allow_config_change=allow_config_change)
+            if info.is_main:
+                print(f"resuming from {path} at iteration {trainer.iteration}", flush=True)
         return trainer.run()
     finally:
         torch.set_num_threads(threads)

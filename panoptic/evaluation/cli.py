@@ -16,6 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..engine.runlog import add_progress_argument
+from ..errors import run_command
+from ..threads import add_threads_argument
+
 __all__ = ["register", "run"]
 
 
@@ -36,19 +40,23 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--pred-folder", type=Path, default=None, help="prediction PNG folder (default: JSON path "
                    "without .json)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the results to this JSON file")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: --threads)")
+    add_threads_argument(p, "(worker processes unless --workers is given)")
+    add_progress_argument(p)
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation described by ``args``; returns the exit status (0, or 2 on bad input)."""
+    from ..engine.runlog import progress_enabled
+    from ..threads import default_threads
     from .pq import format_pq_results, pq_compute
 
+    workers = args.workers or args.threads or default_threads()
     try:
         results = pq_compute(args.gt_json, args.pred_json, args.gt_folder, args.pred_folder,
-                             workers=getattr(args, "workers", None), progress=not getattr(args, "no_progress", False))
+                             workers=workers, progress=progress_enabled(args.progress))
     except ValueError as e:
         print(f"panoptic evaluate: error: {e}", file=sys.stderr)
         return 2
@@ -68,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    return run_command(args.command, lambda: args.func(args))
 
 
 if __name__ == "__main__":
