@@ -31,7 +31,7 @@ def band_width(height: int, width: int, ratio: float = 0.02) -> int:
     """
     if not ratio > 0:
         raise ValueError(f"the boundary ratio must be > 0, got {ratio}; the paper uses 0.02 (2% of the diagonal).")
-    return max(1, int(round(float(np.sqrt(height**2 + width**2)) * ratio)))
+    return max(1, round(float(np.sqrt(height**2 + width**2)) * ratio))
 
 
 def boundary_mask_numpy(ids: np.ndarray, d: int) -> np.ndarray:
@@ -69,7 +69,7 @@ def boundary_mask(ids: np.ndarray, d: int) -> np.ndarray:
 
 
 def add_boundary(ids: np.ndarray, key: np.ndarray, d: int, value: int, void_too: bool = False) -> None:
-    """``key[band] += value`` in place, where ``band`` is :func:`boundary_mask_numpy` (``| ids == 0`` with ``void_too``).
+    """``key[band] += value`` in place; ``band`` is :func:`boundary_mask_numpy` (``| ids == 0`` with ``void_too``).
 
     Args:
         ids: ``(H, W)`` ids below ``2**32``.

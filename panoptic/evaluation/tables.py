@@ -83,7 +83,7 @@ def per_class_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def per_class_table(results: Mapping[str, Any], fmt: str = "markdown") -> str:
-    """Per-class table of :func:`per_class_rows` as ``"markdown"`` (percent) or ``"csv"`` (fractions, full precision)."""
+    """Per-class table of :func:`per_class_rows`: ``"markdown"`` (percent) or ``"csv"`` (fractions, full precision)."""
     rows = per_class_rows(results)
     cols = list(rows[0]) if rows else ["id", "name", "kind", "pq", "sq", "rq", "tp", "fp", "fn"]
     if fmt == "csv":
