@@ -95,6 +95,17 @@ def test_files_with_every_metric_equal_streaming_and_any_worker_count(data):
     assert {k: one[k] for k in plain} == plain  # asking for more metrics leaves PQ bit-identical
 
 
+def test_native_and_numpy_file_paths_agree(data, monkeypatch):
+    from panoptic.evaluation import boundary, files
+
+    config = MetricConfig.all(boundary_ratio=0.1)
+    native = pq_compute(**data, workers=1, config=config)
+    monkeypatch.setattr(files, "_native", None)
+    assert pq_compute(**data, workers=1, config=config) == native  # LUT + np.take + bincount, C bands
+    monkeypatch.setattr(boundary, "_native", None)
+    assert pq_compute(**data, workers=1, config=config) == native  # and the numpy band specification
+
+
 # --------------------------------------------------------------------------------- shards and merge
 def test_shards_merge_bit_identical_and_fail_on_missing_or_duplicate(data, tmp_path, capsys):
     assert _cli(*_base(data), "--metrics", "all", "--json", str(tmp_path / "one.json")) == 0

@@ -7,7 +7,7 @@ segment's band iff the ``(2d+1) x (2d+1)`` window centred on it is not all of it
 the image counting as another id. Because segments partition the image, one id map gives every band.
 
 :func:`boundary_mask_numpy` is the specification; :func:`add_boundary` runs the C pass of
-``panoptic.evaluation._boundary`` when it is built and the specification otherwise (same results).
+``panoptic.evaluation._native`` when it is built and the specification otherwise (same results).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 try:
-    from . import _boundary as _native
+    from . import _native
 except ImportError:  # no C compiler at install time: the numpy specification runs instead
     _native = None
 
@@ -63,9 +63,9 @@ def boundary_mask(ids: np.ndarray, d: int) -> np.ndarray:
     """:func:`boundary_mask_numpy` through the C pass when it is built."""
     if _native is None:
         return boundary_mask_numpy(ids, d)
-    key = np.zeros(ids.shape, dtype=np.int16)
-    add_boundary(ids, key, d, 1)
-    return key.astype(bool)
+    out = np.empty(ids.shape, dtype=np.uint8)
+    _native.band_mask(np.ascontiguousarray(ids, dtype=np.uint32), out, ids.shape[0], ids.shape[1], int(d))
+    return out.view(bool)
 
 
 def add_boundary(ids: np.ndarray, key: np.ndarray, d: int, value: int, void_too: bool = False) -> None:

@@ -30,6 +30,11 @@ from ..formats import from_coco
 from ..png import PNG_SIGNATURE, read_png_ids
 from ..structures import PanopticResult
 from .boundary import add_boundary, band_width
+
+try:
+    from . import _native
+except ImportError:  # no C compiler at install time: the numpy path below runs instead
+    _native = None
 from .streaming import ImageRecord, MetricConfig, PanopticQuality, _bincount, image_record
 
 __all__ = ["EmptyEvaluationError", "PngFormatError", "evaluate_files", "gt_fingerprint", "load_coco_pair",
@@ -134,11 +139,40 @@ def _add_band(ids: np.ndarray, key: np.ndarray, hw: tuple[int, int], d: int, val
 
 
 def _eval_task(task: _Task, scratch: _Scratch | None = None) -> tuple[int, ImageRecord, int]:
-    """Decode both PNGs once, compact each through the LUT, one bincount, then every metric's statistics.
+    """Decode both PNGs once, count (GT, prediction) pixel pairs, then every metric's statistics.
 
-    With Boundary PQ each (GT, prediction) cell is split 2 x 2 by band membership in the same bincount.
+    With Boundary PQ each (GT, prediction) cell is split 2 x 2 by band membership in the same count.
     """
     s = scratch if scratch is not None else _worker_scratch()
+    if _native is not None:
+        m, g_size = _pair_counts_native(task, s)
+    else:
+        m, g_size = _pair_counts_numpy(task, s)
+    bands = "boundary_pq" in task.config.metrics
+    if m[0].any():
+        raise _unknown_ids_error(f"{task.name} (ground truth {task.gt_path})", task.gt_path, task.gt_ids)
+    if m[:, :, 0].any():
+        raise _unknown_ids_error(f"{task.name} (prediction {task.pred_path})", task.pred_path, task.pred_ids)
+    m = m[1:, :, 1:, :]
+    inter = m.sum((1, 3))
+    for side, path, seg_ids, area in (("ground truth", task.gt_path, task.gt_ids, inter[1:].sum(1)),
+                                      ("prediction", task.pred_path, task.pred_ids, inter[:, 1:].sum(0))):
+        if not area.all():
+            absent = [seg_ids[k] for k in np.nonzero(area == 0)[0][:10].tolist()]
+            raise ValueError(f"{task.name} ({side} {path}): segments_info ids {absent} have no pixel in the PNG; "
+                             "remove those entries.")
+    bad_area = 0
+    if task.gt_area is not None:
+        bad_area = int((np.asarray(task.gt_area, dtype=np.int64) != inter[1:].sum(1)).sum())
+    order = np.asarray(task.gt_ids, dtype=np.int64)
+    record = image_record(m if bands else inter, np.asarray(task.gt_category), np.asarray(task.gt_crowd, dtype=bool),
+                          np.asarray(task.pred_category), task.isthing, task.config, order, g_size[0] * g_size[1])
+    return task.index, record, bad_area
+
+
+def _pair_counts_numpy(task: _Task, s: _Scratch) -> tuple[np.ndarray, tuple[int, int]]:
+    """``(Sg + 2, k, Sp + 2, k)`` pair counts (codes: 0 unknown id, 1 void, segment i + 2; ``k = 2`` splits by
+    band membership for Boundary PQ, else 1): LUT compaction with ``np.take`` and one ``bincount``."""
     sg, sp = len(task.gt_ids), len(task.pred_ids)
     bands = "boundary_pq" in task.config.metrics
     split = 2 if bands else 1
@@ -159,26 +193,38 @@ def _eval_task(task: _Task, scratch: _Scratch | None = None) -> tuple[int, Image
     if bands:
         _add_band(ids, key2, p_size, d, 1, void_too=False)
     np.add(key, key2, out=key)
-    m = _bincount(key, total).reshape(sg + 2, split, sp + 2, split)
-    if m[0].any():
-        raise _unknown_ids_error(f"{task.name} (ground truth {task.gt_path})", task.gt_path, task.gt_ids)
-    if m[:, :, 0].any():
-        raise _unknown_ids_error(f"{task.name} (prediction {task.pred_path})", task.pred_path, task.pred_ids)
-    m = m[1:, :, 1:, :]
-    inter = m.sum((1, 3))
-    for side, path, seg_ids, area in (("ground truth", task.gt_path, task.gt_ids, inter[1:].sum(1)),
-                                      ("prediction", task.pred_path, task.pred_ids, inter[:, 1:].sum(0))):
-        if not area.all():
-            absent = [seg_ids[k] for k in np.nonzero(area == 0)[0][:10].tolist()]
-            raise ValueError(f"{task.name} ({side} {path}): segments_info ids {absent} have no pixel in the PNG; "
-                             "remove those entries.")
-    bad_area = 0
-    if task.gt_area is not None:
-        bad_area = int((np.asarray(task.gt_area, dtype=np.int64) != inter[1:].sum(1)).sum())
-    order = np.asarray(task.gt_ids, dtype=np.int64)
-    record = image_record(m if bands else inter, np.asarray(task.gt_category), np.asarray(task.gt_crowd, dtype=bool),
-                          np.asarray(task.pred_category), task.isthing, task.config, order, g_size[0] * g_size[1])
-    return task.index, record, bad_area
+    return _bincount(key, total).reshape(sg + 2, split, sp + 2, split), g_size
+
+
+def _sorted_codes(seg_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.asarray(seg_ids, dtype=np.uint32)
+    order = np.argsort(ids, kind="stable")
+    return np.ascontiguousarray(ids[order]), (order + 2).astype(np.int64)
+
+
+def _pair_counts_native(task: _Task, s: _Scratch) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`_pair_counts_numpy` in one C pass over both id maps (same counts)."""
+    sg, sp = len(task.gt_ids), len(task.pred_ids)
+    bands = "boundary_pq" in task.config.metrics
+    split = 2 if bands else 1
+    g_ids, g_size = _read_ids(task.gt_path, f"{task.name} (ground truth)", s.last("ids"))
+    s.keep("ids", g_ids)
+    p_ids, p_size = _read_ids(task.pred_path, f"{task.name} (prediction)", s.last("ids2"))
+    s.keep("ids2", p_ids)
+    if g_size != p_size:
+        raise ValueError(_size_error(task.name, task.pred_path, p_size, g_size))
+    empty = np.zeros(0, dtype=np.uint8)
+    g_band = p_band = empty
+    if bands:
+        d = band_width(*g_size, task.config.boundary_ratio)
+        g_band = s.buf("gband", g_ids.size, np.uint8)
+        p_band = s.buf("pband", p_ids.size, np.uint8)
+        _native.band_mask(g_ids, g_band, g_size[0], g_size[1], d)
+        _native.band_mask(p_ids, p_band, p_size[0], p_size[1], d)
+    hist = np.zeros((sg + 2) * split * (sp + 2) * split, dtype=np.int64)
+    _native.pair_counts(g_ids, p_ids, *_sorted_codes(task.gt_ids), *_sorted_codes(task.pred_ids), hist, g_band,
+                        p_band)
+    return hist.reshape(sg + 2, split, sp + 2, split), g_size
 
 
 def _worker_scratch() -> _Scratch:
