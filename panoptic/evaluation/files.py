@@ -416,7 +416,12 @@ def evaluate_files(gt_json: str | os.PathLike | Mapping[str, Any], pred_json: st
     """Evaluate COCO-panoptic files into a :class:`PanopticQuality` (keys = GT JSON positions).
 
     Args:
-        gt_json, pred_json, gt_folder, pred_folder, workers, progress: As in :func:`pq_compute`.
+        gt_json: As in :func:`pq_compute`.
+        pred_json: As in :func:`pq_compute`.
+        gt_folder: As in :func:`pq_compute`.
+        pred_folder: As in :func:`pq_compute`.
+        workers: As in :func:`pq_compute`.
+        progress: As in :func:`pq_compute`.
         config: Which metrics; default PQ only.
         shard: ``(i, n)``: evaluate the images at positions ``p`` of the GT JSON with ``p % n == i``.
 

@@ -255,7 +255,9 @@ def image_record(m: np.ndarray, gt_category: np.ndarray, gt_crowd: np.ndarray, p
     Args:
         m: ``(Sg + 1, Sp + 1)`` intersection counts, or ``(Sg + 1, 2, Sp + 1, 2)`` split by
             (GT pixel in its band or void, predicted pixel in its band) when Boundary PQ is computed.
-        gt_category, gt_crowd, pred_category: As in :func:`match_segments`.
+        gt_category: ``(Sg,)`` contiguous category of each GT segment.
+        gt_crowd: ``(Sg,)`` bool crowd flags.
+        pred_category: ``(Sp,)`` contiguous category of each predicted segment.
         isthing: ``(C,)`` bool.
         config: Which metrics.
         gt_order: As in :func:`match_segments`.
