@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import multiprocessing.pool
 import os
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -27,7 +29,7 @@ from PIL import Image
 from ..categories import CategoryTable
 from ..errors import PanopticError
 from ..formats import from_coco
-from ..png import PNG_SIGNATURE, read_png_ids
+from ..png import PNG_SIGNATURE, decoder_name, read_png_ids
 from ..structures import PanopticResult
 from .boundary import add_boundary, band_width
 
@@ -97,7 +99,7 @@ class _Scratch:
         return b
 
 
-_WORKER_SCRATCH: _Scratch | None = None
+_WORKER_SCRATCH = threading.local()
 
 
 def _codes(lut: np.ndarray, ids: np.ndarray, seg_ids: list[int], scale: int, out: np.ndarray) -> np.ndarray:
@@ -228,10 +230,10 @@ def _pair_counts_native(task: _Task, s: _Scratch) -> tuple[np.ndarray, tuple[int
 
 
 def _worker_scratch() -> _Scratch:
-    global _WORKER_SCRATCH
-    if _WORKER_SCRATCH is None:
-        _WORKER_SCRATCH = _Scratch()
-    return _WORKER_SCRATCH
+    scratch = getattr(_WORKER_SCRATCH, "scratch", None)
+    if scratch is None:
+        scratch = _WORKER_SCRATCH.scratch = _Scratch()
+    return scratch
 
 
 def _worker_init() -> None:
@@ -389,7 +391,13 @@ def _run_tasks(tasks: list[_Task], workers: int, progress: bool) -> Iterator[tup
             return
         Image.preinit()  # once here, so that forked workers inherit the plugin registry
         chunk = max(1, min(4, len(tasks) // (workers * 8)))
-        with multiprocessing.get_context().Pool(workers, initializer=_worker_init) as pool:
+        # The native decoder and pair counter release the GIL for all but ~1 ms of an image: threads then
+        # avoid a process pool's start-up; otherwise (numpy paths) processes.
+        if _native is not None and decoder_name().startswith("native"):
+            pool_ctx = multiprocessing.pool.ThreadPool(workers)
+        else:
+            pool_ctx = multiprocessing.get_context().Pool(workers, initializer=_worker_init)
+        with pool_ctx as pool:
             for out in pool.imap(_eval_task, tasks, chunksize=chunk):
                 yield out
                 if bar is not None:
@@ -473,8 +481,9 @@ def pq_compute(gt_json: str | os.PathLike | Mapping[str, Any], pred_json: str | 
     decoding is checked first (image ids, categories, segment ids, missing files, PNG formats,
     GT/prediction sizes); PNG ids vs ``segments_info`` are checked as each image is decoded. Each PNG is
     decoded once; ids are compacted through a 2**24 lookup table and all intersections come from one
-    ``bincount`` (split by boundary-band membership for Boundary PQ). Images run on a process pool;
-    results are accumulated in GT order. PNGs are decoded by :func:`panoptic.png.read_png_ids`.
+    ``bincount`` (split by boundary-band membership for Boundary PQ). Images run on a pool of threads
+    (native decoder and C passes, which release the GIL) or processes; results are accumulated in GT order.
+    PNGs are decoded by :func:`panoptic.png.read_png_ids`.
 
     Args:
         gt_json: Ground-truth COCO-panoptic JSON (path or loaded dict); its ``categories`` define the
