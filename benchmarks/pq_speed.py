@@ -4,7 +4,7 @@ Generates ``N`` Cityscapes-like 1024x2048 COCO-panoptic GT/prediction pairs (19 
 some crowd and void, random 24-bit prediction ids, predictions perturbed so PQ is about 0.5-0.7) into a
 temporary folder, then times, interleaved (A B C D E, A B C D E, ...; medians reported):
 
-* ``ours_files``: :func:`panoptic.evaluation.pq_compute` (JSON + PNG, PQ only, a pool of ``--workers`` processes);
+* ``ours_files``: :func:`panoptic.evaluation.pq_compute` (JSON + PNG, PQ only, a pool of ``--workers`` threads);
 * ``variants``: the same with PQ-dagger, Boundary PQ and Parsing Covering too (``MetricConfig.all()``);
 * ``ours_stream``: :class:`panoptic.evaluation.PanopticQuality` on in-memory results (decoded before the timer);
 * ``panopticapi``: ``panopticapi.evaluation.pq_compute`` with its default processes (``cpu_count``), in a fresh
@@ -402,8 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|")
     for name, key in (("panopticapi pq_compute (Pool of cpu_count)", "panopticapi"),
                       (f"hotcoco pq_compute ({args.workers} threads)", "hotcoco"),
-                      (f"ours pq_compute (files, {args.workers} processes)", "files"),
-                      (f"ours pq_compute + PQ-dagger, Boundary PQ, PC ({args.workers} processes)", "variants"),
+                      (f"ours pq_compute (files, {args.workers} workers)", "files"),
+                      (f"ours pq_compute + PQ-dagger, Boundary PQ, PC ({args.workers} workers)", "variants"),
                       ("ours PanopticQuality (in-memory, 1 process)", "stream")):
         print(f"| {name} | {med[key]:.3f} | {best[key]:.3f} | {1000 * med[key] / n:.1f} | "
               f"{med['panopticapi'] / med[key]:.2f}x |")
