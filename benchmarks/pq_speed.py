@@ -1,17 +1,27 @@
-"""PQ evaluation speed: our file-based and streaming evaluators vs panopticapi's ``pq_compute``.
+"""PQ evaluation speed: our file-based and streaming evaluators vs panopticapi and hotcoco, same images, same run.
 
 Generates ``N`` Cityscapes-like 1024x2048 COCO-panoptic GT/prediction pairs (19 categories, 20-60 segments,
 some crowd and void, random 24-bit prediction ids, predictions perturbed so PQ is about 0.5-0.7) into a
-temporary folder, then times in one run:
+temporary folder, then times, interleaved (A B C D E, A B C D E, ...; medians reported):
 
-* ``ours_files``: :func:`panoptic.evaluation.pq_compute` (JSON + PNG, a pool of ``os.cpu_count()`` workers);
+* ``ours_files``: :func:`panoptic.evaluation.pq_compute` (JSON + PNG, PQ only, a pool of ``--workers`` threads);
+* ``variants``: the same with PQ-dagger, Boundary PQ and Parsing Covering too (``MetricConfig.all()``);
 * ``ours_stream``: :class:`panoptic.evaluation.PanopticQuality` on in-memory results (decoded before the timer);
-* ``panopticapi``: ``panopticapi.evaluation.pq_compute`` with its default processes (skipped if not installed).
+* ``panopticapi``: ``panopticapi.evaluation.pq_compute`` with its default processes (``cpu_count``), in a fresh
+  interpreter (skipped with a message if not installed: ``pip install --no-deps panopticapi-lite``);
+* ``hotcoco``: ``hotcoco.panoptic.pq_compute`` (a Rust evaluator; ``RAYON_NUM_THREADS=--workers``) in a fresh
+  interpreter. Benchmark-only, not a dependency of panoptic: ``pip install hotcoco`` (tested with 1.3.0) or
+  ``pip install -e ".[benchmark]"``; skipped with a message when missing. hotcoco needs integer image ids.
+
+Both external evaluators time themselves (interpreter start-up excluded). ``max_abs_diff`` compares every
+PQ/SQ/RQ value of ours with panopticapi (or hotcoco when panopticapi is missing); ``hotcoco_max_abs_diff``
+compares hotcoco with ours; when hotcoco's counts differ, the images where they differ are evaluated one by one
+and listed (``hotcoco_disagreements``).
 
 Usage::
 
     python benchmarks/pq_speed.py --quick
-    python benchmarks/pq_speed.py --n 200 --json pq_speed.json
+    python benchmarks/pq_speed.py --n 200 --workers 2 --json pq_speed.json
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from PIL import Image
 
 from panoptic import CategoryTable
 from panoptic import png as png_module
-from panoptic.evaluation import PanopticQuality, load_coco_pair, pq_compute
+from panoptic.evaluation import MetricConfig, PanopticQuality, load_coco_pair, pq_compute
 from panoptic.formats import id2rgb, segment_bboxes
 
 H, W = 1024, 2048
@@ -183,9 +193,9 @@ def make_dataset(folder: Path, n: int, seed: int = 0, h: int = H, w: int = W) ->
         pred, pred_segs = _make_pred(rng, gt, gt_segs, table)
         Image.fromarray(id2rgb(gt)).save(paths["gt_folder"] / f"{name}.png")
         Image.fromarray(id2rgb(pred)).save(paths["pred_folder"] / f"{name}.png")
-        images.append({"id": name, "file_name": f"{name}.jpg", "height": h, "width": w})
-        gt_anns.append({"image_id": name, "file_name": f"{name}.png", "segments_info": gt_segs})
-        pred_anns.append({"image_id": name, "file_name": f"{name}.png", "segments_info": pred_segs})
+        images.append({"id": i, "file_name": f"{name}.jpg", "height": h, "width": w})
+        gt_anns.append({"image_id": i, "file_name": f"{name}.png", "segments_info": gt_segs})
+        pred_anns.append({"image_id": i, "file_name": f"{name}.png", "segments_info": pred_segs})
     cats = table.to_coco()
     paths["gt_json"].write_text(json.dumps({"images": images, "annotations": gt_anns, "categories": cats}))
     paths["pred_json"].write_text(json.dumps({"images": images, "annotations": pred_anns, "categories": cats}))
@@ -218,18 +228,69 @@ res = json.loads(json.dumps(res, default=float))
 print(json.dumps({"seconds": dt, "results": res, "numpy": numpy.__version__}))
 """
 
+_HOTCOCO = """
+import contextlib, io, json, sys, time
+import hotcoco
+from hotcoco.panoptic import pq_compute
+gt_json, pred_json, gt_folder, pred_folder = sys.argv[1:5]
+t = time.perf_counter()
+with contextlib.redirect_stdout(io.StringIO()):
+    res = pq_compute(gt_json, pred_json, gt_folder, pred_folder)
+dt = time.perf_counter() - t
+res = json.loads(json.dumps({k: res[k] for k in ("All", "Things", "Stuff", "per_class")}, default=float))
+print(json.dumps({"seconds": dt, "results": res, "version": getattr(hotcoco, "__version__", "")}))
+"""
+
+_MISSING = {"panopticapi": "pip install --no-deps panopticapi-lite", "hotcoco": "pip install hotcoco"}
+
+
+def _run_external(name: str, script: str, python: str, paths: dict[str, Path], env: dict[str, str] | None = None
+                  ) -> tuple[float, dict, str] | None:
+    """Time an external ``pq_compute`` in a fresh interpreter (its own timer: start-up excluded)."""
+    cmd = [python, "-c", script, *(str(paths[k]) for k in ("gt_json", "pred_json", "gt_folder", "pred_folder"))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        if f"No module named '{name}'" in proc.stderr:
+            print(f"{name} is not installed for {python}, skipped: {_MISSING[name]}", file=sys.stderr)
+            return None
+        raise RuntimeError(f"{name} failed:\n{proc.stderr[-2000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out["seconds"], out["results"], out.get("numpy") or out.get("version", "")
+
 
 def _run_oracle(python: str, paths: dict[str, Path]) -> tuple[float, dict, str] | None:
-    """Time panopticapi's ``pq_compute`` in a fresh interpreter (its own timer: start-up excluded)."""
-    cmd = [python, "-c", _ORACLE, *(str(paths[k]) for k in ("gt_json", "pred_json", "gt_folder", "pred_folder"))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        if "No module named 'panopticapi'" in proc.stderr:
-            print(f"panopticapi is not installed for {python}: pip install --no-deps panopticapi-lite", file=sys.stderr)
-            return None
-        raise RuntimeError(f"panopticapi failed:\n{proc.stderr[-2000:]}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    return out["seconds"], out["results"], out["numpy"]
+    return _run_external("panopticapi", _ORACLE, python, paths)
+
+
+def _run_hotcoco(python: str, paths: dict[str, Path], workers: int) -> tuple[float, dict, str] | None:
+    return _run_external("hotcoco", _HOTCOCO, python, paths, {"RAYON_NUM_THREADS": str(workers)})
+
+
+def _counts_differ(ours: dict, other: dict) -> bool:
+    return any((row["tp"], row["fp"], row["fn"]) != tuple(other["per_class"][str(cid)][k] for k in ("tp", "fp", "fn"))
+               for cid, row in ours["per_class"].items() if str(cid) in other["per_class"])
+
+
+def _hotcoco_disagreements(python: str, paths: dict[str, Path], workers: int, limit: int = 5) -> list[dict]:
+    """Images (first ``limit``) where hotcoco's per-class TP/FP/FN differ from ours, each evaluated alone."""
+    gt = json.loads(paths["gt_json"].read_text())
+    pred = json.loads(paths["pred_json"].read_text())
+    pred_by_id = {a["image_id"]: a for a in pred["annotations"]}
+    found: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="pq_one_") as d:
+        one = {"gt_json": Path(d) / "gt.json", "pred_json": Path(d) / "pred.json", "gt_folder": paths["gt_folder"],
+               "pred_folder": paths["pred_folder"]}
+        for a in gt["annotations"]:
+            one["gt_json"].write_text(json.dumps({**gt, "annotations": [a]}))
+            one["pred_json"].write_text(json.dumps({**pred, "annotations": [pred_by_id[a["image_id"]]]}))
+            ours = pq_compute(**one, workers=1, allow_empty=True)
+            got = _run_hotcoco(python, one, workers)
+            if got is not None and (_counts_differ(ours, got[1]) or _max_abs_diff(ours, got[1]) > 1e-12):
+                found.append({"image_id": a["image_id"], "file_name": a["file_name"],
+                              "max_abs_diff": _max_abs_diff(ours, got[1])})
+                if len(found) >= limit:
+                    break
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,14 +301,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=None,
                    help="interleaved repetitions (A B C A B C ...); medians are reported (default 3; 1 with --quick)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", default=f"{H}x{W}", help="image size HxW (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="processes of our file evaluator and hotcoco's threads (default: %(default)s, the target)")
     p.add_argument("--decoder", choices=["auto", "pillow"], default="auto",
                    help="PNG decoder of our file evaluator: auto (the native one when built) or pillow (fallback)")
     p.add_argument("--keep", type=Path, default=None, help="generate into (or reuse) this folder instead of a temp one")
     p.add_argument("--oracle-python", default=sys.executable,
                    help="interpreter that runs panopticapi (e.g. a venv with its pinned numpy<2); default: this one")
+    p.add_argument("--hotcoco-python", default=sys.executable, help="interpreter that runs hotcoco; default: this one")
+    p.add_argument("--no-external", action="store_true", help="time our evaluators only")
     args = p.parse_args(argv)
     n = args.n or (16 if args.quick else 100)
     repeat = args.repeat or (1 if args.quick else 3)
+    h, w = (int(v) for v in args.size.lower().split("x"))
 
     with contextlib.ExitStack() as stack:
         if args.decoder == "pillow":
@@ -258,14 +325,14 @@ def main(argv: list[str] | None = None) -> int:
             if not gt_file.exists() or len(json.loads(gt_file.read_text())["annotations"]) != n:
                 shutil.rmtree(folder, ignore_errors=True)
                 t = time.perf_counter()
-                make_dataset(folder, n, args.seed)
+                make_dataset(folder, n, args.seed, h, w)
                 print(f"generated {n} pairs in {time.perf_counter() - t:.1f} s", file=sys.stderr)
             paths = {"gt_json": folder / "gt.json", "pred_json": folder / "pred.json",
                      "gt_folder": folder / "gt", "pred_folder": folder / "pred"}
         else:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pq_speed_")))
             t = time.perf_counter()
-            paths = make_dataset(folder, n, args.seed)
+            paths = make_dataset(folder, n, args.seed, h, w)
             print(f"generated {n} pairs in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         gt_json = json.loads(paths["gt_json"].read_text())
         pred_json = json.loads(paths["pred_json"].read_text())
@@ -279,13 +346,18 @@ def main(argv: list[str] | None = None) -> int:
                                 pred_by_id[g["image_id"]]["segments_info"], table)
                  for g in gt_json["annotations"]]
 
-        times: dict[str, list[float]] = {"files": [], "stream": [], "panopticapi": []}
-        ref = None
-        oracle_numpy = ""
+        keys = ("files", "variants", "stream", "panopticapi", "hotcoco")
+        times: dict[str, list[float]] = {k: [] for k in keys}
+        ref = hot = None
+        oracle_numpy = hot_version = ""
         for _ in range(repeat):
             t = time.perf_counter()
-            ours = pq_compute(paths["gt_json"], paths["pred_json"], paths["gt_folder"], paths["pred_folder"])
+            ours = pq_compute(**paths, workers=args.workers)
             times["files"].append(time.perf_counter() - t)
+
+            t = time.perf_counter()
+            variants = pq_compute(**paths, workers=args.workers, config=MetricConfig.all())
+            times["variants"].append(time.perf_counter() - t)
 
             t = time.perf_counter()
             metric = PanopticQuality(table, category_order=order)
@@ -294,31 +366,52 @@ def main(argv: list[str] | None = None) -> int:
             stream = metric.compute()
             times["stream"].append(time.perf_counter() - t)
 
+            if args.no_external:
+                continue
             got = _run_oracle(args.oracle_python, paths)
             if got is not None:
                 times["panopticapi"].append(got[0])
                 ref, oracle_numpy = got[1], got[2]
+            got = _run_hotcoco(args.hotcoco_python, paths, args.workers)
+            if got is not None:
+                times["hotcoco"].append(got[0])
+                hot, hot_version = got[1], got[2]
 
     med = {k: statistics.median(v) if v else math.nan for k, v in times.items()}
     best = {k: min(v) if v else math.nan for k, v in times.items()}
-    diff = max(_max_abs_diff(ours, ref), _max_abs_diff(stream, ref)) if ref else _max_abs_diff(stream, ours)
-    out = {"n_images": n, "ours_files_s": med["files"], "ours_stream_s": med["stream"],
-           "panopticapi_s": med["panopticapi"], "max_abs_diff": diff, "repeat": repeat,
-           "ours_files_min_s": best["files"], "ours_stream_min_s": best["stream"],
-           "panopticapi_min_s": best["panopticapi"], "pq_all": ours["All"]["pq"], "cpu_count": os.cpu_count(),
-           "numpy": np.__version__, "oracle_numpy": oracle_numpy, "decoder": png_module.decoder_name()}
-    print(f"{n} images of {H}x{W}, {os.cpu_count()} cores; PQ All {ours['All']['pq']:.4f} "
+    base = ref or hot or ours
+    diff = max(_max_abs_diff(ours, base), _max_abs_diff(stream, base), _max_abs_diff(variants, base))
+    hot_diff = _max_abs_diff(ours, hot) if hot else math.nan
+    disagreements: list[dict] = []
+    if hot and (_counts_differ(ours, hot) or hot_diff > 1e-12):
+        disagreements = _hotcoco_disagreements(args.hotcoco_python, paths, args.workers)
+    out = {"n_images": n, "size": f"{h}x{w}", "workers": args.workers, "repeat": repeat,
+           "ours_files_s": med["files"], "variants_s": med["variants"], "ours_stream_s": med["stream"],
+           "panopticapi_s": med["panopticapi"], "hotcoco_s": med["hotcoco"],
+           "variants_over_pq": med["variants"] / med["files"], "hotcoco_over_ours": med["hotcoco"] / med["files"],
+           "max_abs_diff": diff, "hotcoco_max_abs_diff": hot_diff, "hotcoco_disagreements": disagreements,
+           "ours_files_min_s": best["files"], "variants_min_s": best["variants"], "ours_stream_min_s": best["stream"],
+           "panopticapi_min_s": best["panopticapi"], "hotcoco_min_s": best["hotcoco"],
+           "pq_all": ours["All"]["pq"], "cpu_count": os.cpu_count(), "numpy": np.__version__,
+           "oracle_numpy": oracle_numpy, "hotcoco_version": hot_version, "decoder": png_module.decoder_name()}
+    print(f"{n} images of {h}x{w}, {args.workers} workers on {os.cpu_count()} cores; PQ All {ours['All']['pq']:.4f} "
           f"Things {ours['Things']['pq']:.4f} Stuff {ours['Stuff']['pq']:.4f}; numpy {np.__version__} "
-          f"(panopticapi's: {oracle_numpy or 'n/a'}); PNG decoder {out['decoder']}")
+          f"(panopticapi's: {oracle_numpy or 'n/a'}); hotcoco {hot_version or 'n/a'}; PNG decoder {out['decoder']}")
     print()
     print(f"| evaluator | median s ({repeat} runs) | min s | ms/image | speed-up vs panopticapi |")
     print("|---|---|---|---|---|")
     for name, key in (("panopticapi pq_compute (Pool of cpu_count)", "panopticapi"),
-                      ("ours pq_compute (files, Pool of cpu_count)", "files"),
+                      (f"hotcoco pq_compute ({args.workers} threads)", "hotcoco"),
+                      (f"ours pq_compute (files, {args.workers} workers)", "files"),
+                      (f"ours pq_compute + PQ-dagger, Boundary PQ, PC ({args.workers} workers)", "variants"),
                       ("ours PanopticQuality (in-memory, 1 process)", "stream")):
         print(f"| {name} | {med[key]:.3f} | {best[key]:.3f} | {1000 * med[key] / n:.1f} | "
               f"{med['panopticapi'] / med[key]:.2f}x |")
-    print(f"\nmax |ours - panopticapi| = {diff:.3g}")
+    print(f"\nall three extra metrics cost {out['variants_over_pq']:.2f}x plain PQ; hotcoco takes "
+          f"{out['hotcoco_over_ours']:.2f}x our time")
+    print(f"max |ours - reference| = {diff:.3g}; max |ours - hotcoco| = {hot_diff:.3g}")
+    for d in disagreements:
+        print(f"hotcoco disagrees on image {d['image_id']} ({d['file_name']}): max abs diff {d['max_abs_diff']:.3g}")
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2))
     return 0

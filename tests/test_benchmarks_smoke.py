@@ -26,3 +26,18 @@ def test_model_speed_quick_smoke(tmp_path: Path) -> None:
     assert data["train_img_per_s"] > 0
     assert data["target_2x_met"] is None  # 1024x2048 was not run
     assert "| 64x128 |" in proc.stdout
+
+
+def test_pq_speed_quick_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "pq_speed.json"
+    script = SCRIPT.parent / "pq_speed.py"
+    cmd = [sys.executable, str(script), "--quick", "--n", "2", "--size", "64x128", "--workers", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    for key in ("ours_files_s", "variants_s", "panopticapi_s", "hotcoco_s"):
+        assert key in data
+    assert data["ours_files_s"] > 0 and data["variants_s"] > 0
+    assert data["max_abs_diff"] < 1e-12  # against panopticapi, or hotcoco, or our own files run
+    for name in ("panopticapi", "hotcoco"):  # timed when installed, else skipped with a message
+        assert data[f"{name}_s"] > 0 or f"{name} is not installed" in proc.stderr

@@ -1,7 +1,9 @@
 """Evaluation hook: PQ / SQ / RQ (All, Things, Stuff) and semantic mIoU of a model on a COCO-panoptic split.
 
-Each rank evaluates its share of the images; the metrics' accumulators are summed across ranks
-(:meth:`PanopticQuality.state_dict` sums merge runs), so every rank returns the metrics of the whole set.
+Each rank evaluates its share of the images. The panoptic metric's small exact state (per-image float
+terms keyed by dataset index, integer counts; never the predictions) is gathered with
+``all_gather_object`` and merged, so every rank returns the metrics of the whole set, equal bit for bit to
+a one-process evaluation; the semantic confusion matrices are summed.
 Predictions are compared at the images' original size: when the evaluation transform resized an image,
 the panoptic prediction and the semantic argmax are resized back (nearest) and the untransformed ground
 truth is used.
@@ -23,7 +25,7 @@ from ..evaluation import PanopticQuality, SemanticIoU
 from ..fusion import PanopticFusion
 from ..structures import PanopticResult
 from .data import eval_loader
-from .distributed import DistInfo, all_reduce_sum
+from .distributed import DistInfo, all_gather_objects, all_reduce_sum
 
 __all__ = ["evaluate", "summarize"]
 
@@ -89,7 +91,11 @@ def evaluate(model: nn.Module, dataset: CocoPanopticDataset, table: CategoryTabl
         for pred, target, index in zip(preds, targets, indices):
             result = pred.panoptic if fusion is None else fusion(pred.semantic_logits[None], [pred.instances])[0]
             _update(pq, sem, result.to("cpu"), pred.semantic_logits.argmax(0).cpu(), target, dataset, index)
-    pq.load_state_dict(all_reduce_sum(pq.state_dict(), info))
+    if info.distributed:  # exact merge of the per-rank states, in dataset-index order
+        merged = PanopticQuality(table)
+        for state in all_gather_objects(pq.export_state(), info):
+            merged.merge_state(state)
+        pq = merged
     sem.load_state_dict(all_reduce_sum(sem.state_dict(), info))
     return summarize(pq.compute(), sem.compute())
 
@@ -105,5 +111,5 @@ def _update(pq: PanopticQuality, sem: SemanticIoU, result: PanopticResult, sem_p
         sem_pred = _nearest(sem_pred, tuple(target.orig_size))
         gt = dataset.load_panoptic(index)
         sem_gt = gt.semantic_map(void=255)
-    pq.update(gt.to("cpu"), result)
+    pq.update(gt.to("cpu"), result, key=index)
     sem.update(sem_pred, sem_gt)

@@ -1,23 +1,34 @@
-"""Evaluation: panoptic quality (streaming and COCO-panoptic files), semantic mIoU, box/mask AP.
+"""Evaluation: panoptic metrics (streaming and COCO-panoptic files, sharded), semantic mIoU, box/mask AP.
 
 * :class:`PanopticQuality` / :func:`pq_compute`: PQ, SQ, RQ with panopticapi's exact rules and results
-  (bit-identical to its single-process run). Streaming on in-memory results costs a few ms per
-  1024x2048 image; the file evaluator is bound by PNG decoding (:mod:`panoptic.png`).
+  (bit-identical to its single-process run), plus PQ-dagger, Boundary PQ and Parsing Covering from the
+  same intersection pass on request (:class:`MetricConfig`). The state merges exactly across shards
+  (:mod:`panoptic.evaluation.shards`) and ``torch.distributed`` ranks.
 * :class:`SemanticIoU`: confusion-matrix mIoU of semantic maps.
 * :class:`DetectionAP`: COCO box and mask AP of :class:`~panoptic.Instances` through pycocotools.
 """
 
 from .detection import DetectionAP
-from .pq import PanopticQuality, format_pq_results, load_coco_pair, match_segments, pq_compute, read_png_ids
+from .files import EmptyEvaluationError, PngFormatError, evaluate_files, load_coco_pair, pq_compute, read_png_ids
 from .semantic import SemanticIoU
+from .streaming import METRICS, MergeError, MetricConfig, PanopticQuality, match_segments
+from .tables import format_pq_results, format_summary, per_class_table
 
 __all__ = [
+    "METRICS",
     "DetectionAP",
+    "EmptyEvaluationError",
+    "MergeError",
+    "MetricConfig",
     "PanopticQuality",
+    "PngFormatError",
     "SemanticIoU",
+    "evaluate_files",
     "format_pq_results",
+    "format_summary",
     "load_coco_pair",
     "match_segments",
+    "per_class_table",
     "pq_compute",
     "read_png_ids",
 ]
