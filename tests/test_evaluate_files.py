@@ -15,7 +15,7 @@ from PIL import Image
 
 from panoptic import CategoryTable
 from panoptic.cli import main as panoptic_main
-from panoptic.data import writer as writer_module
+from panoptic import atomic as atomic_module
 from panoptic.errors import PanopticError
 from panoptic.evaluation import (
     EmptyEvaluationError,
@@ -182,7 +182,7 @@ def test_failed_write_leaves_the_previous_file_intact(data, tmp_path, monkeypatc
     def fail(src, dst):  # the rename of the finished temporary file fails (e.g. disk full)
         raise OSError(28, "No space left on device", str(dst))
 
-    monkeypatch.setattr(writer_module.os, "replace", fail)
+    monkeypatch.setattr(atomic_module.os, "replace", fail)
     assert _cli(*_base(data), option, str(out)) == 2
     assert "No space left" in capsys.readouterr().err
     assert out.read_text() == "previous"

@@ -41,6 +41,7 @@ from ..categories import CategoryTable
 from ..data import PanopticDataError
 from ..data.transforms import ResizeShortSide, resize_panoptic
 from ..data.writer import CocoPanopticWriter, encode_png
+from .config import ConfigError
 from ..fusion import HeuristicFusion, PanopticFusion, UPSNetFusion
 from ..models import MRCNNPSP, UPSNet
 from ..structures import PanopticResult
@@ -227,18 +228,18 @@ def check_scales(scales: Sequence[float], size: tuple[int, int] | None = None) -
     :data:`MIN_SCALED_SIDE` pixels on its short side.
 
     Raises:
-        ValueError: Naming the scale and the smallest scale the image allows.
+        ConfigError: Naming the scale and the smallest scale the image allows.
     """
     if not scales:
-        raise ValueError("give at least one test scale, e.g. --scales 1.0.")
+        raise ConfigError("give at least one test scale, e.g. --scales 1.0.")
     bad = [s for s in scales if not (math.isfinite(s) and s > 0)]
     if bad:
-        raise ValueError(f"test scales must be positive numbers (e.g. --scales 0.75 1.0 1.25), got {bad}.")
+        raise ConfigError(f"test scales must be positive numbers (e.g. --scales 0.75 1.0 1.25), got {bad}.")
     if size is not None:
         short = min(size)
         low = [s for s in scales if round(short * s) < MIN_SCALED_SIDE]
         if low:
-            raise ValueError(f"test scale {low[0]:g} shrinks the {size[0]}x{size[1]} image to a short side of "
+            raise ConfigError(f"test scale {low[0]:g} shrinks the {size[0]}x{size[1]} image to a short side of "
                              f"{round(short * low[0])} px, below the {MIN_SCALED_SIDE} px the network needs; use "
                              f"scales >= {MIN_SCALED_SIDE / short:.3g} for this image.")
 
