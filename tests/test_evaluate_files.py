@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from panoptic import CategoryTable
-from panoptic.cli import main as panoptic_main
 from panoptic import atomic as atomic_module
+from panoptic.cli import main as panoptic_main
 from panoptic.errors import PanopticError
 from panoptic.evaluation import (
     EmptyEvaluationError,

@@ -41,11 +41,11 @@ from ..categories import CategoryTable
 from ..data import PanopticDataError
 from ..data.transforms import ResizeShortSide, resize_panoptic
 from ..data.writer import CocoPanopticWriter, encode_png
-from .config import ConfigError
 from ..fusion import HeuristicFusion, PanopticFusion, UPSNetFusion
 from ..models import MRCNNPSP, UPSNet
 from ..structures import PanopticResult
 from ..visualize import annotate, overlay
+from .config import ConfigError
 
 __all__ = ["IMAGE_SUFFIXES", "MIN_SCALED_SIDE", "PredictOutput", "check_scales", "collect_images", "fusion_note",
            "images_from_json", "load_image", "make_fusion", "predict_image", "predict_images", "semantic_logits"]
