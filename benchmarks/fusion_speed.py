@@ -55,17 +55,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from panoptic import CategoryTable, Instances
+from panoptic import CategoryTable, Instances, ops
 from panoptic.fusion import UPSNetFusion, box_regions, paste_masks, prune_instances
 
 H, W = 1024, 2048
 
 
 def fusion_backend() -> str:
-    """``c`` if the fusions' per-pixel passes run in the C extension, ``torch`` otherwise."""
-    from panoptic.fusion import reduce
+    """``c`` if the fusions' primitives run in the C kernels (``panoptic.ops.backend``), ``torch`` otherwise."""
+    from panoptic._ops import native_kernels
 
-    return "c" if reduce._kernels is not None else "torch"
+    return "c" if native_kernels() is not None else "torch"
 COUNTS = (20, 50, 100)
 IMPLS = ("upsnet", "heuristic", "panopticapi", "dense", "floor")
 
@@ -196,10 +196,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="per-pixel passes of the fusions: auto (the C extension when built) or torch (the fallback "
                         "of an install without a C compiler)")
     args = p.parse_args(argv)
-    if args.backend == "torch":
-        from panoptic.fusion import reduce
+    with ops.backend(args.backend):
+        return _run(args)
 
-        reduce._kernels = None  # the one switch every fusion consults
+
+def _run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     load_start = os.getloadavg()

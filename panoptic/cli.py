@@ -62,10 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _native_summary() -> str:
     """Which optional C extensions this install has (a pip install without a C compiler skips them)."""
-    from .fusion.reduce import _kernels
+    from ._ops.switch import native_kernels
     from .png import decoder_name
 
-    fusion = "C" if _kernels is not None else "torch (no C extension)"
+    fusion = "C" if native_kernels() is not None else "torch (no C extension)"
     return f"fusion passes: {fusion}; PNG decoder: {decoder_name()}"
 
 

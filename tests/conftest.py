@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 
@@ -29,18 +28,23 @@ def require_native(module: str):
     return pytest.importorskip(module, reason="the C extension was not built (no compiler at install)")
 
 
-@contextlib.contextmanager
-def torch_only(active: bool = True):
-    """Run the fusions' torch fallback instead of the C passes (as an install without a compiler would)."""
-    from panoptic.fusion import reduce
+def _native_built() -> bool:
+    from panoptic._ops.switch import _built
 
-    saved = reduce._kernels
-    try:
-        if active:
-            reduce._kernels = None
-        yield
-    finally:
-        reduce._kernels = saved
+    return _built is not None
+
+
+#: The fusion backends this install can run (``panoptic.ops.backend``): the C kernels when built, and torch.
+BACKENDS = (["native"] if _native_built() else []) + ["torch"]
+
+
+@pytest.fixture(params=BACKENDS)
+def ops_backend(request):
+    """Run the test under each backend of :data:`BACKENDS` (the switch, not a patched module)."""
+    from panoptic import ops
+
+    with ops.backend(request.param):
+        yield request.param
 
 
 def tiny_table(num_stuff: int = 2, num_things: int = 2) -> CategoryTable:

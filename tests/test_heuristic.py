@@ -569,7 +569,8 @@ def test_cuda_matches_cpu(flavor: str) -> None:
 def test_first_argmax_keys_equals_argmax_with_ties(num_first: int, extra: int) -> None:
     # Integer logits make ties common; -0.0 and 0.0 tie too. 24+ channels take the fallback path. Several
     # row bands (the last one short) and a non-contiguous input.
-    from panoptic.fusion.reduce import first_argmax_keys, first_index_of
+    from panoptic import ops
+    from panoptic._ops import first_argmax_keys
 
     c = max(num_first + extra, 1)
     g = torch.Generator().manual_seed(num_first * 31 + extra)
@@ -577,14 +578,11 @@ def test_first_argmax_keys_equals_argmax_with_ties(num_first: int, extra: int) -
     x[0, 0, :5] = -0.0
     a = x.argmax(0)
     expected = torch.where(a < num_first, a, num_first)
-    out = torch.empty(300, 250, dtype=torch.int32)
-    first_argmax_keys(x, num_first, out)
-    assert torch.equal(out.long(), expected)
-    if num_first:
-        keys = first_index_of(x[:num_first], x.amax(0))
-        assert torch.equal(keys.long(), expected)
-        floats = first_index_of(x[:num_first], x.amax(0), out=torch.empty(300, 250))
-        assert torch.equal(floats.long(), expected)
+    for name in ("auto", "torch"):
+        out = torch.empty(300, 250, dtype=torch.int32)
+        with ops.backend(name):
+            first_argmax_keys(x, num_first, out)
+        assert torch.equal(out.long(), expected)
 
 
 def test_huge_finite_logits_are_accepted() -> None:

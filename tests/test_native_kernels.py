@@ -1,7 +1,5 @@
-"""The C passes of the fusions (``panoptic.fusion._kernels``) give exactly the torch path's results.
-
-The other fusion tests run the C passes on the CPU whenever the extension is built (and check them against
-the dense reference); here every configuration is run both ways and compared key for key.
+"""The C kernels of the fusion primitives (``panoptic.fusion._kernels``) give exactly the torch specification's
+results (``panoptic.ops.backend("native")`` against ``backend("torch")``), key for key.
 """
 
 from __future__ import annotations
@@ -12,16 +10,12 @@ from conftest import require_native, tiny_table
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from panoptic import Instances
+from panoptic import Instances, ops
+from panoptic._ops import switch
+from panoptic._ops import first_argmax_keys, overlap_flags
 from panoptic.fusion import HeuristicFusion, UPSNetFusion
-from panoptic.fusion import reduce as reduce_module
-from panoptic.fusion.reduce import first_argmax_keys
 
 require_native("panoptic.fusion._kernels")
-
-
-def _torch_path(monkeypatch):
-    monkeypatch.setattr(reduce_module, "_kernels", None)
 
 
 @st.composite
@@ -41,14 +35,11 @@ def logits(draw, max_side: int = 24):
 def test_first_argmax_keys_native_equals_torch(x, data):
     k = data.draw(st.integers(0, x.shape[0]))
     native = torch.full(x.shape[1:], -7, dtype=torch.int32)
-    first_argmax_keys(x, k, native)
-    saved = reduce_module._kernels
-    try:
-        reduce_module._kernels = None
-        ref = torch.full(x.shape[1:], -7, dtype=torch.int32)
+    with ops.backend("native"):
+        first_argmax_keys(x, k, native)
+    ref = torch.full(x.shape[1:], -7, dtype=torch.int32)
+    with ops.backend("torch"):
         first_argmax_keys(x, k, ref)
-    finally:
-        reduce_module._kernels = saved
     assert torch.equal(native, ref)
     if k == x.shape[0]:
         assert torch.equal(native.long(), x.argmax(0))  # first maximum on ties, like torch.argmax
@@ -74,10 +65,10 @@ def upsnet_cases(draw):
     return fusion, sem, inst
 
 
-def _run_both(monkeypatch, fn):
-    native = fn()
-    with monkeypatch.context() as m:
-        _torch_path(m)
+def _run_both(fn):
+    with ops.backend("native"):
+        native = fn()
+    with ops.backend("torch"):
         ref = fn()
     return native, ref
 
@@ -86,8 +77,7 @@ def _run_both(monkeypatch, fn):
 @given(case=upsnet_cases())
 def test_upsnet_native_equals_torch(case):
     fusion, sem, inst = case
-    with pytest.MonkeyPatch.context() as mp:
-        native, ref = _run_both(mp, lambda: (fusion.panoptic_argmax(sem, inst), fusion(sem[None], [inst])[0]))
+    native, ref = _run_both(lambda: (fusion.panoptic_argmax(sem, inst), fusion(sem[None], [inst])[0]))
     assert torch.equal(native[0], ref[0])
     a, b = native[1], ref[1]
     assert torch.equal(a.segment_map, b.segment_map) and torch.equal(a.unknown_mask, b.unknown_mask)
@@ -101,7 +91,7 @@ def test_upsnet_native_path_is_taken_by_two_threads_sharing_a_row_counter(monkey
     inst = Instances(torch.tensor([[1.0, 2.0, 12.0, 50.0]]), torch.tensor([0.9]), torch.tensor([1]),
                      torch.randn(1, 6, 6))
     calls = []
-    real = reduce_module._kernels
+    real = switch._built
 
     class Spy:
         def __getattr__(self, name):
@@ -114,15 +104,15 @@ def test_upsnet_native_path_is_taken_by_two_threads_sharing_a_row_counter(monkey
                 return fn(*args)
             return wrapped
 
-    monkeypatch.setattr(reduce_module, "_kernels", Spy())
+    monkeypatch.setattr(switch, "_built", Spy())  # a spy on the built module, not a path switch
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     fused = UPSNetFusion(table)(sem[None], [inst])[0]
     assert [c[:3] for c in calls] == [("upsnet_keys", 0, 64)] * 2
     counter, chunk = calls[0][3], calls[0][4]
     assert calls[1][3] is counter and chunk >= 4 and int(counter[0]) >= 64  # every chunk was taken
-    monkeypatch.setattr(reduce_module, "_kernels", real)
-    _torch_path(monkeypatch)
-    ref = UPSNetFusion(table)(sem[None], [inst])[0]
+    monkeypatch.setattr(switch, "_built", real)
+    with ops.backend("torch"):
+        ref = UPSNetFusion(table)(sem[None], [inst])[0]
     assert torch.equal(fused.segment_map, ref.segment_map)
 
 
@@ -165,13 +155,14 @@ def test_non_contiguous_or_float64_logits_take_the_torch_path():
     strided.copy_(base)
     assert not strided.is_contiguous()
     assert torch.equal(fusion(strided, [Instances.empty()])[0].segment_map, ref)
-    assert reduce_module.native_logits(base[0].double()) is None and reduce_module.native_logits(strided[0]) is None
-    assert reduce_module.native_logits(base[0]) is not None
+    from panoptic._ops.rows import as_native
+
+    assert as_native(base[0].double()) is None and as_native(strided[0]) is None and as_native(base[0]) is not None
 
 
 @settings(max_examples=80, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(0, 12), threshold=st.sampled_from([0.0, 0.3, 0.5, 1.0]))
-def test_overlap_flags_native_equals_host(seed, n, threshold):
+def test_overlap_flags_native_equals_torch(seed, n, threshold):
     from panoptic.fusion import pruning
     from panoptic.fusion.base import scratch
 
@@ -182,26 +173,26 @@ def test_overlap_flags_native_equals_host(seed, n, threshold):
     masks = torch.randn(n, 7, 7, generator=g).round()  # exact zeros: "> 0" is strict
     labels = torch.randint(0, 3, (n,), generator=g)
     local = pruning.local_mask_logits(Instances(boxes, torch.ones(n), labels, masks), (h, w))
-    native = pruning._overlap_flags_native(local, reduce_module.native_masks(local.logits), labels, (h, w), threshold)
-    host = pruning._overlap_flags_host(local, labels.tolist(), (h, w), threshold)
-    assert native == host
+    with ops.backend("native"):
+        native = overlap_flags(local.logits, local.regions.paste, labels, (h, w), threshold)
+    with ops.backend("torch"):
+        ref = overlap_flags(local.logits, local.regions.paste, labels, (h, w), threshold)
+    assert native == ref
     if n:
         canvas = scratch("prune.native_canvas", (8, h, w), torch.uint8, torch.device("cpu"), zero=True)
         assert not canvas.any()  # left all zero for the next image
 
 
-def test_rows_wider_than_a_block(monkeypatch):
+def test_rows_wider_than_a_block():
     # 9000 px rows: one row a block, work buffers sized by the row (BLOCK is 8192 px).
     table = tiny_table(2, 2)
     g = torch.Generator().manual_seed(5)
     sem = torch.randn(1, 4, 20, 9000, generator=g).round()
     inst = Instances(torch.tensor([[10.0, 1.0, 8990.0, 18.0], [4000.0, 0.0, 8999.0, 19.0]]), torch.tensor([0.9, 0.8]),
                      torch.tensor([1, 0]), torch.randn(2, 6, 6, generator=g))
-    with pytest.MonkeyPatch.context() as mp:
-        native, ref = _run_both(mp, lambda: UPSNetFusion(table)(sem, [inst])[0].segment_map)
+    native, ref = _run_both(lambda: UPSNetFusion(table)(sem, [inst])[0].segment_map)
     assert torch.equal(native, ref)
-    with pytest.MonkeyPatch.context() as mp:
-        native, ref = _run_both(mp, lambda: HeuristicFusion(table)(sem, [inst])[0].segment_map)
+    native, ref = _run_both(lambda: HeuristicFusion(table)(sem, [inst])[0].segment_map)
     assert torch.equal(native, ref)
 
 
@@ -218,3 +209,26 @@ def test_fusion_from_several_threads_at_once():
     with ThreadPoolExecutor(3) as ex:
         parallel = list(ex.map(lambda s: fusion(s, [inst])[0].segment_map, sems))
     assert all(torch.equal(a, b) for a, b in zip(serial, parallel, strict=True))
+
+
+def test_backend_switch_is_scoped_validated_and_per_context():
+    import contextvars
+
+    assert ops.current_backend() == "auto"
+    with ops.backend("torch"):
+        assert ops.current_backend() == "torch"
+        assert contextvars.Context().run(ops.current_backend) == "auto"  # a fresh context (thread, task) is unaffected
+        with ops.backend("native"):
+            assert ops.current_backend() == "native"
+        assert ops.current_backend() == "torch"
+    assert ops.current_backend() == "auto"
+    with pytest.raises(ValueError, match="one of"), ops.backend("cuda"):  # type: ignore[arg-type]
+        pass
+
+
+def test_native_without_the_extension_names_the_fix(monkeypatch):
+    monkeypatch.setattr(switch, "_built", None)
+    with pytest.raises(RuntimeError, match="build_ext"), ops.backend("native"):
+        pass
+    with ops.backend("auto"):
+        assert switch.native_kernels() is None  # auto falls back to torch

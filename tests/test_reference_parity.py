@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_table, torch_only
+from conftest import BACKENDS, tiny_table
 
-from panoptic import Instances, PanopticResult
+from panoptic import Instances, PanopticResult, ops
 from panoptic.fusion import HeuristicFusion, PruningConfig, UPSNetFusion
 
 TABLE = tiny_table(3, 3)
@@ -184,13 +184,13 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     return pairs.shape[1] == np.unique(a).size == np.unique(b).size
 
 
-@pytest.mark.parametrize("torch_path", [False, True])
-def test_upsnet_matches_the_reference_code(torch_path: bool) -> None:
+@pytest.mark.parametrize("name", BACKENDS)
+def test_upsnet_matches_the_reference_code(name: str) -> None:
     # The reference's ">= 0.5" class-assignment frequency is our strict threshold just below 0.5 (a deliberate
     # difference: ours follows the paper's "> 0.5"); everything else is the reference's rule.
     fusion = UPSNetFusion(TABLE, stuff_area_limit=6, assignment_threshold=math.nextafter(0.5, 0))
-    seeds = range(0, 200) if not torch_path else range(200, 260)  # the C pass, and the torch fallback
-    with torch_only(torch_path):
+    seeds = range(0, 200) if name == "native" else range(200, 400)  # the C kernels, and the torch specification
+    with ops.backend(name):
         for seed in seeds:
             sem, boxes, scores, labels, masks = upsnet_scene(seed)
             inst = Instances(torch.from_numpy(boxes).reshape(-1, 4), torch.from_numpy(scores),

@@ -6,11 +6,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from conftest import same_segmentation, tiny_table, torch_only
+from conftest import BACKENDS, same_segmentation, tiny_table
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from panoptic import Instances
+from panoptic import Instances, ops
 from panoptic.fusion import PruningConfig, UPSNetFusion
 from panoptic.fusion.oracle import oracle_inputs
 from panoptic.segments import assemble_result
@@ -101,21 +101,21 @@ def test_permuting_instances_permutes_channels_only(scene, rnd):
 
 
 @settings(max_examples=80, deadline=None)
-@given(scenes(), st.booleans(), st.booleans())
-def test_box_local_fast_path_equals_dense_argmax(scene, unknown, torch_path):
+@given(scenes(), st.booleans(), st.sampled_from(BACKENDS))
+def test_box_local_fast_path_equals_dense_argmax(scene, unknown, name):
     sem, inst = scene
     fusion = UPSNetFusion(TABLE, unknown=unknown)
-    with torch_only(torch_path):  # the C pass when built, and the torch fallback
+    with ops.backend(name):  # the C kernel when built, and the torch specification
         fast = fusion.panoptic_argmax(sem, inst)
     assert torch.equal(fast, fusion.panoptic_logits(sem, inst).argmax(0))
 
 
 @settings(max_examples=40, deadline=None)
-@given(scenes(roi=False), st.booleans())
-def test_fast_path_with_full_image_masks(scene, torch_path):
+@given(scenes(roi=False), st.sampled_from(BACKENDS))
+def test_fast_path_with_full_image_masks(scene, name):
     sem, inst = scene
     fusion = UPSNetFusion(TABLE)
-    with torch_only(torch_path):
+    with ops.backend(name):
         fast = fusion.panoptic_argmax(sem, inst)
     assert torch.equal(fast, fusion.panoptic_logits(sem, inst).argmax(0))
 

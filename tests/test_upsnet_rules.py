@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICES, tiny_table, torch_only
+from conftest import BACKENDS, DEVICES, tiny_table
 
-from panoptic import Instances
+from panoptic import Instances, ops
 from panoptic.fusion import PruningConfig, UPSNetFusion, prune_instances
 
 NO_PRUNE = PruningConfig(score_threshold=-1.0, nms_iou=None, overlap_threshold=None)
@@ -286,7 +286,7 @@ def test_non_finite_logit_that_a_downsampling_resize_skips_still_raises():
     ([8.0, 1.0, 9.0, 2.0], []),  # x1 >= W: the truncated box misses the image
     ([-3.0, 1.0, -1.0, 2.0], []),  # x2 <= -1
 ])
-@pytest.mark.parametrize("path", ["dense", "torch", "native"])
+@pytest.mark.parametrize("path", ["dense", *BACKENDS])
 def test_boxes_on_every_border_keep_their_truncated_pixels(box, pixels, path):
     # 8x8, one stuff (logit 1), one thing (semantic logit 0); mask logits 4: the instance (0 + 4) wins exactly
     # the pixels of its truncated, clipped paste box (elsewhere its channel is 0 + 0 < 1).
@@ -298,7 +298,7 @@ def test_boxes_on_every_border_keep_their_truncated_pixels(box, pixels, path):
     if path == "dense":
         channel = fusion.panoptic_logits(sem, inst).argmax(0)
     else:
-        with torch_only(path == "torch"):
+        with ops.backend(path):
             channel = fusion.panoptic_argmax(sem, inst)
     got = sorted(map(tuple, torch.nonzero(channel == 1).tolist()))
     assert got == pixels

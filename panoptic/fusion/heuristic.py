@@ -5,7 +5,7 @@ The public versions of this baseline differ in defaults and edge rules (see the 
 its described rules; ``flavor`` picks the rules and the defaults, keyword arguments override the defaults.
 
 The semantic argmax is needed at every pixel but only as "which stuff class, or a thing class": one pass
-over the logits (:func:`~panoptic.fusion.reduce.first_argmax_keys`, in cache-sized row bands on the CPU)
+over the logits (:func:`panoptic._ops.first_argmax_keys`)
 writes that as a small integer key per pixel, collects the logits :func:`fill_stuff_scores` samples, and
 sums the logits for the NaN/inf check while they are in cache (:class:`~panoptic.fusion.base.FiniteCheck`).
 Work per instance is box-local (ROI masks are pasted into their box only; full-image masks are cropped to
@@ -23,6 +23,7 @@ from typing import Literal
 
 import torch
 
+from .._ops import first_argmax_keys
 from ..categories import CategoryTable
 from ..segments import assemble_from_keys
 from ..structures import Instances, MaskKind, PanopticResult, mask_foreground
@@ -37,7 +38,6 @@ from .base import (
 )
 from .paste import box_regions, paste_masks
 from .pruning import reverse_argsort
-from .reduce import first_argmax_keys
 
 __all__ = ["HeuristicFusion"]
 
@@ -214,7 +214,7 @@ class HeuristicFusion(PanopticFusion):
     def fuse_image(self, semantic_logits: torch.Tensor, instances: Instances) -> PanopticResult:
         """Fuse one image.
 
-        One pass over the logits (in cache-sized row bands on the CPU, :mod:`panoptic.fusion.reduce`) writes
+        One pass over the logits (:func:`panoptic._ops.first_argmax_keys`) writes
         an ``(H, W)`` int32 key per pixel: its semantic class if that is a stuff class, else ``Nst`` ("a
         thing class"). Instances then add ``(k + 1) * (Nst + 1)`` to the keys of the pixels candidate ``k``
         paints (box-local). One ``bincount`` of the keys gives the instance areas and the stuff areas

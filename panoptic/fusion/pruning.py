@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torchvision.ops import nms
 
+from .._ops import overlap_flags
 from ..structures import Instances
-from . import reduce
-from .base import scratch
 from .paste import BoxRegions, box_regions, paste_masks
 
 __all__ = ["LocalMasks", "PruningConfig", "local_mask_logits", "prune_and_paste", "prune_instances", "reference_nms",
@@ -115,14 +113,7 @@ def _prune(instances: Instances, image_size: tuple[int, int],
         return idx, None
     sub = instances[idx]
     local = local_mask_logits(sub, image_size)
-    labels = sub.labels.tolist()
-    masks = reduce.native_masks(local.logits) if dev.type == "cpu" else None
-    if masks is not None:
-        flags = _overlap_flags_native(local, masks, sub.labels, image_size, config.overlap_threshold)
-    elif dev.type == "cpu":
-        flags = _overlap_flags_host(local, labels, image_size, config.overlap_threshold)
-    else:
-        flags = _overlap_flags_device(local, labels, image_size, config.overlap_threshold, dev)
+    flags = overlap_flags(local.logits, local.regions.paste, sub.labels, image_size, config.overlap_threshold)
     kept = [j for j, f in enumerate(flags) if f]
     regions = BoxRegions([local.regions.paste[j] for j in kept], [local.regions.crop[j] for j in kept])
     return idx[torch.tensor(flags, dtype=torch.bool, device=dev)], LocalMasks(regions, [local.logits[j] for j in kept])
@@ -161,74 +152,3 @@ def reference_nms(boxes: torch.Tensor, image_size: tuple[int, int], iou_threshol
     b = torch.cat([b[:, :2], b[:, 2:] + 1.0], 1)
     rank = torch.arange(b.shape[0], 0, -1, dtype=torch.float32, device=b.device)
     return nms(b, rank, float(iou_threshold))
-
-
-def _overlap_flags_native(local: LocalMasks, masks: list[np.ndarray], labels: torch.Tensor,
-                          image_size: tuple[int, int], threshold: float) -> list[bool]:
-    """The same-class overlap test in one C call (``panoptic.fusion._kernels``; same rule and float64 test as
-    :func:`_overlap_flags_host`) on ``masks`` from :func:`~panoptic.fusion.reduce.native_masks`. The per-class
-    canvases are a reused all-zero buffer, zero again after."""
-    n = len(local.logits)
-    if n == 0:
-        return []
-    num_labels = max(8, 1 << int(labels.max()).bit_length())  # a stable shape: the buffer is reused
-    canvas = scratch("prune.native_canvas", (num_labels, *image_size), torch.uint8, labels.device, zero=True)
-    boxes = np.asarray(local.regions.paste, dtype=np.int64).reshape(n, 4)
-    return reduce._kernels.overlap_flags(masks, boxes, labels.to(torch.int64).numpy(), canvas.numpy(), image_size[0],
-                                  image_size[1], float(threshold))
-
-
-def _overlap_flags_host(local: LocalMasks, labels: list[int], image_size: tuple[int, int],
-                        threshold: float) -> list[bool]:
-    """The same-class overlap test with the counts read on the host (CPU tensors: a read costs nothing).
-
-    Same rule and the same float64 arithmetic as :func:`_overlap_flags_device`. The per-class canvases
-    are reused all-``False`` buffers: what is painted is cleared again before returning.
-    """
-    canvases: dict[int, torch.Tensor] = {}
-    last = {lab: i for i, lab in enumerate(labels)}  # after its last instance a canvas is not needed
-    painted: list[tuple[torch.Tensor, int, int, int, int]] = []
-    flags = []
-    try:
-        for i, (y0, y1, x0, x1) in enumerate(local.regions.paste):
-            m = local.logits[i] > 0
-            area = int(m.sum())
-            if area == 0:
-                flags.append(False)
-                continue
-            canvas = canvases.get(labels[i])
-            inter = 0 if canvas is None else int((m & canvas[y0:y1, x0:x1]).sum())
-            keep = inter / area <= threshold
-            if keep and last[labels[i]] > i:  # a later instance of this class will look at it
-                if canvas is None:
-                    canvas = canvases[labels[i]] = scratch(f"prune.canvas{labels[i]}", image_size, torch.bool,
-                                                           m.device, zero=True)
-                painted.append((canvas, y0, y1, x0, x1))
-                canvas[y0:y1, x0:x1] |= m
-            flags.append(keep)
-    finally:
-        for canvas, y0, y1, x0, x1 in painted:
-            canvas[y0:y1, x0:x1] = False
-    return flags
-
-
-def _overlap_flags_device(local: LocalMasks, labels: list[int], image_size: tuple[int, int], threshold: float,
-                          dev: torch.device) -> list[bool]:
-    """The same-class overlap test with the flags kept on the device (no host sync per instance)."""
-    canvases: dict[int, torch.Tensor] = {}
-    keep_flags = []
-    thr = torch.tensor(threshold, dtype=torch.float64, device=dev)
-    for i, (y0, y1, x0, x1) in enumerate(local.regions.paste):
-        m = local.logits[i] > 0
-        canvas = canvases.get(labels[i])
-        if canvas is None:
-            canvas = canvases[labels[i]] = torch.zeros(image_size, dtype=torch.bool, device=dev)
-        window = canvas[y0:y1, x0:x1]
-        area = m.sum().double()
-        inter = (m & window).sum().double()
-        keep = (area > 0) & (inter / area.clamp(min=1) <= thr)
-        window |= m & keep
-        keep_flags.append(keep)
-    if not keep_flags:
-        return []
-    return torch.stack(keep_flags).tolist()  # one host transfer for all instances

@@ -15,40 +15,28 @@ Where the paper and the reference code differ we follow the code (see ``docs``/t
   every other logit is negative (the reference behaves so); with ``N = 0`` the max over crops is 0;
 * the training loss averages over *all* pixels, ignored ones included (``loss_normalization="all"``).
 
-Inference never builds the dense ``(Nst + N + 1, H, W)`` tensor. The instance channels are reduced box
-by box (cost = sum of box areas) into three maps: their maximum, the first instance reaching it, and
-``max_i Y_i``; a pixel outside every crop box needs no work there (every instance channel is 0 and
-``U = max_t X_thing``). Then one pass over the semantic logits, in row bands that stay in cache on the
-CPU, takes the stuff max and first argmax and the thing max (and sums the logits for the NaN/inf check,
-:class:`~panoptic.fusion.base.FiniteCheck`), picks the winning channel and writes one small integer key per
-pixel: the stuff class, the instance together with the pixel's semantic class (a stuff class, or "a thing
-class"), or unknown. One ``bincount`` of the keys gives every area and the
-class-assignment statistics; small lookup tables turn the keys into segment ids. Which thing class a
-pixel's semantic argmax is costs a second look only when the class assignment needs it (a possible thing
-mode in ``"semantic"`` mode, or a close call below a 0.5 threshold in ``"heuristic"`` mode).
-:meth:`UPSNetFusion.panoptic_logits` keeps the dense form for training and tests;
-:meth:`UPSNetFusion.panoptic_argmax` equals its ``argmax(0)`` exactly, ties included, and so do the
-channels behind every :meth:`UPSNetFusion.fuse_image` result.
+Inference follows the rule step by step (:meth:`UPSNetFusion.fuse_image`): prune the instances, take the
+panoptic argmax, assign classes, void small stuff, assemble the segments. The argmax never builds the dense
+``(Nst + N + 1, H, W)`` tensor: :func:`panoptic._ops.upsnet_keys` reduces the instance channels box by box and
+writes one small integer key per pixel (the stuff class, the instance together with the pixel's semantic class,
+or unknown); one ``bincount`` of the keys gives every area and the class-assignment statistics, and small lookup
+tables turn the keys into segment ids. :meth:`UPSNetFusion.panoptic_logits` keeps the dense form for training and
+tests; :meth:`UPSNetFusion.panoptic_argmax` equals its ``argmax(0)`` exactly, ties included.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._ops import upsnet_keys
 from ..categories import CategoryTable
 from ..segments import assemble_from_keys
 from ..structures import Instances, PanopticResult
-from . import reduce
 from .base import (
-    _NON_FINITE,
     FiniteCheck,
     PanopticFusion,
     fill_stuff_scores,
@@ -60,16 +48,10 @@ from .base import (
 )
 from .paste import BoxRegions, crop_dense, paste_masks_dense
 from .pruning import LocalMasks, PruningConfig, local_mask_logits, prune_and_paste
-from .reduce import first_index_of, native_logits, native_masks, run_rows, sample_rows
 
 __all__ = ["PanopticTargets", "UPSNetFusion"]
 
 ClassAssignment = Literal["heuristic", "detector", "semantic"]
-
-# Pixels per row band of the per-pixel pass on the CPU: the band's intermediates stay in cache.
-_CHUNK_PIXELS = 1 << 18
-# Pixels per sub-band of the stuff argmax on the CPU: its (Nst, rows, W) channel mask stays in cache.
-_ARGMAX_PIXELS = 1 << 17
 
 
 @dataclass
@@ -189,8 +171,7 @@ class UPSNetFusion(PanopticFusion):
               want_samples: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Winning channel of every pixel as an ``(H, W)`` int32 key map, the count of every key, the
         unknown mask (``None`` unless ``want_unknown`` and some pixel is unknown) and, if ``want_samples``,
-        the logits on the grid of :func:`~panoptic.fusion.base.fill_stuff_scores` as ``(C, S)`` (collected
-        while each band is in cache).
+        the logits on the grid of :func:`~panoptic.fusion.base.fill_stuff_scores` as ``(C, S)`` .
 
         Keys: stuff channel ``k`` -> ``k``; instance ``i`` -> ``Nst + i``, or with ``pairs``
         ``Nst + i * (Nst + 1) + c`` where ``c`` is the semantic argmax (over all ``C`` classes, first
@@ -199,8 +180,7 @@ class UPSNetFusion(PanopticFusion):
         map, i.e. the dense ``argmax(0)``.
 
         The key map and the samples are scratch buffers (see :func:`~panoptic.fusion.base.scratch`): use
-        them before the next call. Per-pixel work runs in row bands of about ``_CHUNK_PIXELS`` pixels on the
-        CPU (their intermediates stay in cache) and in one band on other devices.
+        them before the next call.
         """
         nst = self.table.num_stuff
         n = len(inst)
@@ -212,170 +192,14 @@ class UPSNetFusion(PanopticFusion):
         samples = None
         if want_samples:
             samples = scratch("upsnet.samples", (sem.shape[0], -(-h // stride), -(-w // stride)), sem.dtype, dev)
-        step = nst + 1 if pairs else 1
-        src = native_logits(sem)
-        masks = native_masks(local.logits)
-        if src is not None and masks is not None and unk < 1 << 31:
-            # One C pass (see panoptic.fusion.reduce), the instance maps built block by block inside it.
-            geometry = _native_geometry(local, h, w, (inst.labels + nst).tolist())
-            dst, c = keys.numpy(), int(sem.shape[0])
-            smp = None if samples is None else samples.numpy()  # filled by the pass
-            kernels = reduce._kernels
-            ok = run_rows(lambda r0, r1, cnt, ch: kernels.upsnet_keys(src, dst, c, h, w, nst, r0, r1, geometry, masks,
-                                                                       step, unk, pairs, self.unknown, smp, stride,
-                                                                       cnt, ch), h)
-            if not ok:
-                raise ValueError(_NON_FINITE)
-        else:
-            kd = torch.float32 if unk < 1 << 24 else torch.float64  # keys as floats: exact below 2**24 (2**53)
-            inst_maps = self._instance_max(sem, inst, local, step, kd) if n else None
-            self._keys_torch(sem, inst_maps, keys, samples, stride, pairs, unk)
+        finite = FiniteCheck(sem)
+        upsnet_keys(sem, local.regions.crop, local.regions.paste, local.logits, (inst.labels + nst).tolist(), nst,
+                    pairs, self.unknown, keys, samples, stride, finite)
+        finite.raise_if_not_finite()
         counts = torch.bincount(keys.reshape(-1), minlength=unk + 1)
         # One full-map compare, and only when some pixel is unknown (the caller's all-False default is cheaper).
         unknown = torch.eq(keys, unk) if want_unknown and bool(counts[unk]) else None
         return keys, counts, unknown, None if samples is None else samples.reshape(samples.shape[0], -1)
-
-    def _keys_torch(self, sem: torch.Tensor, inst_maps: tuple[torch.Tensor, ...] | None, keys: torch.Tensor,
-                    samples: torch.Tensor | None, stride: int, pairs: bool, unk: int) -> None:
-        """The key pass of :meth:`_keys` in torch operations, in row bands on the CPU (see :meth:`_decide`)."""
-        nst = self.table.num_stuff
-        h, w = int(sem.shape[1]), int(sem.shape[2])
-        dev = sem.device
-        kd = inst_maps[1].dtype if inst_maps is not None else torch.float32
-        rows = h if dev.type != "cpu" else max(1, min(h, _CHUNK_PIXELS // w))
-        work = _BandWork(rows, w, nst, sem.dtype, kd, dev)
-        work.finite = FiniteCheck(sem)
-        for r0 in range(0, h, rows):
-            r1 = min(h, r0 + rows)
-            band = work.view(r1 - r0)
-            if samples is not None:
-                band.sampler = functools.partial(_sample_band, sem, r0, samples, stride)
-            self._decide(sem[:, r0:r1], None if inst_maps is None else [t[r0:r1] for t in inst_maps], keys[r0:r1],
-                         pairs, unk, band)
-        work.finite.raise_if_not_finite()
-
-    def _decide(self, s: torch.Tensor, band: list[torch.Tensor] | None, out: torch.Tensor, pairs: bool,
-                unk: int, work: _BandWork) -> None:
-        """Write the keys of one row band ``s`` ``(C, R, W)`` into ``out`` ``(R, W)``.
-
-        Channel order stuff < instances < unknown, first maximum wins: stuff wins where
-        ``smax >= max(ival, U)``, an instance where ``ival >= U``, else unknown; absent channels never win.
-        With instances, each choice is a ``lerp`` between two float keys with a 0/1 weight from a comparison
-        with a float output (exact for 0/1 weights; keys are small integers, exact there): these are
-        vectorised on the CPU, ``bool`` outputs and ``where`` are several times slower. ``work`` holds the
-        band's intermediates (reused: fresh megabyte-sized buffers per band cost page faults).
-        """
-        nst, nth = self.table.num_stuff, self.table.num_things
-        rows = int(s.shape[1])
-        sample = work.sampler  # copies the score samples of channels c0:c1, band rows a:b (see _keys)
-        smax = sidx = tmax = None
-        if nst:  # stuff max and first argmax, vectorised (see panoptic.fusion.reduce)
-            smax = work.smax
-            step = int(work.cand.shape[1])  # sub-bands: the channel mask stays in cache
-            for a in range(0, rows, step):
-                b = min(rows, a + step)
-                m = torch.amax(s[:nst, a:b], 0, out=smax[a:b])
-                work.finite.add(s[:nst, a:b])  # while these rows are in cache
-                if sample is not None:
-                    sample(0, nst, a, b)
-                first_index_of(s[:nst, a:b], m, work=work.cand[:, :b - a], out=work.sidx[a:b])
-            sidx = work.sidx
-        if nth and (self.unknown or (pairs and smax is not None)):
-            tmax = torch.amax(s[nst:], 0, out=work.tmax)
-        work.finite.add(s[nst:])
-        if sample is not None and nth:
-            sample(nst, nst + nth, 0, rows)
-        if band is None:  # no instance channel
-            if sidx is None:
-                out.fill_(unk)  # unknown, or no channel at all (the dense head's empty argmax): key unk, void
-            elif self.unknown and tmax is not None:
-                torch.where(smax >= tmax, sidx.to(out.dtype), torch.tensor(unk, dtype=out.dtype, device=out.device),
-                            out=out)  # U = max thing - 0
-            else:
-                out.copy_(sidx)
-            return
-        ival, vmap, ymax = band  # scratch maps, each band read once: `vmap` is overwritten in place below
-        sf = None if sidx is None else work.sf.copy_(sidx)  # stuff keys as floats, for the lerps
-        if pairs and smax is not None:  # stuff class where it is the semantic argmax, else the thing code
-            thing_arg = torch.gt(tmax, smax, out=work.f1)
-            ikey = torch.lerp(sf, work.const(nst), thing_arg, out=thing_arg).add_(vmap)
-        else:
-            ikey = vmap.add_(nst) if pairs else vmap
-        if self.unknown:
-            u = torch.sub(tmax, ymax, out=work.u)
-            ikey = torch.lerp(ikey, work.const(unk), torch.lt(ival, u, out=work.f2), out=ikey)  # else unknown
-            if smax is None:
-                out.copy_(ikey)
-                return
-            stuff_wins = torch.ge(smax, torch.maximum(ival, u, out=u), out=work.f2)
-        elif smax is None:
-            out.copy_(ikey)
-            return
-        else:
-            stuff_wins = torch.ge(smax, ival, out=work.f2)
-        out.copy_(torch.lerp(ikey, sf, stuff_wins, out=ikey))
-
-    def _instance_max(self, sem: torch.Tensor, inst: Instances, local: LocalMasks, step: int,
-                      key_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per pixel: max over the instance channels ``ival``, key base ``Nst + i * step`` of its first
-        argmax ``vmap`` (``key_dtype``, a floating type exact for the keys), and ``ymax = max_i Y_i`` (the
-        unknown channel's subtrahend), for ``N >= 1``.
-
-        Box-local. Outside its crop box an instance channel (and its ``Y_i``) is 0; that zero enters a
-        pixel's running maximum at the first instance whose box misses the pixel. So the maps start at
-        instance 0's values: its ``Z_0``/``Y_0`` in its box, 0 elsewhere. Instance ``i >= 1`` updates its box
-        (strict ``>``: first maximum), and its zero enters only where every earlier box covered the pixel:
-        the intersection of boxes ``0..i-1`` (a rectangle, usually empty after a few instances) minus box ``i``.
-        "Instance ``i`` is strictly better here" updates ``vmap`` as ``lerp(vmap, base_i, better)`` with
-        ``better`` a 0/1 float (exact, and vectorised, unlike a ``bool`` mask).
-        The maps are scratch buffers.
-        """
-        nst = self.table.num_stuff
-        h, w = int(sem.shape[1]), int(sem.shape[2])
-        dev = sem.device
-        ival = scratch("upsnet.ival", (h, w), sem.dtype, dev).zero_()
-        ymax = scratch("upsnet.ymax", (h, w), sem.dtype, dev).zero_()
-        vmap = scratch("upsnet.vmap", (h, w), key_dtype, dev).fill_(nst)
-        channels = (inst.labels + nst).tolist()
-        size = max(((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in local.regions.crop), default=0)
-        zbuf = torch.empty(size, dtype=sem.dtype, device=dev)  # Z_i in the crop box
-        gbuf = torch.empty(size, dtype=key_dtype, device=dev)  # 0/1: instance i strictly better
-        bases = torch.arange(len(inst), dtype=key_dtype, device=dev).mul_(step).add_(nst)  # key base of each
-        common = (0, h, 0, w)  # pixels covered by the boxes of all instances so far
-        for i, (crop, paste) in enumerate(zip(local.regions.crop, local.regions.paste, strict=True)):
-            if i:
-                v = nst + i * step
-                for y0, y1, x0, x1 in _rect_minus(common, crop):
-                    iv = ival[y0:y1, x0:x1]
-                    vmap[y0:y1, x0:x1].masked_fill_(iv < 0, v)
-                    iv.clamp_(min=0)
-                    ymax[y0:y1, x0:x1].clamp_(min=0)
-            common = _rect_and(common, crop)
-            cy0, cy1, cx0, cx1 = crop
-            if cy1 <= cy0 or cx1 <= cx0:
-                continue
-            ph, pw = paste[1] - paste[0], paste[3] - paste[2]  # the paste box is the crop box's top-left part
-            y = sem[channels[i], cy0:cy1, cx0:cx1]
-            iv = ival[cy0:cy1, cx0:cx1]
-            ym = ymax[cy0:cy1, cx0:cx1]
-            if i == 0:
-                iv.copy_(y)
-                iv[:ph, :pw] += local.logits[0]
-                ym.copy_(y)
-                continue
-            shape = (cy1 - cy0, cx1 - cx0)
-            z = zbuf[:shape[0] * shape[1]].view(shape)
-            if (ph, pw) == shape:
-                torch.add(y, local.logits[i], out=z)
-            else:  # the crop box has one more row or column (round vs trunc), where the mask logit is 0
-                z.copy_(y)
-                z[:ph, :pw] += local.logits[i]
-            better = torch.gt(z, iv, out=gbuf[:z.numel()].view(shape))
-            vm = vmap[cy0:cy1, cx0:cx1]
-            torch.lerp(vm, bases[i], better, out=vm)  # v where better
-            torch.maximum(iv, z, out=iv)
-            torch.maximum(ym, y, out=ym)
-        return ival, vmap, ymax
 
     def _to_result(self, sem: torch.Tensor, kept: Instances, source: torch.Tensor, keys: torch.Tensor,
                    counts: torch.Tensor, unknown: torch.Tensor | None, samples: torch.Tensor,
@@ -442,23 +266,16 @@ class UPSNetFusion(PanopticFusion):
     def _thing_class_counts(self, sem: torch.Tensor, keys: torch.Tensor, n: int) -> torch.Tensor:
         """``(N, nth)`` exact counts of the thing-class argmax over the pixels keyed "instance i, thing"."""
         nst, nth = self.table.num_stuff, self.table.num_things
-        h, w = int(sem.shape[1]), int(sem.shape[2])
         dev = sem.device
         step = nst + 1
         unk = nst + n * step
         is_thing_key = torch.zeros(unk + 1, dtype=torch.bool, device=dev)
         is_thing_key[2 * nst:unk:step] = True
-        total = torch.zeros(n * nth, dtype=torch.int64, device=dev)
-        rows = h if dev.type != "cpu" else max(1, min(h, _CHUNK_PIXELS // w))
-        for r0 in range(0, h, rows):
-            r1 = min(h, r0 + rows)
-            kb = keys[r0:r1].reshape(-1)
-            idx = torch.nonzero(is_thing_key[kb])[:, 0]
-            if idx.numel() == 0:
-                continue
-            inst_idx = torch.div(kb[idx] - 2 * nst, step, rounding_mode="floor")
-            cls = sem[nst:, r0:r1].reshape(nth, -1).index_select(1, idx).argmax(0)  # first maximum
-            total += torch.bincount(inst_idx * nth + cls, minlength=n * nth)
+        flat = keys.reshape(-1)
+        idx = torch.nonzero(is_thing_key[flat])[:, 0]
+        inst_idx = torch.div(flat[idx] - 2 * nst, step, rounding_mode="floor")
+        cls = sem[nst:].reshape(nth, -1).index_select(1, idx).argmax(0)  # first maximum
+        total = torch.bincount(inst_idx * nth + cls, minlength=n * nth)
         return total.reshape(n, nth)
 
     def _assign_classes(self, counts: torch.Tensor, inst_cat: torch.Tensor,
@@ -598,90 +415,7 @@ class UPSNetFusion(PanopticFusion):
 
 
 
-def _rect_and(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    """Intersection of two half-open ``(y0, y1, x0, x1)`` rectangles (possibly empty)."""
-    return max(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), min(a[3], b[3])
-
-
-def _rect_minus(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
-    """``a`` minus ``b`` as at most four disjoint non-empty rectangles."""
-    y0, y1, x0, x1 = a
-    if y1 <= y0 or x1 <= x0:
-        return []
-    iy0, iy1, ix0, ix1 = _rect_and(a, b)
-    if iy1 <= iy0 or ix1 <= ix0:
-        return [a]
-    parts = [(y0, iy0, x0, x1), (iy1, y1, x0, x1), (iy0, iy1, x0, ix0), (iy0, iy1, ix1, x1)]
-    return [r for r in parts if r[1] > r[0] and r[3] > r[2]]
-
-
-def _native_geometry(local: LocalMasks, h: int, w: int, channels: list[int]) -> np.ndarray | None:
-    """The instances of :meth:`UPSNetFusion._instance_max` for the C pass: an ``(N, 23)`` int64 table (crop
-    box, mask size, the up to four rectangles where the instance's zero enters the maximum, channel);
-    ``None`` without instances."""
-    if not local.logits:
-        return None
-    rows = []
-    common = (0, h, 0, w)  # pixels covered by the crop boxes of all instances so far
-    for i, (crop, paste) in enumerate(zip(local.regions.crop, local.regions.paste, strict=True)):
-        zero = _rect_minus(common, crop) if i else []
-        common = _rect_and(common, crop)
-        ph, pw = max(0, paste[1] - paste[0]), max(0, paste[3] - paste[2])
-        if not ph or not pw:
-            ph = pw = 0
-        flat = [v for r in zero for v in r] + [0] * (4 * (4 - len(zero)))
-        rows.append([*crop, ph, pw, *flat, channels[i]])
-    return np.asarray(rows, dtype=np.int64)
-
-
 def _paste_as_crop(local: LocalMasks) -> BoxRegions:
     """Regions whose crop box is the paste box (to cut full-image masks like pasted ROI masks)."""
     return BoxRegions(local.regions.paste, local.regions.paste)
 
-
-class _BandWork:
-    """Work buffers of :meth:`UPSNetFusion._decide` for bands of up to ``rows`` rows (scratch on the CPU).
-
-    ``sampler``, set per band, copies the band's score samples of a channel range and row range (or is
-    ``None``); ``_decide`` calls it, and hands the rows to ``finite``, right after reading them, while they
-    are in cache.
-    """
-
-    _NAMES = ("smax", "tmax", "u", "sidx", "sf", "f1", "f2", "cand")
-
-    def __init__(self, rows: int, w: int, nst: int, dtype: torch.dtype, key_dtype: torch.dtype,
-                 device: torch.device) -> None:
-        sub = rows if device.type != "cpu" else max(1, min(rows, _ARGMAX_PIXELS // w))
-        shapes = [(rows, w)] * 7 + [(max(nst, 1), sub, w)]
-        dtypes = (dtype, dtype, dtype, torch.int32, key_dtype, key_dtype, key_dtype, torch.float32)
-        for name, shape, dt in zip(self._NAMES, shapes, dtypes, strict=True):
-            setattr(self, name, scratch(f"upsnet.band.{name}", shape, dt, device))
-        self.rows = rows
-        self.key_dtype = key_dtype
-        self.device = device
-        self.sampler: Callable[[int, int, int, int], None] | None = None
-        self.finite = FiniteCheck(torch.empty(0))  # every logit read is summed here (see base.FiniteCheck)
-        self._consts: dict[int, torch.Tensor] = {}
-
-    def view(self, rows: int) -> _BandWork:
-        """The buffers' first ``rows`` rows (the last band may be shorter)."""
-        part = copy.copy(self)
-        for name in self._NAMES:
-            t = getattr(self, name)
-            if t.ndim == 2:
-                setattr(part, name, t[:rows])
-        part.rows = rows
-        return part
-
-    def const(self, value: int) -> torch.Tensor:
-        """0-dim key-dtype tensor (a ``lerp`` end point), made once per value."""
-        t = self._consts.get(value)
-        if t is None:
-            t = self._consts[value] = torch.tensor(float(value), dtype=self.key_dtype, device=self.device)
-        return t
-
-
-def _sample_band(sem: torch.Tensor, r0: int, samples: torch.Tensor, stride: int, c0: int, c1: int, a: int,
-                 b: int) -> None:
-    """Score samples of channels ``c0:c1`` in rows ``r0 + a .. r0 + b - 1`` (a band's sampler, see ``_keys``)."""
-    sample_rows(sem[c0:c1], r0 + a, r0 + b, samples[c0:c1], stride)

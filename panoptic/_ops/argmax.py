@@ -1,0 +1,60 @@
+"""First argmax over channels, folded to "which of the first ``k`` channels, or none of them"."""
+
+from __future__ import annotations
+
+import torch
+
+from ..fusion.base import FiniteCheck
+from .switch import native_kernels
+from .rows import as_native, run_rows
+
+__all__ = ["first_argmax_keys", "sample_grid"]
+
+
+@torch.no_grad()
+def first_argmax_keys(logits: torch.Tensor, num_first: int, out: torch.Tensor, samples: torch.Tensor | None = None,
+                      stride: int = 1, finite: FiniteCheck | None = None) -> None:
+    """Per pixel, the first maximum over all channels if it is one of the first ``num_first``, else ``num_first``.
+
+    Equals ``torch.where(a < k, a, k)`` with ``a = logits.argmax(0)`` and ``k = num_first`` (first maximum on
+    ties), e.g. the stuff class of a pixel whose semantic argmax is a stuff channel, or ``num_stuff`` for "some
+    thing class".
+
+    Args:
+        logits: ``(C, H, W)`` floating-point logits, any strides.
+        num_first: ``k`` in ``0 .. C``.
+        out: ``(H, W)`` integer tensor on the same device, written in full.
+        samples: Optional ``(C, ceil(H / stride), ceil(W / stride))`` tensor, filled with
+            ``logits[:, ::stride, ::stride]`` (the C pass copies them while the rows are in cache).
+        stride: Sampling stride of ``samples``.
+        finite: Optional check the logits are handed to (the caller then calls its ``raise_if_not_finite``).
+    """
+    c, h, w = logits.shape
+    k = int(num_first)
+    if not 0 <= k <= c:
+        raise ValueError(f"num_first must be in 0..{c}, got {k}.")
+    kernels = native_kernels()
+    src = as_native(logits, 3) if kernels is not None else None
+    smp = None if samples is None else as_native(samples)
+    if src is not None and out.dtype == torch.int32 and out.is_contiguous() and (samples is None or smp is not None):
+        dst = out.numpy()
+        ok = run_rows(lambda r0, r1, cnt, ch: kernels.first_argmax_keys(src, dst, c, h, w, k, r0, r1, smp, stride,
+                                                                         cnt, ch), h)
+        if finite is not None:
+            finite.add_flag(ok)
+        return
+    # The specification.
+    if finite is not None:
+        finite.add(logits)
+    if samples is not None:
+        sample_grid(logits, samples, stride)
+    if k == 0:
+        out.fill_(0)
+        return
+    first = logits.argmax(0)  # first maximum on ties
+    out.copy_(first.clamp_(max=k))
+
+
+def sample_grid(logits: torch.Tensor, samples: torch.Tensor, stride: int) -> None:
+    """Copy ``logits[:, ::stride, ::stride]`` ``(C, ceil(H / stride), ceil(W / stride))`` into ``samples``."""
+    samples.copy_(logits[:, ::stride, ::stride])

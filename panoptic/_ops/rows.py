@@ -1,0 +1,63 @@
+"""Running a C pass over the rows of an image on several threads (the driver of the native kernels)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+__all__ = ["as_native", "run_rows"]
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
+_POOL_LOCK = threading.Lock()
+
+
+def _reset_pool() -> None:
+    global _POOL, _POOL_SIZE
+    _POOL, _POOL_SIZE = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pool)  # a forked child has the executor but not its threads
+
+
+def as_native(x: torch.Tensor, ndim: int | None = None) -> np.ndarray | None:
+    """A numpy view of a contiguous float32 CPU tensor (of ``ndim`` dimensions if given), else ``None``."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not x.is_contiguous():
+        return None
+    if ndim is not None and x.ndim != ndim:
+        return None
+    return x.detach().numpy()
+
+
+def run_rows(fn: Callable[[int, int, np.ndarray | None, int], bool], h: int) -> bool:
+    """Run a C pass over ``h`` rows on ``torch.get_num_threads()`` threads, the calling thread included.
+
+    ``fn(row0, row1, counter, chunk)`` calls the pass (which releases the GIL). With more than one thread,
+    every thread gets the whole range and a shared int64 ``counter``: the pass takes chunks of ``chunk``
+    rows from it with an atomic add until none is left, so a thread slowed down by another process simply
+    takes fewer chunks, and no thread waits for another.
+
+    Returns:
+        ``True`` if every call returned ``True`` (every logit it read was finite).
+    """
+    global _POOL, _POOL_SIZE
+    threads = max(1, min(torch.get_num_threads(), h // 8))  # a few rows per thread at least
+    if threads == 1:
+        return bool(fn(0, h, None, 0))
+    with _POOL_LOCK:  # fusions may be called from several threads at once
+        if _POOL is None or _POOL_SIZE != threads - 1:
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)
+            _POOL, _POOL_SIZE = ThreadPoolExecutor(threads - 1, thread_name_prefix="panoptic-fusion"), threads - 1
+        pool = _POOL
+    counter = np.zeros(1, dtype=np.int64)
+    chunk = max(4, -(-h // (16 * threads)))
+    futures = [pool.submit(fn, 0, h, counter, chunk) for _ in range(threads - 1)]
+    ok = bool(fn(0, h, counter, chunk))
+    return all([bool(f.result()) for f in futures]) and ok

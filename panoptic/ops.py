@@ -1,0 +1,11 @@
+"""Public switch between the plain torch implementation of the fusion primitives and their C kernels.
+
+Example:
+    >>> import panoptic.ops
+    >>> with panoptic.ops.backend("torch"):  # the specification, as on a GPU
+    ...     pass
+"""
+
+from ._ops.switch import BackendName, backend, current_backend
+
+__all__ = ["BackendName", "backend", "current_backend"]
