@@ -151,7 +151,8 @@ def check_scene(seed: int, tmp: Path, monkeypatch: pytest.MonkeyPatch, conf: flo
 
 
 @pytest.mark.parametrize("seed", range(60))
-def test_parity_default_thresholds(seed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parity_default_thresholds(seed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   ops_backend: str) -> None:
     # panopticapi's CLI defaults: --confidence_thr 0.5 --overlap_thr 0.5 --stuff_area_limit 64*64
     check_scene(seed, tmp_path, monkeypatch, 0.5, 0.5, 64 * 64, HeuristicFusion(TABLE))
 

@@ -154,7 +154,7 @@ def same_segments(a, b) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------- detectron2
-def test_detectron2_through_heuristic_equals_detectron2():
+def test_detectron2_through_heuristic_equals_detectron2(ops_backend):
     """200 random scenes (continuous logits: no semantic ties): from_detectron2 -> HeuristicFusion("detectron2")
     -> to_detectron2 gives detectron2's own (panoptic_seg, segments_info), ids and dict order included."""
     rng = np.random.default_rng(0)
@@ -270,7 +270,7 @@ def mm_scene(rng: np.random.Generator):
     return SimpleNamespace(pred_instances=pred), seg
 
 
-def test_mmdet_through_heuristic_equals_mmdet():
+def test_mmdet_through_heuristic_equals_mmdet(ops_backend):
     """200 random scenes with many semantic ties: from_mmdet -> HeuristicFusion("mmdet") -> to_mmdet gives
     mmdetection's own ``pan_results``."""
     rng = np.random.default_rng(3)
@@ -355,7 +355,7 @@ def boxes_of(masks: torch.Tensor) -> torch.Tensor:
     return boxes_from_masks(masks, "binary")
 
 
-def test_torchvision_probabilities_through_both_fusions():
+def test_torchvision_probabilities_through_both_fusions(ops_backend):
     """Probability masks keep ``p >= 0.5`` in the heuristic (the same result as the binarised masks) and feed
     UPSNet their logits; the COCO weights' labels are dataset ids."""
     rng = np.random.default_rng(4)

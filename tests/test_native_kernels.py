@@ -11,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from panoptic import Instances, ops
-from panoptic._ops import switch
-from panoptic._ops import first_argmax_keys, overlap_flags
+from panoptic._ops import first_argmax_keys, overlap_flags, switch
 from panoptic.fusion import HeuristicFusion, UPSNetFusion
 
 require_native("panoptic.fusion._kernels")

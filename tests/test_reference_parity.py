@@ -202,7 +202,7 @@ def test_upsnet_matches_the_reference_code(name: str) -> None:
             assert same_partition(mine_ins, ins), f"seed {seed}: instances differ"
 
 
-def test_upsnet_max_detections_match_the_reference_with_ties() -> None:
+def test_upsnet_max_detections_match_the_reference_with_ties(ops_backend: str) -> None:
     # 12 disjoint one-pixel-apart boxes, scores with ties around the cut: every box tied with the 5th stays.
     h, w = 5, 49
     for seed in range(30):
@@ -363,7 +363,7 @@ def check_heuristic(res: PanopticResult, cat: np.ndarray, seg: np.ndarray, seed:
 
 
 @pytest.mark.parametrize("layout", ["detectron2", "stuff_first"])
-def test_detectron2_flavor_matches_its_combine(layout: str) -> None:
+def test_detectron2_flavor_matches_its_combine(layout: str, ops_backend: str) -> None:
     for seed in range(200 if layout == "detectron2" else 60):
         native, masks, scores, labels = heuristic_scene(seed)
         t = heuristic_thresholds(np.random.default_rng(seed + 10**6))
@@ -377,7 +377,7 @@ def test_detectron2_flavor_matches_its_combine(layout: str) -> None:
         check_heuristic(res, cat, seg, seed)
 
 
-def test_mmdet_flavor_matches_its_fusion_head() -> None:
+def test_mmdet_flavor_matches_its_fusion_head(ops_backend: str) -> None:
     for seed in range(200):
         native, masks, scores, labels = heuristic_scene(seed)
         t = heuristic_thresholds(np.random.default_rng(seed + 10**6))
@@ -387,7 +387,7 @@ def test_mmdet_flavor_matches_its_fusion_head() -> None:
         check_heuristic(res, cat, seg, seed)
 
 
-def test_upsnet_flavor_matches_its_combine() -> None:
+def test_upsnet_flavor_matches_its_combine(ops_backend: str) -> None:
     for seed in range(200):
         native, masks, scores, labels = heuristic_scene(seed)
         t = heuristic_thresholds(np.random.default_rng(seed + 10**6))

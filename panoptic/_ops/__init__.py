@@ -6,8 +6,8 @@ path on every device but the CPU, and optionally a C kernel for contiguous float
 """
 
 from .argmax import first_argmax_keys
-from .switch import BackendName, backend, current_backend, native_kernels
 from .overlap import overlap_flags
+from .switch import BackendName, backend, current_backend, native_kernels
 from .upsnet import upsnet_keys
 
 __all__ = ["BackendName", "backend", "current_backend", "first_argmax_keys", "native_kernels",

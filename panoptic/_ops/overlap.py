@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from ..fusion.base import scratch
-from .switch import native_kernels
 from .rows import as_native
+from .switch import native_kernels
 
 __all__ = ["overlap_flags"]
 

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 
 from ..fusion.base import FiniteCheck
-from .argmax import sample_grid
-from .switch import native_kernels
+from .argmax import first_argmax, sample_grid
 from .rows import as_native, run_rows
+from .switch import native_kernels
 
 __all__ = ["instance_max", "upsnet_keys"]
 
@@ -71,7 +71,7 @@ def upsnet_keys(sem: torch.Tensor, crop: list[Region], paste: list[Region], mask
     dev = sem.device
     smax = sidx = tmax = None
     if nst:
-        smax, sidx = sem[:nst].amax(0), sem[:nst].argmax(0)  # argmax: first maximum on ties
+        smax, sidx = sem[:nst].amax(0), first_argmax(sem[:nst])
     if c > nst:
         tmax = sem[nst:].amax(0)
     unk_t = torch.tensor(unk, device=dev)

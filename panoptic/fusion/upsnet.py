@@ -139,13 +139,22 @@ class UPSNetFusion(PanopticFusion):
 
     # ================================================================================ inference
     def fuse_image(self, semantic_logits: torch.Tensor, instances: Instances) -> PanopticResult:
-        """Prune, take the panoptic argmax, assign classes, void small stuff. See the class docstring."""
-        size = (int(semantic_logits.shape[1]), int(semantic_logits.shape[2]))
+        """Prune, take the panoptic argmax, assign classes, void small stuff, assemble. See the class docstring."""
+        sem = semantic_logits
+        size = (int(sem.shape[1]), int(sem.shape[2]))
+        # 1. mask pruning (§3.2): score, NMS, top-k, same-class overlap; the kept masks pasted box-locally
         keep, local = prune_and_paste(instances, size, self.pruning)
         kept = instances[keep]
+        # 2. panoptic argmax over [stuff, instances, unknown], keyed with the pixel's semantic class when the
+        #    class assignment needs it
         pairs = len(kept) > 0 and self.class_assignment != "detector"
-        keys, counts, unknown, samples = self._keys(semantic_logits, kept, local, pairs, self.unknown, True)
-        return self._to_result(semantic_logits, kept, keep, keys, counts, unknown, samples, pairs)
+        keys, counts, unknown, samples = self._keys(sem, kept, local, pairs, self.unknown, True)
+        # 3. instance class assignment: each channel's category and the candidate it maps to
+        channel_area, category, target = self._class_assignment(sem, kept, keys, counts, pairs)
+        # 4. stuff area: a stuff category smaller than the limit becomes void
+        label = self._void_small_stuff(target, channel_area)
+        # 5. assemble the segments
+        return self._assemble(sem, kept, keep, keys, counts, unknown, samples, pairs, category, label)
 
     def panoptic_argmax(self, semantic_logits: torch.Tensor, instances: Instances) -> torch.Tensor:
         """``(H, W)`` int64 index into the channels of :meth:`panoptic_logits`, computed box-locally.
@@ -201,28 +210,40 @@ class UPSNetFusion(PanopticFusion):
         unknown = torch.eq(keys, unk) if want_unknown and bool(counts[unk]) else None
         return keys, counts, unknown, None if samples is None else samples.reshape(samples.shape[0], -1)
 
-    def _to_result(self, sem: torch.Tensor, kept: Instances, source: torch.Tensor, keys: torch.Tensor,
-                   counts: torch.Tensor, unknown: torch.Tensor | None, samples: torch.Tensor,
-                   pairs: bool) -> PanopticResult:
-        """Class assignment and stuff area threshold on the key counts; build the segment table."""
-        nst, n, c = self.table.num_stuff, len(kept), self.table.num_classes
-        dev = sem.device
+    def _class_assignment(self, sem: torch.Tensor, kept: Instances, keys: torch.Tensor, counts: torch.Tensor,
+                          pairs: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per channel (stuff, then instances): its area ``(Nst + N,)``; the instances' categories ``(N,)``; and the
+        candidate each channel's pixels join ``(Nst + N,)`` (an instance turned stuff joins that stuff class)."""
+        nst, n = self.table.num_stuff, len(kept)
         step = nst + 1 if pairs else 1
         unk = nst + n * step
-        inst_cat = kept.labels + nst  # (n,) contiguous category of each instance channel
-        target = torch.arange(nst + n, device=dev)  # candidate each channel maps to
-        if pairs:
-            pair_counts = counts[nst:unk].reshape(n, step)
-            channel_area = torch.cat([counts[:nst], pair_counts.sum(1)])
-            class_counts = self._class_counts(sem, keys, pair_counts)
-            inst_cat, target = self._assign_classes(class_counts, inst_cat, target)
-        else:
-            channel_area = counts[:nst + n]
-        label = target
-        if nst and self.stuff_area_limit > 0:
-            area = torch.zeros(nst + n, dtype=torch.int64, device=dev).index_add_(0, target, channel_area)[:nst]
-            small = torch.cat([area < self.stuff_area_limit, torch.zeros(n, dtype=torch.bool, device=dev)])
-            label = torch.where(small[target], -1, target)
+        category = kept.labels + nst  # contiguous category of each instance channel
+        target = torch.arange(nst + n, device=sem.device)
+        if not pairs:  # "detector", or no instance
+            return counts[:nst + n], category, target
+        pair_counts = counts[nst:unk].reshape(n, step)
+        channel_area = torch.cat([counts[:nst], pair_counts.sum(1)])
+        category, target = self._assign_classes(self._class_counts(sem, keys, pair_counts), category, target)
+        return channel_area, category, target
+
+    def _void_small_stuff(self, target: torch.Tensor, channel_area: torch.Tensor) -> torch.Tensor:
+        """Candidate of each channel ``(Nst + N,)``, ``-1`` where its stuff category's total area (after class
+        assignment) is ``< stuff_area_limit``."""
+        nst = self.table.num_stuff
+        if not nst or self.stuff_area_limit <= 0:
+            return target
+        area = torch.zeros_like(target).index_add_(0, target, channel_area)[:nst]
+        small = torch.cat([area < self.stuff_area_limit, torch.zeros(len(target) - nst, dtype=torch.bool,
+                                                                     device=target.device)])
+        return torch.where(small[target], -1, target)
+
+    def _assemble(self, sem: torch.Tensor, kept: Instances, source: torch.Tensor, keys: torch.Tensor,
+                  counts: torch.Tensor, unknown: torch.Tensor | None, samples: torch.Tensor, pairs: bool,
+                  inst_cat: torch.Tensor, label: torch.Tensor) -> PanopticResult:
+        """The segment table from the key counts: candidates are the stuff classes, then the kept instances."""
+        nst, c = self.table.num_stuff, self.table.num_classes
+        dev = sem.device
+        step = nst + 1 if pairs else 1
         void = torch.full((1,), -1, dtype=torch.int64, device=dev)
         key_label = torch.cat([label[:nst], label[nst:].repeat_interleave(step), void])
         category = torch.cat([torch.arange(nst, device=dev), inst_cat])
