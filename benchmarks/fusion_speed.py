@@ -19,11 +19,19 @@ Scenes are synthetic but structured: smooth semantic logits (random values on a 
 bicubically), thing channels raised under each instance's mask, boxes with log-uniform sides in 20-400 px,
 28x28 elliptical ROI mask logits with smooth noise, scores in (0.5, 1).
 
+**Threads under load** (``--load K``, and always unless ``--quick``): at 64x128, 256x512 and 1024x2048 with 20, 50
+and 100 instances, the UPSNet and heuristic calls with torch's default thread count (the fusion chooses its own
+threads inside, :mod:`panoptic._ops.threads`) against ``torch.set_num_threads(1)``, interleaved; first on the
+machine as it is (``quiet``), then beside ``K`` busy processes (``load``: pure-Python spin loops, bounded to
+:data:`LOAD_MAX_S` seconds, stopping by themselves). Target: default <= 1.25x one thread at every size under
+``--load 2`` on 2 cores. ``--json`` stores both sections per size.
+
 Usage::
 
     python benchmarks/fusion_speed.py --quick
     python benchmarks/fusion_speed.py --repeats 9 --json fusion_speed.json
     python benchmarks/fusion_speed.py --threads 1    # steadier on a busy machine
+    python benchmarks/fusion_speed.py --load 2 --json fusion_speed.json    # default vs 1 thread beside 2 busy processes
     OMP_WAIT_POLICY=PASSIVE python benchmarks/fusion_speed.py --repeats 9    # busy machine, two threads
 
 On a shared machine the multi-threaded numbers of the many-op implementations (UPSNet's fast path, the
@@ -37,16 +45,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +77,9 @@ def fusion_backend() -> str:
 
     return "c" if native_kernels() is not None else "torch"
 COUNTS = (20, 50, 100)
+SIZES = ((64, 128), (256, 512), (1024, 2048))
+#: A busy process of ``--load`` stops by itself after this many seconds at the latest.
+LOAD_MAX_S = 600.0
 IMPLS = ("upsnet", "heuristic", "panopticapi", "dense", "floor")
 
 
@@ -192,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads for the whole run (default: torch's default). On a shared machine "
                         "1 thread gives steadier numbers: with 2 threads every parallel op waits for both")
-    p.add_argument("--backend", choices=["auto", "torch"], default="auto",
+    p.add_argument("--threads-only", action="store_true", help="only the default-vs-1-thread table per size")
+    p.add_argument("--load", type=int, default=0, metavar="K",
+                   help="also measure default vs 1 thread beside K busy processes (bounded, stop by themselves)")
+    p.add_argument("--backend", choices=["auto", "torch", "native"], default="auto",
                    help="per-pixel passes of the fusions: auto (the C extension when built) or torch (the fallback "
                         "of an install without a C compiler)")
     args = p.parse_args(argv)
@@ -203,6 +219,16 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 7)
+    if args.threads_only:
+        table = CategoryTable.cityscapes()
+        res = {"sizes": thread_table(table, SIZES[:1] if args.quick else SIZES, repeats, args.seed, args.load)}
+        print_thread_table(res["sizes"])
+        if args.json is not None:
+            tmp_json = args.json.with_name(args.json.name + ".tmp")  # no partial file
+            tmp_json.write_text(json.dumps(res, indent=2))
+            tmp_json.replace(args.json)
+        return 0
     load_start = os.getloadavg()
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 7)
     h, w = (H // 2, W // 2) if args.quick else (H, W)
@@ -290,9 +316,91 @@ def _run(args: argparse.Namespace) -> int:
         u, hh, pa, d, f = (r[f"{k}_ms"] for k in IMPLS)
         print(f"| {n} ({r['upsnet_kept']}) | {fmt(u)} | {fmt(hh)} | {fmt(pa)} | {fmt(d)} | {fmt(f)} "
               f"| {ratio(u, f)} | {ratio(pa, hh)} | {ratio(d, u)} |")
+    if not args.quick or args.load:
+        sizes = SIZES[:1] if args.quick else SIZES
+        out["sizes"] = thread_table(table, sizes, repeats, args.seed, args.load)
+        print_thread_table(out["sizes"])
     if args.json is not None:
-        args.json.write_text(json.dumps(out, indent=2))
+        tmp_json = args.json.with_name(args.json.name + ".tmp")  # no partial file
+        tmp_json.write_text(json.dumps(out, indent=2))
+        tmp_json.replace(args.json)
     return 0
+
+
+@contextlib.contextmanager
+def busy_processes(k: int, seconds: float = LOAD_MAX_S) -> Iterator[None]:
+    """``k`` processes that keep one core busy each, for at most ``seconds``, stopped on exit."""
+    procs = [subprocess.Popen([sys.executable, "-c", f"import time\nend = time.monotonic() + {seconds}\n"
+                               "while time.monotonic() < end: pass"]) for _ in range(k)]
+    try:
+        time.sleep(0.5)  # let them reach the scheduler
+        yield
+    finally:
+        for pr in procs:
+            pr.terminate()
+        for pr in procs:
+            pr.wait(timeout=10)
+
+
+def _time_threads(calls: dict[str, Callable[[], Any]], default: int, repeats: int) -> dict[str, float]:
+    """Median ms of every call with ``default`` and with 1 torch thread, interleaved."""
+    times: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            for label, n in (("1t", 1), ("default", default)):
+                torch.set_num_threads(n)
+                t0 = time.perf_counter()
+                fn()
+                times.setdefault(f"{name}_{label}_ms", []).append(1000 * (time.perf_counter() - t0))
+    torch.set_num_threads(default)
+    return {k: round(statistics.median(v), 2) for k, v in times.items()}
+
+
+def thread_table(table: CategoryTable, sizes: tuple[tuple[int, int], ...], repeats: int, seed: int,
+                 load: int) -> dict[str, Any]:
+    """Per size and instance count: ``quiet`` and (with ``load``) ``load`` medians, default vs 1 thread."""
+    from panoptic import HeuristicFusion
+
+    default = torch.get_num_threads()
+    upsnet, heuristic = UPSNetFusion(table), HeuristicFusion(table)
+    result: dict[str, Any] = {"default_threads": default, "load_processes": load}
+    with torch.inference_mode():
+        for h, w in sizes:
+            calls: dict[str, Callable[[], Any]] = {}
+            for n in COUNTS:
+                sem, inst = make_inputs(n, table, seed + n, h, w)
+                calls[f"upsnet{n}"] = functools.partial(upsnet, sem, [inst])
+                calls[f"heuristic{n}"] = functools.partial(heuristic, sem, [inst])
+            for fn in calls.values():  # warm-up
+                fn()
+            entry = {"quiet": _time_threads(calls, default, repeats)}
+            entry["quiet"]["loadavg"] = round(os.getloadavg()[0], 2)
+            if load:
+                with busy_processes(load):
+                    for fn in calls.values():
+                        fn()
+                    entry["load"] = _time_threads(calls, default, repeats)
+                    entry["load"]["loadavg"] = round(os.getloadavg()[0], 2)
+            result[f"{h}x{w}"] = entry
+    return result
+
+
+def print_thread_table(res: dict[str, Any]) -> None:
+    """Markdown table: default / 1-thread ratio per size, count and phase."""
+    print(f"\ndefault ({res['default_threads']} threads) vs 1 thread, median ms, {res['load_processes']} busy "
+          "processes in the load phase\n")
+    print("| size | phase | instances | upsnet 1t | upsnet default | ratio | heuristic 1t | heuristic default "
+          "| ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size, entry in res.items():
+        if not isinstance(entry, dict):
+            continue
+        for phase, r in entry.items():
+            for n in COUNTS:
+                u1, ud = r[f"upsnet{n}_1t_ms"], r[f"upsnet{n}_default_ms"]
+                h1, hd = r[f"heuristic{n}_1t_ms"], r[f"heuristic{n}_default_ms"]
+                print(f"| {size} | {phase} (load {r['loadavg']}) | {n} | {u1:.1f} | {ud:.1f} | {ud / u1:.2f}x "
+                      f"| {h1:.1f} | {hd:.1f} | {hd / h1:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -61,10 +61,14 @@ class PanopticFusion(nn.Module, ABC):
         check_not_meta(semantic_logits, instances)
         sem = self.prepare_semantic(semantic_logits, len(instances), output_size)
         size = (int(sem.shape[-2]), int(sem.shape[-1]))
+        from .._ops.threads import fusion_threads  # here: panoptic._ops itself imports this module
+
         out = []
-        for b, inst in enumerate(instances):
-            inst = prepare_instances(inst, self.table, size, sem.device, self.mask_kinds)
-            out.append(self.fuse_image(sem[b], inst))
+        # threads the image size and the free cores repay (panoptic._ops.threads), restored after
+        with fusion_threads(size[0] * size[1], sem.device):
+            for b, inst in enumerate(instances):
+                inst = prepare_instances(inst, self.table, size, sem.device, self.mask_kinds)
+                out.append(self.fuse_image(sem[b], inst))
         return out
 
     def prepare_semantic(self, semantic_logits: torch.Tensor, batch: int,
