@@ -1,0 +1,73 @@
+"""The thread count of a fusion call (``panoptic._ops.threads``): one thread on small images, the free cores on
+large ones, the caller's count restored after, also with calls from several threads at once."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from conftest import tiny_table
+
+from panoptic import Instances, PanopticResult
+from panoptic._ops import threads as ops_threads
+from panoptic.fusion import UPSNetFusion
+
+
+class Recorder(UPSNetFusion):
+    """UPSNetFusion that records the torch thread count inside its per-image step."""
+
+    seen: list[int]
+
+    def fuse_image(self, semantic_logits: torch.Tensor, instances: Instances) -> PanopticResult:
+        self.seen.append(torch.get_num_threads())
+        return super().fuse_image(semantic_logits, instances)
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def _call(h: int, w: int) -> tuple[list[int], int]:
+    fusion = Recorder(tiny_table(1, 1), stuff_area_limit=0)
+    fusion.seen = []
+    fusion(torch.randn(1, 2, h, w), [Instances.empty()])
+    return fusion.seen, torch.get_num_threads()
+
+
+def test_small_images_run_on_one_thread_and_the_count_is_restored(two_threads):
+    assert _call(64, 128) == ([1], 2)
+
+
+@pytest.mark.parametrize(("free", "expected"), [(None, 2), (1, 1), (2, 2), (5, 2)])
+def test_large_images_use_the_free_cores_at_most_the_callers_count(two_threads, monkeypatch, free, expected):
+    monkeypatch.setattr(ops_threads, "free_cores", lambda: free)
+    assert _call(512, 1024) == ([expected], 2)
+
+
+def test_concurrent_calls_restore_the_callers_count(two_threads):
+    fusion = UPSNetFusion(tiny_table(1, 1))
+    sem = torch.randn(1, 2, 32, 48)
+    with ThreadPoolExecutor(4) as ex:
+        list(ex.map(lambda _: fusion(sem, [Instances.empty()]), range(40)))
+    assert torch.get_num_threads() == 2
+
+
+def test_free_cores_from_the_counters_less_this_process(monkeypatch):
+    # 2 cores; between the two reads: 100 jiffies of 200 busy (1 core) and 0.5 s of this process's CPU in 1 s.
+    counters = iter([(1000, 5000), (1100, 5200)])
+    clock = iter([10.0, 11.0])
+    cpu = iter([3.0, 3.5])
+    monkeypatch.setattr(ops_threads, "_cpu_times", lambda cpus: next(counters))
+    monkeypatch.setattr(ops_threads, "available_cores", lambda: 2)
+    monkeypatch.setattr(ops_threads.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(ops_threads.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(ops_threads.time, "process_time", lambda: next(cpu))
+    monkeypatch.setattr(ops_threads, "_state", dict(ops_threads._state, t=None))  # restored after the test
+    assert ops_threads.free_cores() is None  # the first read has nothing to compare with
+    # others = 1.0 busy core - 0.5 of ours = 0.5 -> 2 - 0.5 = 1.5 free, rounded to the nearest core: 2
+    assert ops_threads.free_cores() == 2
