@@ -5,7 +5,8 @@ all use it) spends ~13 ms on that, libdeflate ~0.3 ms. Decoders, tried in order:
 
 * ``native``: chunks parsed here, IDAT inflated by libdeflate (the ``deflate`` package; zlib if it is
   missing), scanlines reconstructed and packed into ids by the C extension :mod:`panoptic._png`
-  (~2 ms). Only 8-bit RGB/RGBA non-interlaced PNGs (every COCO-panoptic PNG) take it.
+  (~2 ms). Only 8-bit RGB/RGBA non-interlaced PNGs (every COCO-panoptic PNG) take it, and not inside
+  ``panoptic.ops.backend("torch")``, the switch that turns the C kernels off.
 * ``direct``: Pillow decodes straight into the output buffer (no extra copy of the pixels).
 * ``public``: Pillow's documented API; every other kind of PNG and every error message comes from here.
 
@@ -114,7 +115,11 @@ _DECODERS = (("native", _decode_native), ("direct", _decode_direct))
 
 
 def _available(name: str) -> bool:
-    return name != "native" or _native is not None
+    """Whether decoder ``name`` may run: ``native`` needs the C extension, and not ``panoptic.ops.backend("torch")``
+    (the switch that turns every C kernel off)."""
+    from ._ops.switch import current_backend  # here: panoptic._ops imports the fusions, which import this package
+
+    return name != "native" or (_native is not None and current_backend() != "torch")
 
 
 def decoder_name() -> str:

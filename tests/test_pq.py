@@ -402,3 +402,13 @@ def test_pq_compute_same_with_every_decode_path(tmp_path, monkeypatch):
     monkeypatch.setattr(png, "_CHECKED", {})
     assert pq_compute(**paths, workers=1) == ref
     assert png._CHECKED == ({"native": True} if png._native is not None else {"direct": True})
+
+
+def test_the_backend_switch_turns_the_native_png_decoder_off(tmp_path):
+    from panoptic import ops, png
+
+    paths = _dataset(tmp_path)
+    ref = pq_compute(**paths, workers=1)
+    with ops.backend("torch"):
+        assert not png.decoder_name().startswith("native")
+        assert pq_compute(**paths, workers=1) == ref
