@@ -15,6 +15,7 @@ from conftest import result_from_labels, tiny_table
 from panoptic.compare import CompareConfig, run_compare
 from panoptic.compare.config import network_of
 from panoptic.compare.figure import comparison_figure
+from panoptic.compare.intervals import pq_from_stats
 from panoptic.compare.report import checks, to_csv, to_markdown
 from panoptic.compare.rows import ABLATION_FLAGS, Inputs, ablation_rows, gt_boxes, gt_semantic, main_rows
 from panoptic.compare.training import cache_key
@@ -233,6 +234,8 @@ def test_compare_end_to_end_and_cache_reuse(tmp_path):
             assert key in entry
         assert entry["ms_per_image"] > 0 and 0 <= entry["PQ"] <= 100
     assert [r["row"] for r in res["ablation"]][-1] == "+ GT semantic" and len(res["ablation"]) == 7
+    assert all(r[k] >= 0 for r in res["ablation"] for k in ("changed_px", "unknown_px", "dropped"))
+    assert res["ablation"][0]["changed_px"] == 0 and "px changed" in (tmp_path / "out" / "ablation.md").read_text()
     unknown_row = next(r for r in res["ablation"] if r["row"] == "+ unknown")
     assert unknown_row["PQ"] == pytest.approx(res["models"]["upsnet"]["PQ"])  # same network, same head
     assert res["num_images"] == 3 and res["wall_s"] > 0 and res["seeds"] == [0]
@@ -240,8 +243,12 @@ def test_compare_end_to_end_and_cache_reuse(tmp_path):
     claims = {c["claim"]: c for c in res["claims"]}
     assert len(claims) == 3 and all(c["lo"] <= c["pq_diff"] <= c["hi"] and c["images"] == 3 for c in claims.values())
     assert "## Claims" in (tmp_path / "out" / "report.md").read_text()
+    stats = np.load(tmp_path / "out" / "per_image.npz")  # the bootstrap's input gives the tables' PQ back
+    for key, entry in [*res["models"].items(), *(("ablation/" + r["row"], r) for r in res["ablation"])]:
+        assert stats[key].shape[:2] == (1, 3)
+        assert pq_from_stats(stats[key][0].sum(0)) == pytest.approx(entry["PQ"]), key
     for name in ("main.md", "main.csv", "ablation.md", "ablation.csv", "runtime.md", "runtime.csv", "report.md",
-                 "figure.png"):
+                 "figure.png", "per_image.npz"):
         assert (tmp_path / "out" / name).is_file(), name
     assert any(line.startswith("[2/4] training") for line in lines)
 

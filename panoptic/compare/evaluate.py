@@ -110,8 +110,8 @@ def _detection_gt(gt: PanopticResult, table: CategoryTable) -> tuple[torch.Tenso
 @torch.no_grad()
 def evaluate_network(network: str, model: nn.Module, dataset: CocoPanopticDataset, rows: Sequence[Row],
                      table: CategoryTable, *, max_images: int | None = None, timing_warmup: int = 2,
-                     figure_indices: Sequence[int] = (), on_image: Callable[[], None] | None = None
-                     ) -> NetworkEvaluation:
+                     figure_indices: Sequence[int] = (), on_image: Callable[[], None] | None = None,
+                     on_result: Callable[[int, Row, PanopticResult, int], None] | None = None) -> NetworkEvaluation:
     """Run ``model`` over ``dataset`` once and evaluate every row of ``rows`` fed by it.
 
     Args:
@@ -124,6 +124,8 @@ def evaluate_network(network: str, model: nn.Module, dataset: CocoPanopticDatase
         timing_warmup: The first this many images are not timed.
         figure_indices: Images whose results are kept for the figure.
         on_image: Called after each image (progress).
+        on_result: Called with ``(image index, row, result at original size, detections given to the fusion)``
+            after each row's fusion (e.g. :class:`~panoptic.compare.rule_counts.RuleCounter`).
     """
     device = next(model.parameters()).device
     model.eval()
@@ -192,6 +194,8 @@ def evaluate_network(network: str, model: nn.Module, dataset: CocoPanopticDatase
             one.update(gt, result)
             ev.pq.merge(one)
             ev.per_image.append(metric_stats(one))
+            if on_result is not None:
+                on_result(index, row, result, len(inst_in))
             if index in keep_fig:
                 ev.figure[index] = result
         if on_image is not None:

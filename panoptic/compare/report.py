@@ -17,6 +17,7 @@ import torch
 
 from .. import __version__
 from .rows import ABLATION_FLAGS
+from .rule_counts import RULE_COUNTS
 
 __all__ = ["ABLATION_COLUMNS", "MAIN_COLUMNS", "RUNTIME_COLUMNS", "checks", "claim_lines", "machine_info",
            "main_entry", "to_csv", "to_markdown"]
@@ -31,7 +32,8 @@ RUNTIME_COLUMNS = ("network_ms", "fusion_ms", "ms_per_image")
 _HEADERS = {"PQ_th": "PQ^Th", "SQ_th": "SQ^Th", "RQ_th": "RQ^Th", "PQ_st": "PQ^St", "SQ_st": "SQ^St",
             "RQ_st": "RQ^St", "AP_box": "AP^box", "AP_mask": "AP^mask", "ms_per_image": "ms/image",
             "network_ms": "network ms", "fusion_ms": "fusion ms", "pano_loss": "Pano.", "ica": "ICA",
-            "unknown": "Unk.", "gt_box": "GT Box", "gt_ica": "GT ICA", "gt_seg": "GT Seg."}
+            "unknown": "Unk.", "gt_box": "GT Box", "gt_ica": "GT ICA", "gt_seg": "GT Seg.",
+            "changed_px": "px changed", "unknown_px": "unknown px", "dropped": "inst. dropped"}
 
 
 def _pct(x: float) -> float:
@@ -121,9 +123,10 @@ def _table_rows(kind: str, results: Mapping[str, Any], spread: bool = True) -> t
         header = ["model", *MAIN_COLUMNS]
         return header, [[m["name"], *(_cell(m, c, spread) for c in MAIN_COLUMNS)] for m in results["models"].values()]
     if kind == "ablation":
-        header = ["row", *ABLATION_FLAGS, *ABLATION_COLUMNS]
-        return header, [[r["row"], *(r[f] for f in ABLATION_FLAGS), *(_cell(r, c, spread) for c in ABLATION_COLUMNS)]
-                        for r in results["ablation"]]
+        counts = [c for c in RULE_COUNTS if any(c in r for r in results["ablation"])]
+        header = ["row", *ABLATION_FLAGS, *ABLATION_COLUMNS, *counts]
+        return header, [[r["row"], *(r[f] for f in ABLATION_FLAGS), *(_cell(r, c, spread) for c in ABLATION_COLUMNS),
+                         *(r.get(c, float("nan")) for c in counts)] for r in results["ablation"]]
     if kind == "runtime":
         header = ["model", "image_size", *RUNTIME_COLUMNS]
         return header, [[r["name"], "x".join(map(str, r["image_size"])), *(r[c] for c in RUNTIME_COLUMNS)]
@@ -150,7 +153,7 @@ def to_csv(kind: str, results: Mapping[str, Any]) -> str:
         cols = MAIN_COLUMNS if kind == "main" else ABLATION_COLUMNS
         cols = tuple(c for c in cols if c not in RUNTIME_COLUMNS)
         header = [*header, *(f"{c}_std" for c in cols)]
-        rows = [[*row, *(e["std"].get(c, float("nan")) for c in cols)] for row, e in zip(rows, entries)]
+        rows = [[*row, *(e["std"].get(c, float("nan")) for c in cols)] for row, e in zip(rows, entries, strict=True)]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
@@ -161,10 +164,11 @@ def to_csv(kind: str, results: Mapping[str, Any]) -> str:
 
 
 def claim_lines(results: Mapping[str, Any]) -> list[str]:
-    """One line per PQ claim: verdict, difference and interval, whatever the verdict."""
+    """One line per PQ claim: verdict (holds: interval above 0; reversed: below 0; else not shown), difference
+    and interval, whatever the verdict."""
     out = []
     for c in results.get("claims", ()):
-        verdict = "holds" if c["holds"] else "not shown"
+        verdict = "holds" if c["holds"] else ("reversed" if c["hi"] < 0 else "not shown (the interval contains 0)")
         out.append(f"{c['claim']}: {verdict} ({c['a']} - {c['b']}: {c['text']}; paired bootstrap over "
                    f"{c['images']} held-out images x {c['seeds']} seed(s))")
     return out

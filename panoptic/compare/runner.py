@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -29,6 +30,7 @@ from .figure import comparison_figure
 from .intervals import paired_bootstrap, seed_spread
 from .report import checks, claim_lines, machine_info, main_entry, pq_entry, to_csv, to_markdown
 from .rows import ABLATION_FLAGS, Row, ablation_rows, main_rows
+from .rule_counts import RULE_COUNTS, RuleCounter, RuleCounts
 from .training import TrainedNetwork, default_cache_dir, train_or_reuse
 
 __all__ = ["CompareResult", "run_compare"]
@@ -49,11 +51,13 @@ class SeedRun:
         seed: Training seed.
         trained: Network id -> checkpoint.
         evals: Network id -> its evaluation pass.
+        counts: Row key -> what the row changes (:mod:`panoptic.compare.rule_counts`).
     """
 
     seed: int
     trained: dict[str, TrainedNetwork]
     evals: dict[str, NetworkEvaluation]
+    counts: dict[str, RuleCounts]
 
 
 @dataclass
@@ -193,6 +197,7 @@ def _run(config: CompareConfig, log: Callable[[str], None], t_start: float) -> C
         if isinstance(head, UPSNetFusion):
             rows += ablation_rows(head, have_upsnet_c="upsnet_c" in models)
         evals: dict[str, NetworkEvaluation] = {}
+        counter = RuleCounter(rows)
         for j, net in enumerate(models):
             log(f"[3/4] evaluating {DISPLAY_NAMES[net]} ({j + 1}/{len(models)}){tag}: "
                 f"{sum(r.network == net for r in rows)} rows on {n_eval} images")
@@ -200,16 +205,18 @@ def _run(config: CompareConfig, log: Callable[[str], None], t_start: float) -> C
             try:
                 evals[net] = evaluate_network(net, models[net], val_set, rows, table, max_images=n_eval,
                                               timing_warmup=config.timing_warmup,
-                                              figure_indices=fig_idx if k == 0 else (), on_image=bar.update)
+                                              figure_indices=fig_idx if k == 0 else (), on_image=bar.update,
+                                              on_result=counter)
             finally:
                 bar.close()
-        runs.append(SeedRun(config.seed + k, trained, evals))
+        runs.append(SeedRun(config.seed + k, trained, evals, counter.counts))
 
     # 4. report
     log("[4/4] tables, intervals and figure")
     results = _results(config, rows, runs, device, n_eval)
     results["wall_s"] = time.perf_counter() - t_start  # everything but writing the few output files
-    files = _write_outputs(results, rows, runs[0].evals, val_set, table, fig_idx, out_dir)
+    stats = {row.key: np.stack([run.evals[row.network].rows[row.key].image_stats() for run in runs]) for row in rows}
+    files = _write_outputs(results, rows, runs[0].evals, val_set, table, fig_idx, out_dir, stats)
     return CompareResult(results, out_dir, files)
 
 
@@ -268,8 +275,10 @@ def _results(config: CompareConfig, rows: list[Row], runs: list[SeedRun], device
                 per_seed.append(main_entry(row.label, pq, ne.semantic, ne.detection, ne.network_ms, ev.fusion_ms))
         mean, std = _spread(per_seed)
         if row.flags:
-            ablation.append({"row": row.label, "network": row.network, **dict(row.flags), **mean, "std": std,
-                             "per_seed_PQ": [e["PQ"] for e in per_seed]})
+            counts = {c: round(float(np.mean([getattr(run.counts[row.key], c) for run in runs])))
+                      for c in RULE_COUNTS}  # seed means
+            ablation.append({"row": row.label, "network": row.network, **dict(row.flags), **mean, **counts,
+                             "std": std, "per_seed_PQ": [e["PQ"] for e in per_seed]})
             continue
         entry = {"name": row.label, **mean, "std": std, "per_seed_PQ": [e["PQ"] for e in per_seed]}
         models[row.key] = entry
@@ -326,13 +335,22 @@ def _claims(rows: list[Row], runs: list[SeedRun], config: CompareConfig) -> list
     return out
 
 
+def _per_image_npz(stats: dict[str, np.ndarray], seeds: list[int]) -> bytes:
+    """``per_image.npz``: row key -> ``(S, N, C, 4)`` per-image ``tp, fp, fn, iou`` (see
+    :mod:`panoptic.compare.intervals`), plus ``seeds``: the bootstrap's input, for a reader's own analysis."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, seeds=np.asarray(seeds), **stats)
+    return buf.getvalue()
+
+
 def _write_outputs(results: dict[str, Any], rows: list[Row], evals: dict[str, NetworkEvaluation], val_set: Any,
-                   table: Any, fig_idx: list[int], out_dir: Path) -> list[Path]:
+                   table: Any, fig_idx: list[int], out_dir: Path, stats: dict[str, np.ndarray]) -> list[Path]:
     """Write every output to a temporary name, then rename them into place together (``results.json`` and
     ``report.md``, which name the others, last): a failure leaves the previous run's outputs as they were."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = AtomicFiles()
     try:
+        files.write_bytes(out_dir / "per_image.npz", _per_image_npz(stats, results["seeds"]))
         _write(files, out_dir / "results.json", json.dumps(_json_safe(results), indent=2) + "\n", index=True)
         sections = []
         for kind, title in (("main", "Main results (Table 7 style)"), ("ablation", "Ablation (Table 6 style)"),
