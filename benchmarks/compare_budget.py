@@ -10,8 +10,9 @@ runs the default configuration's networks (same models, widths, image size and b
 where s/image of evaluation is everything of the run that is not training (loading, network passes of every
 row, fusions, PQ), divided by the held-out images: an over-estimate. It prints the estimate under the current
 load (with ``/proc/loadavg``) and, when a saved quiet run is given (``--saved docs/results/compare.json``, whose
-training throughputs were measured on 2 quiet cores), the same formula with the saved throughputs, i.e. the
-quiet estimate; the ratio of the two throughputs says how loaded the machine was.
+training throughputs were measured on 2 quiet cores), the same formula with the saved throughputs and the saved
+evaluation time, i.e. the quiet estimate; the ratio of the two throughputs says how loaded the machine was
+(with few ``--iterations`` the first, slow iteration weighs in too: an over-estimate).
 
 Target (issue 17): the default full run (3 seeds) <= 45 minutes on 2 quiet CPU cores; ``--seeds 1`` close to
 15 minutes.
@@ -76,12 +77,20 @@ def main() -> None:
     print(f"estimate under this load: --seeds 1 {out['estimate_s']['seeds1'] / 60:.1f} min, "
           f"default ({full.seeds} seeds) {out['estimate_s']['seeds3'] / 60:.1f} min")
     if args.saved:
-        saved = json.loads(args.saved.read_text())["training"]
-        saved = {net: (v[0] if isinstance(v, list) else v) for net, v in saved.items()}
+        run = json.loads(args.saved.read_text())
+        saved = {net: (v[0] if isinstance(v, list) else v) for net, v in run["training"].items()}
         quiet = {net: full.batch_size / saved[net]["images_per_second"] for net in s_per_iter}
         ratio = {net: s_per_iter[net] / quiet[net] for net in s_per_iter}
-        out["quiet_s_per_iteration"], out["load_ratio"] = quiet, ratio
-        out["quiet_estimate_s"] = {"seeds1": total(quiet, 1), "seeds3": total(quiet, full.seeds)}
+        # the saved run's evaluation: everything but training, per held-out image and seed
+        seeds_run = len(run.get("seeds", [0]))
+        trained_s = sum(t["seconds"] for v in run["training"].values() for t in (v if isinstance(v, list) else [v]))
+        quiet_eval = (run["wall_s"] - trained_s) / (run["num_images"] * seeds_run)
+        out["quiet_s_per_iteration"], out["load_ratio"], out["quiet_eval_s_per_image"] = quiet, ratio, quiet_eval
+
+        def quiet_total(seeds: int) -> float:
+            return seeds * (sum(full.iterations * s for s in quiet.values()) + held_out * quiet_eval)
+
+        out["quiet_estimate_s"] = {"seeds1": quiet_total(1), "seeds3": quiet_total(full.seeds)}
         listed = ", ".join(f"{n} {s:.3f} s/it (now x{ratio[n]:.2f})" for n, s in quiet.items())
         print(f"saved quiet throughput: {listed}")
         print(f"quiet estimate: --seeds 1 {out['quiet_estimate_s']['seeds1'] / 60:.1f} min, "

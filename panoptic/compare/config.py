@@ -1,8 +1,9 @@
 """What ``panoptic compare`` runs: the models, the data, the training schedule and the evaluation, as one dataclass.
 
-Two presets: :meth:`CompareConfig.default` (the paper's comparison on the synthetic benchmark, sized for about
-15 minutes on 2 CPU cores) and :meth:`CompareConfig.quick` (a smoke run of about a minute, used by CI and the
-tutorial). Everything else is an explicit field, so a run is reproducible from its saved ``config``.
+Two presets: :meth:`CompareConfig.default` (the paper's comparison on the synthetic benchmark with 3 seeds, about
+16 minutes per seed on 2 quiet CPU cores) and :meth:`CompareConfig.quick` (a smoke run of about a minute, one
+seed, used by CI and the tutorial). Everything else is an explicit field, so a run is reproducible from its saved
+``config``.
 """
 
 from __future__ import annotations
