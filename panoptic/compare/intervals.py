@@ -147,7 +147,11 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, config: BootstrapConfig = Boo
     np.add.at(img_w, (np.arange(draws)[:, None], rng.integers(0, n, (draws, n))), 1.0)
     seed_w = np.zeros((draws, s))
     np.add.at(seed_w, (np.arange(draws)[:, None], rng.integers(0, s, (draws, s))), 1.0)
-    d = (pq_from_stats(np.einsum("bn,snck->bsck", img_w, a)) - pq_from_stats(np.einsum("bn,snck->bsck", img_w, b)))
+
+    def resampled_pq(x: np.ndarray) -> np.ndarray:  # (S, N, C, 4) -> (draws, S), one matrix product per seed
+        return pq_from_stats((img_w @ x.reshape(s, n, -1)).reshape(s, draws, *x.shape[2:])).T
+
+    d = resampled_pq(a) - resampled_pq(b)
     boot = (seed_w * d).sum(1) / s  # (draws,)
     tail = 100 * (1 - config.level) / 2
     lo, hi = np.percentile(boot, [tail, 100 - tail])
