@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
-import math
 
 import numpy as np
 import pytest
@@ -15,6 +15,7 @@ from conftest import result_from_labels, tiny_table
 from panoptic.compare import CompareConfig, run_compare
 from panoptic.compare.config import network_of
 from panoptic.compare.figure import comparison_figure
+from panoptic.compare.intervals import pq_from_stats
 from panoptic.compare.report import checks, to_csv, to_markdown
 from panoptic.compare.rows import ABLATION_FLAGS, Inputs, ablation_rows, gt_boxes, gt_semantic, main_rows
 from panoptic.compare.training import cache_key
@@ -62,6 +63,7 @@ def test_cache_key_tracks_weights_not_logging(tmp_path):
     base = cfg.train_config("upsnet", "out-a")
     assert key(base) == key(CompareConfig(iterations=100, progress=False).train_config("upsnet", "out-b"))
     assert key(base) != key(CompareConfig(iterations=101).train_config("upsnet", "out-a"))
+    assert key(base) != key(cfg.train_config("upsnet", "out-a", seed_index=1))  # each seed run has its own entry
     assert key(base) != key(CompareConfig(iterations=100, seed=1).train_config("upsnet", "out-a"))
     assert key(base) != key(cfg.train_config("upsnet_c", "out-a"))
     other_data = CompareConfig(iterations=100, data=DataConfig(synthetic_n=10)).train_config("upsnet", "out-a")
@@ -181,12 +183,28 @@ def test_tables_render_every_row_and_column():
 
 def test_checks_state_the_claims():
     res = _fake_results()
-    c = checks(res["models"], res["ablation"])
-    assert c["UPSNet PQ >= MR-CNN-PSP PQ + 1.0"] is True  # 50 >= 48 + 1
+    claims = [{"claim": "UPSNet beats MR-CNN-PSP (PQ)", "level": 0.95, "holds": True},
+              {"claim": "unknown prediction improves PQ", "level": 0.95, "holds": False}]
+    c = checks(res["models"], res["ablation"], claims)
+    assert c["UPSNet beats MR-CNN-PSP (PQ): 95% interval above 0"] is True
+    assert c["unknown prediction improves PQ: 95% interval above 0"] is False  # the claim's verdict, as given
     assert c["UPSNet faster than MR-CNN-PSP"] is True
-    assert c["unknown prediction improves PQ"] is True
     assert c["GT-semantic oracle PQ >= 90"] is False
-    assert "UPSNet PQ >= UPSNet-C PQ" not in c  # not run, not claimed
+    assert not any("UPSNet-C" in k for k in c)  # not run, not claimed
+
+
+def test_tables_show_mean_and_std_over_seeds():
+    res = _fake_results()
+    res["seeds"] = [0, 1, 2]
+    for entry in [*res["models"].values(), *res["ablation"]]:
+        entry["std"] = {k: 0.25 for k, v in entry.items() if isinstance(v, float)}
+    md = to_markdown("main", res)
+    assert "| UPSNet | 50.0 ± 0.2 | 80.0 ± 0.2 |" in md and "| - |" in md  # NaN AP stays '-'
+    assert "30.0 ± " not in md  # times are means, no spread
+    rows = list(csv.reader(io.StringIO(to_csv("main", res))))
+    assert rows[0][-1] == "AP_mask_std" and "ms_per_image_std" not in rows[0]
+    assert float(rows[2][1]) == 50.0 and float(rows[2][rows[0].index("PQ_std")]) == 0.25
+    assert "| + ICA |  | x |  |  |  |  | 49.0 ± 0.2 |" in to_markdown("ablation", res)
 
 
 def test_figure_stacks_rows():
@@ -206,7 +224,7 @@ def test_compare_end_to_end_and_cache_reuse(tmp_path):
     data = DataConfig(synthetic_n=12, synthetic_size=64, synthetic_val_fraction=0.25, cache_dir=str(tmp_path / "data"))
     cfg = CompareConfig(data=data, iterations=3, batch_size=2, warmup_iters=1, model_kwargs={"fpn_channels": 16},
                         out_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "ckpt"), figure_images=2,
-                        timing_warmup=1, progress=False, threads=1)
+                        timing_warmup=1, progress=False, threads=1, seeds=1)
     lines: list[str] = []
     first = run_compare(cfg, log=lines.append)
     res = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -216,19 +234,32 @@ def test_compare_end_to_end_and_cache_reuse(tmp_path):
             assert key in entry
         assert entry["ms_per_image"] > 0 and 0 <= entry["PQ"] <= 100
     assert [r["row"] for r in res["ablation"]][-1] == "+ GT semantic" and len(res["ablation"]) == 7
+    assert all(r[k] >= 0 for r in res["ablation"] for k in ("changed_px", "unknown_px", "dropped"))
+    assert res["ablation"][0]["changed_px"] == 0 and "px changed" in (tmp_path / "out" / "ablation.md").read_text()
     unknown_row = next(r for r in res["ablation"] if r["row"] == "+ unknown")
     assert unknown_row["PQ"] == pytest.approx(res["models"]["upsnet"]["PQ"])  # same network, same head
-    assert res["num_images"] == 3 and res["wall_s"] > 0 and not any(t["reused"] for t in res["training"].values())
+    assert res["num_images"] == 3 and res["wall_s"] > 0 and res["seeds"] == [0]
+    assert not any(t["reused"] for runs in res["training"].values() for t in runs)
+    claims = {c["claim"]: c for c in res["claims"]}
+    assert len(claims) == 3 and all(c["lo"] <= c["pq_diff"] <= c["hi"] and c["images"] == 3 for c in claims.values())
+    assert "## Claims" in (tmp_path / "out" / "report.md").read_text()
+    stats = np.load(tmp_path / "out" / "per_image.npz")  # the bootstrap's input gives the tables' PQ back
+    for key, entry in [*res["models"].items(), *(("ablation/" + r["row"], r) for r in res["ablation"])]:
+        assert stats[key].shape[:2] == (1, 3)
+        assert pq_from_stats(stats[key][0].sum(0)) == pytest.approx(entry["PQ"]), key
     for name in ("main.md", "main.csv", "ablation.md", "ablation.csv", "runtime.md", "runtime.csv", "report.md",
-                 "figure.png"):
+                 "figure.png", "per_image.npz"):
         assert (tmp_path / "out" / name).is_file(), name
     assert any(line.startswith("[2/4] training") for line in lines)
 
-    again = run_compare(cfg, log=lambda _: None)  # cached checkpoints: same weights, same quality numbers
-    assert all(t["reused"] for t in again.results["training"].values())
+    # A rerun with more seeds reuses seed 0's cached checkpoints (same weights, same PQ) and trains seed 1 only.
+    again = run_compare(dataclasses.replace(cfg, seeds=2, figure_images=0), log=lambda _: None)
+    assert again.results["seeds"] == [0, 1]
+    assert all([t["reused"] for t in runs] == [True, False] for runs in again.results["training"].values())
     for k, v in first.results["models"].items():
         w = again.results["models"][k]
-        assert all(v[m] == w[m] or (math.isnan(v[m]) and math.isnan(w[m])) for m in ("PQ", "SQ", "RQ", "mIoU"))
+        assert w["per_seed_PQ"][0] == v["PQ"] and w["PQ"] == pytest.approx(sum(w["per_seed_PQ"]) / 2)
+    assert "| UPSNet | " in to_markdown("main", again.results) and " ± " in to_markdown("main", again.results)
 
 
 def test_compare_requires_a_held_out_split(tmp_path):

@@ -3,8 +3,8 @@
 Each image runs through the network once, at batch size 1 (timed, the network part); then every row fed by that
 network fuses the outputs (each fusion timed on its own) and updates its own streaming
 :class:`~panoptic.evaluation.PanopticQuality`. The network's semantic mIoU and box / mask AP are accumulated
-once per network. Nothing per image is kept except the few results the figure shows, so memory does not grow
-with the number of images. Predictions are scored at the images' original size.
+once per network. Per image only its per-class PQ counts (``(C, 4)`` numbers, for the bootstrap intervals) and
+the few results the figure shows are kept. Predictions are scored at the images' original size.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ..data.targets import masks_to_boxes
 from ..data.transforms import resize_panoptic
 from ..evaluation import DetectionAP, PanopticQuality, SemanticIoU
 from ..structures import Instances, PanopticResult
+from .intervals import metric_stats
 from .rows import Inputs, Row
 
 __all__ = ["NetworkEvaluation", "RowEvaluation", "evaluate_network", "figure_panels"]
@@ -38,11 +39,18 @@ class RowEvaluation:
         pq: Its panoptic quality accumulator.
         fusion_ms: Fusion time per timed image (milliseconds).
         figure: Results of the figure images (index in the split -> result at original size).
+        per_image: Each image's ``(C, 4)`` ``tp, fp, fn, iou`` per class (the bootstrap's input, see
+            :mod:`panoptic.compare.intervals`).
     """
 
     pq: PanopticQuality
     fusion_ms: list[float] = field(default_factory=list)
     figure: dict[int, PanopticResult] = field(default_factory=dict)
+    per_image: list[np.ndarray] = field(default_factory=list)
+
+    def image_stats(self) -> np.ndarray:
+        """``(N, C, 4)`` per-image statistics in evaluation order."""
+        return np.stack(self.per_image) if self.per_image else np.zeros((0, self.pq.table.num_classes, 4))
 
 
 @dataclass
@@ -102,8 +110,8 @@ def _detection_gt(gt: PanopticResult, table: CategoryTable) -> tuple[torch.Tenso
 @torch.no_grad()
 def evaluate_network(network: str, model: nn.Module, dataset: CocoPanopticDataset, rows: Sequence[Row],
                      table: CategoryTable, *, max_images: int | None = None, timing_warmup: int = 2,
-                     figure_indices: Sequence[int] = (), on_image: Callable[[], None] | None = None
-                     ) -> NetworkEvaluation:
+                     figure_indices: Sequence[int] = (), on_image: Callable[[], None] | None = None,
+                     on_result: Callable[[int, Row, PanopticResult, int], None] | None = None) -> NetworkEvaluation:
     """Run ``model`` over ``dataset`` once and evaluate every row of ``rows`` fed by it.
 
     Args:
@@ -116,6 +124,8 @@ def evaluate_network(network: str, model: nn.Module, dataset: CocoPanopticDatase
         timing_warmup: The first this many images are not timed.
         figure_indices: Images whose results are kept for the figure.
         on_image: Called after each image (progress).
+        on_result: Called with ``(image index, row, result at original size, detections given to the fusion)``
+            after each row's fusion (e.g. :class:`~panoptic.compare.rule_counts.RuleCounter`).
     """
     device = next(model.parameters()).device
     model.eval()
@@ -179,7 +189,13 @@ def evaluate_network(network: str, model: nn.Module, dataset: CocoPanopticDatase
             result = result.to("cpu")
             if resized:
                 result = resize_panoptic(result, orig)
-            ev.pq.update(gt, result)
+            # Score the image on its own, then merge (exact): the row's totals and the image's statistics.
+            one = PanopticQuality(table)
+            one.update(gt, result)
+            ev.pq.merge(one)
+            ev.per_image.append(metric_stats(one))
+            if on_result is not None:
+                on_result(index, row, result, len(inst_in))
             if index in keep_fig:
                 ev.figure[index] = result
         if on_image is not None:

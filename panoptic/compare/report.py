@@ -17,9 +17,10 @@ import torch
 
 from .. import __version__
 from .rows import ABLATION_FLAGS
+from .rule_counts import RULE_COUNTS
 
-__all__ = ["ABLATION_COLUMNS", "MAIN_COLUMNS", "RUNTIME_COLUMNS", "checks", "machine_info", "main_entry", "to_csv",
-           "to_markdown"]
+__all__ = ["ABLATION_COLUMNS", "MAIN_COLUMNS", "RUNTIME_COLUMNS", "checks", "claim_lines", "machine_info",
+           "main_entry", "to_csv", "to_markdown"]
 
 MAIN_COLUMNS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st", "mIoU", "AP_box", "AP_mask",
                 "ms_per_image")
@@ -31,7 +32,8 @@ RUNTIME_COLUMNS = ("network_ms", "fusion_ms", "ms_per_image")
 _HEADERS = {"PQ_th": "PQ^Th", "SQ_th": "SQ^Th", "RQ_th": "RQ^Th", "PQ_st": "PQ^St", "SQ_st": "SQ^St",
             "RQ_st": "RQ^St", "AP_box": "AP^box", "AP_mask": "AP^mask", "ms_per_image": "ms/image",
             "network_ms": "network ms", "fusion_ms": "fusion ms", "pano_loss": "Pano.", "ica": "ICA",
-            "unknown": "Unk.", "gt_box": "GT Box", "gt_ica": "GT ICA", "gt_seg": "GT Seg."}
+            "unknown": "Unk.", "gt_box": "GT Box", "gt_ica": "GT ICA", "gt_seg": "GT Seg.",
+            "changed_px": "px changed", "unknown_px": "unknown px", "dropped": "inst. dropped"}
 
 
 def _pct(x: float) -> float:
@@ -59,17 +61,19 @@ def main_entry(name: str, pq: Mapping[str, Any], semantic: Mapping[str, Any], de
             "AP_mask": _pct(detection["AP_mask"]), "ms_per_image": net + fus, "network_ms": net, "fusion_ms": fus}
 
 
-def checks(models: Mapping[str, Mapping[str, Any]], ablation: Sequence[Mapping[str, Any]]) -> dict[str, bool]:
-    """The paper's claims as measured: which hold on this run (only those whose rows were run)."""
+def checks(models: Mapping[str, Mapping[str, Any]], ablation: Sequence[Mapping[str, Any]],
+           claims: Sequence[Mapping[str, Any]] = ()) -> dict[str, bool]:
+    """The paper's claims as measured: which hold on this run (only those whose rows were run).
+
+    A PQ claim (``claims``, from :func:`panoptic.compare.intervals.paired_bootstrap`) holds only when its 95%
+    interval of the PQ difference is above 0; its name says so.
+    """
     out = {}
+    for c in claims:
+        out[f"{c['claim']}: {100 * c['level']:.0f}% interval above 0"] = bool(c["holds"])
     if "upsnet" in models and "mrcnn_psp" in models:
-        out["UPSNet PQ >= MR-CNN-PSP PQ + 1.0"] = models["upsnet"]["PQ"] >= models["mrcnn_psp"]["PQ"] + 1.0
         out["UPSNet faster than MR-CNN-PSP"] = models["upsnet"]["ms_per_image"] < models["mrcnn_psp"]["ms_per_image"]
-    if "upsnet" in models and "upsnet_c" in models:
-        out["UPSNet PQ >= UPSNet-C PQ"] = models["upsnet"]["PQ"] >= models["upsnet_c"]["PQ"]
     by = {r["row"]: r for r in ablation}
-    if "+ unknown" in by and "+ ICA" in by:
-        out["unknown prediction improves PQ"] = by["+ unknown"]["PQ"] > by["+ ICA"]["PQ"]
     if "+ GT semantic" in by:
         out["GT-semantic oracle PQ >= 90"] = by["+ GT semantic"]["PQ"] >= 90.0
     return out
@@ -97,6 +101,9 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, tuple):  # (mean, std) over seeds
+        mean, std = v
+        return _fmt(mean) if math.isnan(mean) or math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
     if isinstance(v, bool):
         return "x" if v else ""
     if isinstance(v, float):
@@ -104,14 +111,22 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _table_rows(kind: str, results: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+def _cell(entry: Mapping[str, Any], col: str, spread: bool) -> Any:
+    """The value, or ``(mean, std)`` over seeds when the run had several and the column is a quality metric."""
+    std = entry.get("std", {}).get(col)
+    return (entry[col], std) if spread and std is not None and col not in RUNTIME_COLUMNS else entry[col]
+
+
+def _table_rows(kind: str, results: Mapping[str, Any], spread: bool = True) -> tuple[list[str], list[list[Any]]]:
+    spread = spread and len(results.get("seeds", ())) > 1
     if kind == "main":
         header = ["model", *MAIN_COLUMNS]
-        return header, [[m["name"], *(m[c] for c in MAIN_COLUMNS)] for m in results["models"].values()]
+        return header, [[m["name"], *(_cell(m, c, spread) for c in MAIN_COLUMNS)] for m in results["models"].values()]
     if kind == "ablation":
-        header = ["row", *ABLATION_FLAGS, *ABLATION_COLUMNS]
-        return header, [[r["row"], *(r[f] for f in ABLATION_FLAGS), *(r[c] for c in ABLATION_COLUMNS)]
-                        for r in results["ablation"]]
+        counts = [c for c in RULE_COUNTS if any(c in r for r in results["ablation"])]
+        header = ["row", *ABLATION_FLAGS, *ABLATION_COLUMNS, *counts]
+        return header, [[r["row"], *(r[f] for f in ABLATION_FLAGS), *(_cell(r, c, spread) for c in ABLATION_COLUMNS),
+                         *(r.get(c, float("nan")) for c in counts)] for r in results["ablation"]]
     if kind == "runtime":
         header = ["model", "image_size", *RUNTIME_COLUMNS]
         return header, [[r["name"], "x".join(map(str, r["image_size"])), *(r[c] for c in RUNTIME_COLUMNS)]
@@ -120,7 +135,8 @@ def _table_rows(kind: str, results: Mapping[str, Any]) -> tuple[list[str], list[
 
 
 def to_markdown(kind: str, results: Mapping[str, Any]) -> str:
-    """``kind`` in ``"main"``, ``"ablation"``, ``"runtime"`` as a Markdown table."""
+    """``kind`` in ``"main"``, ``"ablation"``, ``"runtime"`` as a Markdown table (``mean ± std`` over seeds when
+    ``results["seeds"]`` has several)."""
     header, rows = _table_rows(kind, results)
     lines = ["| " + " | ".join(_HEADERS.get(h, h) for h in header) + " |",
              "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
@@ -129,8 +145,15 @@ def to_markdown(kind: str, results: Mapping[str, Any]) -> str:
 
 
 def to_csv(kind: str, results: Mapping[str, Any]) -> str:
-    """``kind`` as CSV with full precision (empty cell for NaN)."""
-    header, rows = _table_rows(kind, results)
+    """``kind`` as CSV with full precision (empty cell for NaN); seed means, plus ``<metric>_std`` columns when
+    the run had several seeds."""
+    header, rows = _table_rows(kind, results, spread=False)
+    if len(results.get("seeds", ())) > 1 and kind in ("main", "ablation"):
+        entries = list(results["models"].values()) if kind == "main" else results["ablation"]
+        cols = MAIN_COLUMNS if kind == "main" else ABLATION_COLUMNS
+        cols = tuple(c for c in cols if c not in RUNTIME_COLUMNS)
+        header = [*header, *(f"{c}_std" for c in cols)]
+        rows = [[*row, *(e["std"].get(c, float("nan")) for c in cols)] for row, e in zip(rows, entries, strict=True)]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
@@ -138,3 +161,14 @@ def to_csv(kind: str, results: Mapping[str, Any]) -> str:
         w.writerow(["" if isinstance(v, float) and math.isnan(v) else (int(v) if isinstance(v, bool) else v)
                     for v in row])
     return buf.getvalue()
+
+
+def claim_lines(results: Mapping[str, Any]) -> list[str]:
+    """One line per PQ claim: verdict (holds: interval above 0; reversed: below 0; else not shown), difference
+    and interval, whatever the verdict."""
+    out = []
+    for c in results.get("claims", ()):
+        verdict = "holds" if c["holds"] else ("reversed" if c["hi"] < 0 else "not shown (the interval contains 0)")
+        out.append(f"{c['claim']}: {verdict} ({c['a']} - {c['b']}: {c['text']}; paired bootstrap over "
+                   f"{c['images']} held-out images x {c['seeds']} seed(s))")
+    return out

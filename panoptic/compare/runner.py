@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -26,11 +27,37 @@ from ..fusion import UPSNetFusion
 from .config import DISPLAY_NAMES, CompareConfig
 from .evaluate import NetworkEvaluation, evaluate_network, figure_panels
 from .figure import comparison_figure
-from .report import checks, machine_info, main_entry, pq_entry, to_csv, to_markdown
+from .intervals import paired_bootstrap, seed_spread
+from .report import checks, claim_lines, machine_info, main_entry, pq_entry, to_csv, to_markdown
 from .rows import ABLATION_FLAGS, Row, ablation_rows, main_rows
+from .rule_counts import RULE_COUNTS, RuleCounter, RuleCounts
 from .training import TrainedNetwork, default_cache_dir, train_or_reuse
 
 __all__ = ["CompareResult", "run_compare"]
+
+
+CLAIMS = (("UPSNet beats MR-CNN-PSP (PQ)", "upsnet", "mrcnn_psp"),
+          ("UPSNet beats UPSNet-C (PQ)", "upsnet", "upsnet_c"),
+          ("unknown prediction improves PQ", "ablation/+ unknown", "ablation/+ ICA"))
+"""The PQ claims checked with an interval: (name, key of row a, key of row b); holds when the
+interval of ``PQ(a) - PQ(b)`` is above 0."""
+
+
+@dataclass
+class SeedRun:
+    """One seed's trained networks and their evaluations.
+
+    Attributes:
+        seed: Training seed.
+        trained: Network id -> checkpoint.
+        evals: Network id -> its evaluation pass.
+        counts: Row key -> what the row changes (:mod:`panoptic.compare.rule_counts`).
+    """
+
+    seed: int
+    trained: dict[str, TrainedNetwork]
+    evals: dict[str, NetworkEvaluation]
+    counts: dict[str, RuleCounts]
 
 
 @dataclass
@@ -145,44 +172,51 @@ def _run(config: CompareConfig, log: Callable[[str], None], t_start: float) -> C
     log(f"      {len(train_set)} training / {len(val_set)} held-out images, {table.num_stuff} stuff + "
         f"{table.num_things} thing categories ({time.perf_counter() - t:.1f} s)")
 
-    # 2. training
+    # 2. training, 3. evaluation: per seed, so a finished seed is cached before the next starts
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    trained: dict[str, TrainedNetwork] = {}
-    for k, net in enumerate(config.networks):
-        log(f"[2/4] training {DISPLAY_NAMES[net]} ({k + 1}/{len(config.networks)})")
-        trained[net] = tn = train_or_reuse(net, config.train_config(net, ""), cache, config.retrain,
-                                           data_files=_training_files(train_set, config), device=device.type)
-        if tn.reused:
-            log(f"      reused {tn.checkpoint}")
-        else:
-            log(f"      {tn.seconds:.0f} s, {tn.images_per_second:.1f} images/s -> {tn.checkpoint}")
-
-    # 3. evaluation
-    models = {net: _load_trained(tn, config.train_config(net, ""), device, table) for net, tn in trained.items()}
-    fusions = {m: models[m].fusion for m in models}
-    rows: list[Row] = main_rows(config.models, fusions, DISPLAY_NAMES)
-    head = fusions.get("upsnet")
-    if isinstance(head, UPSNetFusion):
-        rows += ablation_rows(head, have_upsnet_c="upsnet_c" in models)
     n_eval = len(val_set) if config.eval_images is None else min(len(val_set), config.eval_images)
     fig_idx = list(range(min(config.figure_images, n_eval)))
-    evals: dict[str, NetworkEvaluation] = {}
-    for k, net in enumerate(models):
-        log(f"[3/4] evaluating {DISPLAY_NAMES[net]} ({k + 1}/{len(models)}): "
-            f"{sum(r.network == net for r in rows)} rows on {n_eval} images")
-        bar = _Bar(n_eval, f"eval {net}", config.progress, log)
-        try:
-            evals[net] = evaluate_network(net, models[net], val_set, rows, table, max_images=n_eval,
-                                          timing_warmup=config.timing_warmup, figure_indices=fig_idx,
-                                          on_image=bar.update)
-        finally:
-            bar.close()
+    runs: list[SeedRun] = []
+    rows: list[Row] = []
+    for k in range(config.seeds):
+        tag = f" seed {config.seed + k} ({k + 1}/{config.seeds})" if config.seeds > 1 else ""
+        trained: dict[str, TrainedNetwork] = {}
+        for j, net in enumerate(config.networks):
+            log(f"[2/4] training {DISPLAY_NAMES[net]} ({j + 1}/{len(config.networks)}){tag}")
+            trained[net] = tn = train_or_reuse(net, config.train_config(net, "", k), cache, config.retrain,
+                                               data_files=_training_files(train_set, config), device=device.type)
+            if tn.reused:
+                log(f"      reused {tn.checkpoint}")
+            else:
+                log(f"      {tn.seconds:.0f} s, {tn.images_per_second:.1f} images/s -> {tn.checkpoint}")
+        models = {net: _load_trained(tn, config.train_config(net, "", k), device, table)
+                  for net, tn in trained.items()}
+        fusions = {m: models[m].fusion for m in models}
+        rows = main_rows(config.models, fusions, DISPLAY_NAMES)
+        head = fusions.get("upsnet")
+        if isinstance(head, UPSNetFusion):
+            rows += ablation_rows(head, have_upsnet_c="upsnet_c" in models)
+        evals: dict[str, NetworkEvaluation] = {}
+        counter = RuleCounter(rows)
+        for j, net in enumerate(models):
+            log(f"[3/4] evaluating {DISPLAY_NAMES[net]} ({j + 1}/{len(models)}){tag}: "
+                f"{sum(r.network == net for r in rows)} rows on {n_eval} images")
+            bar = _Bar(n_eval, f"eval {net}", config.progress, log)
+            try:
+                evals[net] = evaluate_network(net, models[net], val_set, rows, table, max_images=n_eval,
+                                              timing_warmup=config.timing_warmup,
+                                              figure_indices=fig_idx if k == 0 else (), on_image=bar.update,
+                                              on_result=counter)
+            finally:
+                bar.close()
+        runs.append(SeedRun(config.seed + k, trained, evals, counter.counts))
 
     # 4. report
-    log("[4/4] tables and figure")
-    results = _results(config, rows, evals, trained, device, n_eval)
+    log("[4/4] tables, intervals and figure")
+    results = _results(config, rows, runs, device, n_eval)
     results["wall_s"] = time.perf_counter() - t_start  # everything but writing the few output files
-    files = _write_outputs(results, rows, evals, val_set, table, fig_idx, out_dir)
+    stats = {row.key: np.stack([run.evals[row.network].rows[row.key].image_stats() for run in runs]) for row in rows}
+    files = _write_outputs(results, rows, runs[0].evals, val_set, table, fig_idx, out_dir, stats)
     return CompareResult(results, out_dir, files)
 
 
@@ -223,43 +257,100 @@ def _load_trained(tn: TrainedNetwork, expected: TrainConfig, device: torch.devic
     return model
 
 
-def _results(config: CompareConfig, rows: list[Row], evals: dict[str, NetworkEvaluation],
-             trained: dict[str, TrainedNetwork], device: torch.device, n_eval: int) -> dict[str, Any]:
+def _results(config: CompareConfig, rows: list[Row], runs: list[SeedRun], device: torch.device,
+             n_eval: int) -> dict[str, Any]:
+    """Per row: each seed's metrics, then their mean (the table value) and std; the claims' intervals."""
     models: dict[str, Any] = {}
     runtime = []
     ablation = []
     for row in rows:
-        ne = evals[row.network]
-        ev = ne.rows[row.key]
-        pq = ev.pq.compute()
+        per_seed = []
+        for run in runs:
+            ne = run.evals[row.network]
+            ev = ne.rows[row.key]
+            pq = ev.pq.compute()
+            if row.flags:
+                per_seed.append(pq_entry(pq))
+            else:
+                per_seed.append(main_entry(row.label, pq, ne.semantic, ne.detection, ne.network_ms, ev.fusion_ms))
+        mean, std = _spread(per_seed)
         if row.flags:
-            ablation.append({"row": row.label, "network": row.network, **dict(row.flags), **pq_entry(pq)})
+            counts = {c: round(float(np.mean([getattr(run.counts[row.key], c) for run in runs])))
+                      for c in RULE_COUNTS}  # seed means
+            ablation.append({"row": row.label, "network": row.network, **dict(row.flags), **mean, **counts,
+                             "std": std, "per_seed_PQ": [e["PQ"] for e in per_seed]})
             continue
-        entry = main_entry(row.label, pq, ne.semantic, ne.detection, ne.network_ms, ev.fusion_ms)
+        entry = {"name": row.label, **mean, "std": std, "per_seed_PQ": [e["PQ"] for e in per_seed]}
         models[row.key] = entry
-        runtime.append({"model": row.key, "name": row.label, "image_size": list(ne.image_size),
+        runtime.append({"model": row.key, "name": row.label, "image_size": list(runs[0].evals[row.network].image_size),
                         **{k: entry[k] for k in ("network_ms", "fusion_ms", "ms_per_image")}})
     assert all(set(ABLATION_FLAGS) <= set(r) for r in ablation)
+    claims = _claims(rows, runs, config)
     return {
         "models": models,
         "ablation": ablation,
         "runtime": runtime,
-        "checks": checks(models, ablation),
-        "training": {net: {"checkpoint": str(tn.checkpoint), "reused": tn.reused, "seconds": tn.seconds,
-                           "images_per_second": tn.images_per_second} for net, tn in trained.items()},
+        "claims": claims,
+        "checks": checks(models, ablation, claims),
+        "seeds": [run.seed for run in runs],
+        "bootstrap": {"resamples": config.bootstrap.resamples, "level": config.bootstrap.level,
+                      "seed": config.bootstrap.seed, "unit": "paired resampling of held-out images and seeds; PQ "
+                      "recomputed from summed per-class tp/fp/fn/IoU"},
+        "training": {net: [{"seed": run.seed, "checkpoint": str(run.trained[net].checkpoint),
+                            "reused": run.trained[net].reused, "seconds": run.trained[net].seconds,
+                            "images_per_second": run.trained[net].images_per_second} for run in runs]
+                     for net in runs[0].trained},
         "num_images": n_eval,
         "machine": machine_info(device),
         "config": config.to_dict(),
     }
 
 
+def _spread(per_seed: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, float]]:
+    """Mean and std over seeds of every float metric (NaN stays NaN)."""
+    mean: dict[str, Any] = {}
+    std: dict[str, float] = {}
+    for key, value in per_seed[0].items():
+        if not isinstance(value, float):
+            mean[key] = value
+            continue
+        mean[key], std[key] = seed_spread(np.array([e[key] for e in per_seed], dtype=np.float64))
+    return mean, std
+
+
+def _claims(rows: list[Row], runs: list[SeedRun], config: CompareConfig) -> list[dict[str, Any]]:
+    """The PQ claims with a paired bootstrap interval each (only those whose rows were run)."""
+    by_key = {r.key: r for r in rows}
+    out = []
+    for name, a_key, b_key in CLAIMS:
+        a, b = by_key.get(a_key), by_key.get(b_key)
+        if a is None or b is None:
+            continue
+        stats_a = np.stack([run.evals[a.network].rows[a.key].image_stats() for run in runs])
+        stats_b = np.stack([run.evals[b.network].rows[b.key].image_stats() for run in runs])
+        iv = paired_bootstrap(stats_a, stats_b, config.bootstrap)
+        out.append({"claim": name, "a": a.label, "b": b.label, "pq_diff": iv.diff, "lo": iv.lo, "hi": iv.hi,
+                    "level": iv.level, "images": iv.images, "seeds": iv.seeds, "holds": iv.holds,
+                    "text": iv.describe()})
+    return out
+
+
+def _per_image_npz(stats: dict[str, np.ndarray], seeds: list[int]) -> bytes:
+    """``per_image.npz``: row key -> ``(S, N, C, 4)`` per-image ``tp, fp, fn, iou`` (see
+    :mod:`panoptic.compare.intervals`), plus ``seeds``: the bootstrap's input, for a reader's own analysis."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, seeds=np.asarray(seeds), **stats)
+    return buf.getvalue()
+
+
 def _write_outputs(results: dict[str, Any], rows: list[Row], evals: dict[str, NetworkEvaluation], val_set: Any,
-                   table: Any, fig_idx: list[int], out_dir: Path) -> list[Path]:
+                   table: Any, fig_idx: list[int], out_dir: Path, stats: dict[str, np.ndarray]) -> list[Path]:
     """Write every output to a temporary name, then rename them into place together (``results.json`` and
     ``report.md``, which name the others, last): a failure leaves the previous run's outputs as they were."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = AtomicFiles()
     try:
+        files.write_bytes(out_dir / "per_image.npz", _per_image_npz(stats, results["seeds"]))
         _write(files, out_dir / "results.json", json.dumps(_json_safe(results), indent=2) + "\n", index=True)
         sections = []
         for kind, title in (("main", "Main results (Table 7 style)"), ("ablation", "Ablation (Table 6 style)"),
@@ -275,6 +366,13 @@ def _write_outputs(results: dict[str, Any], rows: list[Row], evals: dict[str, Ne
                  f"Measured on {m['processor']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, "
                  f"device {m.get('gpu', m['device'])}, torch {m['torch']}; total wall time {results['wall_s']:.0f} s.",
                  "", *sections]
+        if results["claims"]:
+            b = results["bootstrap"]
+            seeds = results["seeds"]
+            lines += ["## Claims", "", f"Tables show the mean ± std over {len(seeds)} seed(s) ({seeds}). Each claim: "
+                      f"the PQ difference of the seed means and its {100 * b['level']:.0f}% paired bootstrap interval "
+                      f"({b['resamples']} resamples, seed {b['seed']}; {b['unit']}). A claim holds only when the "
+                      "interval is above 0.", ""] + [f"- {line}" for line in claim_lines(results)] + [""]
         if results["checks"]:
             lines += ["## Checks", ""] + [f"- {'PASS' if ok else 'MISS'}: {name}"
                                           for name, ok in results["checks"].items()]

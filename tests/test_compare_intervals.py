@@ -1,0 +1,115 @@
+"""Seed spread and paired bootstrap intervals of PQ differences (`panoptic.compare.intervals`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import result_from_labels, tiny_table
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from panoptic.compare.intervals import BootstrapConfig, metric_stats, paired_bootstrap, pq_from_stats, seed_spread
+from panoptic.evaluation import PanopticQuality
+
+
+def _image(tp: list[int], fp: list[int], fn: list[int], iou: list[float]) -> np.ndarray:
+    return np.stack([tp, fp, fn, iou], -1).astype(np.float64)
+
+
+def test_pq_from_stats_by_hand():
+    # class 0: one match of IoU 0.8 and one miss -> 0.8 / 1.5; class 1 absent (not counted);
+    # class 2: a lone false positive -> 0. PQ = (0.5333 + 0) / 2.
+    stats = _image([1, 0, 0], [0, 0, 1], [1, 0, 0], [0.8, 0.0, 0.0])
+    assert pq_from_stats(stats) == pytest.approx(100 * (0.8 / 1.5) / 2)
+    assert pq_from_stats(np.zeros((3, 4))) == 0.0  # nothing at all
+
+
+def test_summed_image_stats_give_the_evaluators_pq():
+    """Parity: PQ recomputed from summed per-image statistics equals one PanopticQuality over all images."""
+    table = tiny_table(2, 2)
+    rng = np.random.default_rng(0)
+    for case in range(20):
+        total = PanopticQuality(table)
+        per_image = []
+        for _ in range(10):  # 200 random image pairs in all
+            results = []
+            for _side in range(2):
+                k = int(rng.integers(1, 5))
+                labels = torch.from_numpy(rng.integers(-1, k, (6, 6)))
+                present = sorted(set(labels[labels >= 0].tolist()))
+                remap = torch.full((k + 1,), -1, dtype=torch.int64)
+                remap[torch.tensor(present) + 1] = torch.arange(len(present))
+                labels = remap[labels + 1]
+                results.append(result_from_labels(labels, table, rng.integers(0, 4, len(present)).tolist()))
+            gt, pred = results
+            one = PanopticQuality(table)
+            one.update(gt, pred)
+            per_image.append(metric_stats(one))
+            total.update(gt, pred)
+        summed = pq_from_stats(np.sum(per_image, 0))
+        assert summed == pytest.approx(100 * total.compute()["All"]["pq"], abs=1e-9), case
+
+
+def _two_models(gap: float, images: int = 60, seeds: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image stats of two models on the same images: one segment per class per image, b's IoU lower by gap."""
+    rng = np.random.default_rng(seed)
+    iou_a = rng.uniform(0.6, 0.9, (seeds, images, 3))
+    a = np.stack([np.ones_like(iou_a), np.zeros_like(iou_a), np.zeros_like(iou_a), iou_a], -1)
+    b = a.copy()
+    b[..., 3] = iou_a - gap
+    return a, b
+
+
+def test_a_clear_gap_holds_and_identical_models_do_not():
+    a, b = _two_models(0.05)
+    iv = paired_bootstrap(a, b)
+    assert iv.diff == pytest.approx(5.0) and iv.lo > 0 and iv.holds  # every image is 0.05 IoU better
+    assert iv.images == 60 and iv.seeds == 2 and iv.resamples == BootstrapConfig().resamples
+    same = paired_bootstrap(a, a.copy())
+    assert same.diff == 0.0 and same.lo <= 0.0 <= same.hi and not same.holds
+    # unpaired noise with no true gap: the interval straddles 0
+    a2, _ = _two_models(0.0, seed=1)
+    b2, _ = _two_models(0.0, seed=2)
+    noisy = paired_bootstrap(a2, b2)
+    assert noisy.lo < 0 < noisy.hi and not noisy.holds
+    assert "95% interval [" in noisy.describe()
+
+
+def test_the_interval_is_reproducible_and_widens_with_fewer_images():
+    a, b = _two_models(0.0, images=200, seed=3)
+    b[..., 3] = np.random.default_rng(4).uniform(0.6, 0.9, b.shape[:-1])
+    assert paired_bootstrap(a, b) == paired_bootstrap(a, b)  # fixed resampling seed
+    assert paired_bootstrap(a, b, BootstrapConfig(seed=1)) != paired_bootstrap(a, b)
+    wide = paired_bootstrap(a[:, :20], b[:, :20])
+    narrow = paired_bootstrap(a, b)
+    assert wide.hi - wide.lo > narrow.hi - narrow.lo
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 12), st.integers(0, 2**16))
+def test_swapping_the_models_mirrors_the_interval(seeds, images, seed):
+    rng = np.random.default_rng(seed)
+    a = np.concatenate([rng.integers(0, 3, (seeds, images, 4, 3)), rng.uniform(0, 1, (seeds, images, 4, 1))], -1)
+    b = np.concatenate([rng.integers(0, 3, (seeds, images, 4, 3)), rng.uniform(0, 1, (seeds, images, 4, 1))], -1)
+    a[..., 3] *= a[..., 0]  # IoU sums need matches
+    b[..., 3] *= b[..., 0]
+    cfg = BootstrapConfig(resamples=200, seed=seed)
+    ab, ba = paired_bootstrap(a, b, cfg), paired_bootstrap(b, a, cfg)
+    assert ab.diff == pytest.approx(-ba.diff) and ab.lo == pytest.approx(-ba.hi) and ab.hi == pytest.approx(-ba.lo)
+    assert ab.lo <= ab.hi
+
+
+def test_bad_inputs_are_refused():
+    a, b = _two_models(0.05)
+    with pytest.raises(ValueError, match="same seeds, images and classes"):
+        paired_bootstrap(a, b[:, :10])
+    with pytest.raises(ValueError, match=r"\(seeds, images, classes, 4\)"):
+        paired_bootstrap(a[0], b[0])
+    with pytest.raises(ValueError, match="resamples"):
+        BootstrapConfig(resamples=0)
+
+
+def test_seed_spread():
+    assert seed_spread(np.array([84.0, 86.0])) == (85.0, pytest.approx(np.sqrt(2.0)))
+    assert seed_spread(np.array([85.0])) == (85.0, 0.0)
