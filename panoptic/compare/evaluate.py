@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..categories import CategoryTable
+from ..constants import IGNORE_INDEX
 from ..data import CocoPanopticDataset, PanopticTarget
 from ..data.targets import masks_to_boxes
 from ..data.transforms import resize_panoptic
 from ..evaluation import DetectionAP, PanopticQuality, SemanticIoU
+from ..models import PanopticModel
 from ..structures import Instances, PanopticResult
 from .rows import Inputs, Row
 
@@ -88,7 +89,7 @@ def _ground_truth(dataset: CocoPanopticDataset, index: int, target: PanopticTarg
             gt = replace(gt, segment_map=gt.segment_map[:h, :w], unknown_mask=gt.unknown_mask[:h, :w])
         return gt.to("cpu"), target.semantic[:h, :w].cpu(), False
     gt = dataset.load_panoptic(index)
-    return gt, gt.semantic_map(void=255), True
+    return gt, gt.semantic_map(void=IGNORE_INDEX), True
 
 
 def _detection_gt(gt: PanopticResult, table: CategoryTable) -> tuple[torch.Tensor, ...]:
@@ -100,7 +101,7 @@ def _detection_gt(gt: PanopticResult, table: CategoryTable) -> tuple[torch.Tenso
 
 
 @torch.no_grad()
-def evaluate_network(network: str, model: nn.Module, dataset: CocoPanopticDataset, rows: Sequence[Row],
+def evaluate_network(network: str, model: PanopticModel, dataset: CocoPanopticDataset, rows: Sequence[Row],
                      table: CategoryTable, *, max_images: int | None = None, timing_warmup: int = 2,
                      figure_indices: Sequence[int] = (), on_image: Callable[[], None] | None = None
                      ) -> NetworkEvaluation:
@@ -108,7 +109,7 @@ def evaluate_network(network: str, model: nn.Module, dataset: CocoPanopticDatase
 
     Args:
         network: The network id (rows with another ``network`` are ignored).
-        model: A model with ``normalize`` and ``network(images, image_sizes, keep_features)`` (UPSNet, MR-CNN-PSP).
+        model: The network (any :class:`~panoptic.models.PanopticModel`).
         dataset: The held-out split (evaluation transforms).
         rows: Rows to evaluate.
         table: Category table.
@@ -124,8 +125,6 @@ def evaluate_network(network: str, model: nn.Module, dataset: CocoPanopticDatase
     sem = SemanticIoU(table.num_classes, names=list(table.names))
     det = DetectionAP(table)
     need_features = any(r.needs_features for r in mine)
-    instance_head = getattr(model, "instance_head", None) or getattr(getattr(model, "detector", None),
-                                                                     "instance_head", None)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     network_ms: list[float] = []
     keep_fig = set(figure_indices)
@@ -157,14 +156,14 @@ def evaluate_network(network: str, model: nn.Module, dataset: CocoPanopticDatase
         det.update(det_inst, boxes, labels, masks, crowd)
 
         inputs = Inputs(logits, inst, target)
-        if need_features and instance_head is not None:
+        if need_features:
             feats = out.features
 
             def mask_fn(b: torch.Tensor, lab: torch.Tensor, feats: Any = feats) -> torch.Tensor:
-                return instance_head.mask_logits(feats, [b], [lab])[0]
+                return model.mask_logits(feats, [b], [lab])[0]
 
             def classify_fn(b: torch.Tensor, feats: Any = feats) -> tuple[torch.Tensor, torch.Tensor]:
-                return instance_head.classify_boxes(feats, [b])[0]
+                return model.classify_boxes(feats, [b])[0]
 
             inputs.mask_logits_fn, inputs.classify_fn = mask_fn, classify_fn
         for row in mine:

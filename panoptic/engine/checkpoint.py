@@ -48,7 +48,7 @@ from .. import __version__
 from ..atomic import atomic_write, atomic_write_bytes
 from ..categories import CategoryTable
 from ..errors import PanopticError
-from ..models import MODELS, LossWeights, build_model
+from ..models import MODELS, build_model_from_kwargs
 
 __all__ = [
     "FORMAT",
@@ -114,22 +114,16 @@ class CheckpointMeta:
 # ------------------------------------------------------------------------------------------- models
 def build_named_model(name: str, table: CategoryTable, model_kwargs: Mapping[str, Any] | None = None,
                       pretrained: bool = False) -> nn.Module:
-    """``MODELS[name](table, pretrained, **model_kwargs)``; a ``loss_weights`` dict becomes
-    :class:`~panoptic.models.LossWeights`. Checkpoint loading keeps ``pretrained=False``: the weights come from
-    the checkpoint.
+    """:func:`~panoptic.models.build_model_from_kwargs` with its errors as :class:`CheckpointError`. Checkpoint
+    loading keeps ``pretrained=False``: the weights come from the checkpoint.
 
     Raises:
         CheckpointError: For an unknown name or builder arguments it does not take.
     """
-    if name not in MODELS:
-        raise CheckpointError(f"unknown model {name!r}; this version of panoptic knows {sorted(MODELS)}.")
-    kwargs = dict(model_kwargs or {})
-    if isinstance(kwargs.get("loss_weights"), dict):
-        kwargs["loss_weights"] = LossWeights(**kwargs["loss_weights"])
     try:
-        return build_model(name, table, pretrained=pretrained, **kwargs)
-    except TypeError as e:
-        raise CheckpointError(f"model {name!r} does not accept the arguments {sorted(kwargs)} ({e}).") from None
+        return build_model_from_kwargs(name, table, model_kwargs, pretrained)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

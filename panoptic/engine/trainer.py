@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..atomic import atomic_write_text
 from ..categories import CategoryTable
 from ..errors import Interrupted
-from ..models import MRCNNPSP
+from ..models import TrainableModel
 from .checkpoint import (
     CheckpointError,
     build_named_model,
@@ -96,14 +96,12 @@ class TrainingInterrupted(Interrupted):
         self.checkpoint, self.iteration, self.total, self.out_dir = checkpoint, iteration, total, out_dir
 
 
-def model_parts(model: nn.Module) -> dict[str, nn.Module]:
-    """Independently optimized parts: ``{"detector", "semantic"}`` for MR-CNN-PSP, ``{"model": model}`` otherwise.
-
-    Every part's ``forward(images, targets)`` in training mode returns a dict of losses.
+def model_parts(model: TrainableModel) -> dict[str, nn.Module]:
+    """The model's independently optimized parts (:meth:`~panoptic.models.TrainableModel.train_parts`):
+    ``{"detector", "semantic"}`` for MR-CNN-PSP, ``{"model": model}`` otherwise. Every part's
+    ``forward(images, targets)`` in training mode returns a dict of losses.
     """
-    if isinstance(model, MRCNNPSP):
-        return {"detector": model.detector, "semantic": model.semantic}
-    return {"model": model}
+    return model.train_parts()
 
 
 def parameter_digest(model: nn.Module) -> str:
