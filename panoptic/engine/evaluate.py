@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..categories import CategoryTable
+from ..constants import IGNORE_INDEX
 from ..data import CocoPanopticDataset, PanopticTarget
 from ..data.transforms import resize_panoptic
 from ..evaluation import PanopticQuality, SemanticIoU
@@ -110,6 +111,6 @@ def _update(pq: PanopticQuality, sem: SemanticIoU, result: PanopticResult, sem_p
         result = resize_panoptic(result, tuple(target.orig_size))
         sem_pred = _nearest(sem_pred, tuple(target.orig_size))
         gt = dataset.load_panoptic(index)
-        sem_gt = gt.semantic_map(void=255)
+        sem_gt = gt.semantic_map(void=IGNORE_INDEX)
     pq.update(gt.to("cpu"), result, key=index)
     sem.update(sem_pred, sem_gt)
