@@ -52,9 +52,17 @@ class DetectionAP:
         max_dets: Detections kept per image (highest scores), as COCO's 100.
 
     Example:
-        >>> ap = DetectionAP(table)                                        # doctest: +SKIP
-        >>> ap.update(instances, gt_boxes, gt_labels, gt_masks)           # doctest: +SKIP
-        >>> ap.compute()["AP_mask"]                                        # doctest: +SKIP
+        >>> import torch
+        >>> from panoptic import Instances
+        >>> from panoptic.data import synthetic_categories
+        >>> ap = DetectionAP(synthetic_categories())
+        >>> masks = torch.zeros(1, 32, 32, dtype=torch.bool)
+        >>> masks[0, 4:20, 6:24] = True
+        >>> boxes, labels = torch.tensor([[6.0, 4.0, 24.0, 20.0]]), torch.tensor([0])
+        >>> found = Instances(boxes, torch.tensor([0.9]), labels, torch.where(masks, 10.0, -10.0), mask_space="image")
+        >>> ap.update(found, boxes, labels, masks)  # one image: a perfect detection
+        >>> round(ap.compute()["AP_mask"], 3)
+        1.0
     """
 
     def __init__(self, table: CategoryTable, iou_types: Sequence[str] = ("bbox", "segm"), max_dets: int = 100) -> None:

@@ -381,10 +381,13 @@ class PanopticQuality:
         config: Which metrics (default: PQ only).
 
     Example:
-        >>> metric = PanopticQuality(table, config=MetricConfig.all())   # doctest: +SKIP
-        >>> for gt, pred in pairs:                               # doctest: +SKIP
-        ...     metric.update(gt, pred)
-        >>> metric.compute()["All"]["pq"]                        # doctest: +SKIP
+        >>> import numpy as np
+        >>> from panoptic.data import generate_scene
+        >>> scene = generate_scene(np.random.default_rng(0), 32)
+        >>> metric = PanopticQuality(scene.table, config=MetricConfig.all())
+        >>> metric.update(scene.panoptic, scene.panoptic)  # (ground truth, prediction) per image
+        >>> metric.compute()["All"]["pq"]
+        1.0
     """
 
     def __init__(self, table: CategoryTable, category_order: Sequence[int] | None = None,

@@ -4,7 +4,7 @@ Example:
     >>> from panoptic.data import synthetic_categories
     >>> fusion = build_fusion("heuristic", synthetic_categories(), stuff_area_limit=128)
     >>> type(fusion).__name__, fusion.flavor, fusion.stuff_area_limit
-    ('HeuristicFusion', 'upsnet', 128)
+    ('HeuristicFusion', 'upsnet', 128.0)
 """
 
 from __future__ import annotations
