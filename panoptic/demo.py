@@ -30,6 +30,7 @@ from .visualize import colorize, save_png, side_by_side, with_legend
 __all__ = ["DemoReport", "run_demo", "simulate_predictions"]
 
 
+# Over 60 lines: one simulation recipe (semantic noise, then detections from each segment), read top to bottom.
 def simulate_predictions(scene: SyntheticScene, rng: np.random.Generator, *, margin: float = 4.0,
                          semantic_noise: float = 2.5, miss_prob: float = 0.15, confuse_prob: float = 0.1,
                          false_positives: int = 1, mask_size: int = 28) -> tuple[torch.Tensor, Instances]:

@@ -271,6 +271,19 @@ def _unique_ids(paths: Sequence[Path]) -> list[str]:
     return ids
 
 
+def _output_ids(image_ids: Sequence[int | str] | None, stems: Sequence[str], num_paths: int) -> list[int | str]:
+    """The JSON ``image_id`` of each image: the given ids (checked: one per file, unique) or the unique stems."""
+    if image_ids is None:
+        return list(stems)
+    ids = list(image_ids)
+    if len(ids) != len(stems) or len(stems) != num_paths:
+        raise ValueError(f"image_ids has {len(ids)} ids for {num_paths} paths ({len(stems)} images); give "
+                         "one id per image file (folders cannot take ids).")
+    if len(set(ids)) != len(ids):
+        raise ValueError("image_ids must be unique.")
+    return ids
+
+
 def predict_images(model: PanopticModel, table: CategoryTable, paths: Sequence[str | Path], *,
                    out_dir: str | Path | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
                    fusion: str | PanopticFusion | None = None, short_side: int | None = None,
@@ -303,15 +316,7 @@ def predict_images(model: PanopticModel, table: CategoryTable, paths: Sequence[s
     fuse = make_fusion(fusion, table, model) if fusion is None or isinstance(fusion, str) else fusion
     image_files = collect_images(paths)
     stems = _unique_ids(image_files)
-    if image_ids is None:
-        ids: list[int | str] = list(stems)
-    else:
-        ids = list(image_ids)
-        if len(ids) != len(image_files) or len(image_files) != len(paths):
-            raise ValueError(f"image_ids has {len(ids)} ids for {len(paths)} paths ({len(image_files)} images); give "
-                             "one id per image file (folders cannot take ids).")
-        if len(set(ids)) != len(ids):
-            raise ValueError("image_ids must be unique.")
+    ids = _output_ids(image_ids, stems, len(paths))
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         for path in image_files:  # headers only: a bad file stops the run before anything is written

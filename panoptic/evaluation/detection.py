@@ -92,6 +92,7 @@ class DetectionAP:
                              f"num_stuff), got [{int(lab.min())}, {int(lab.max())}].")
         return [self._cat_ids[i] for i in lab.tolist()]
 
+    # Over 60 lines: one image's conversion to COCO records, predictions and ground truth side by side.
     def update(self, pred: Instances, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
                gt_masks: torch.Tensor | None = None, gt_iscrowd: torch.Tensor | None = None,
                image_size: tuple[int, int] | None = None) -> None:
