@@ -57,6 +57,13 @@ class PanopticEvaluator:
 
     def process(self, image: ImageOutput) -> None:
         """Fuse (timed when the image is), resize to the original size and score against the ground truth."""
+        result, _ = self.fuse(image)
+        self.score(image, result)
+        if image.index in self.keep:
+            self.figure[image.index] = result
+
+    def fuse(self, image: ImageOutput) -> tuple[PanopticResult, Instances]:
+        """``(the fusion's result at the original size on the CPU, the instances it was given)``."""
         sem, inst = self.inputs(image)
         _sync(sem.device)
         t0 = time.perf_counter()
@@ -64,10 +71,11 @@ class PanopticEvaluator:
         _sync(sem.device)
         if image.timed:
             self.fusion_ms.append(1000 * (time.perf_counter() - t0))
-        result = image.to_original(result)
+        return image.to_original(result), inst
+
+    def score(self, image: ImageOutput, result: PanopticResult) -> None:
+        """Add the image's PQ statistics (keyed by dataset index, for an exact merge across ranks)."""
         self.pq.update(image.ground_truth, result, key=image.index)
-        if image.index in self.keep:
-            self.figure[image.index] = result
 
     def evaluate(self, info: DistInfo | None = None) -> dict[str, Any]:
         """:meth:`PanopticQuality.compute`, over every rank's images (exact merge in dataset-index order)."""
