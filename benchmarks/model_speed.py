@@ -13,7 +13,7 @@ then ``--repeats`` runs are interleaved (UPSNet, MR-CNN-PSP, UPSNet, ...); the m
 
 * ``<model>_ms``: the whole eval forward ``model(images)`` (network + fusion), wall clock;
 * ``<model>_fusion_ms``: the fusion call alone, timed by a wrapper module put in place of ``model.fusion`` (the
-  model calls it on its own outputs; ``panoptic/models.py`` is not touched);
+  model calls it on its own outputs; ``panoptic/models/`` is not touched);
 * ``<model>_network_ms``: the median of ``total - fusion`` per run;
 * ``runs``: every repetition, each with ``foreign_cores``, the cores that *other* processes kept busy while it ran
   (``/proc/stat`` busy time minus this process's CPU time, over the wall time; ``/proc/stat`` also sees processes

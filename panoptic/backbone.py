@@ -25,6 +25,8 @@ from timm.layers import BatchNormAct2d, freeze_batch_norm_2d
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from .constants import SIZE_DIVISOR
+
 __all__ = ["FPN", "BackboneConfig", "FPNBackbone", "freeze_batch_norm", "timm_features"]
 
 FPN_STRIDES = (4, 8, 16, 32)
@@ -165,7 +167,8 @@ class FPNBackbone(nn.Module):
     Attributes:
         out_channels: Channels of every level.
         strides: ``{"p2": 4, ..., "p6": 64}``.
-        size_divisor: Input sides should be multiples of this (32) for exact level sizes.
+        size_divisor: Input sides should be multiples of this (:data:`~panoptic.constants.SIZE_DIVISOR`) for exact
+            level sizes.
         pixel_mean: ``(3,)`` normalization mean of the timm model (0..1 RGB scale).
         pixel_std: ``(3,)`` normalization std.
 
@@ -190,7 +193,7 @@ class FPNBackbone(nn.Module):
         self.fpn = FPN(in_channels, config.out_channels, gap_context=config.gap_context)
         self.out_channels = config.out_channels
         self.strides = dict(zip(self.level_names, (4, 8, 16, 32, 64)))
-        self.size_divisor = 32
+        self.size_divisor = SIZE_DIVISOR
         cfg = getattr(body, "pretrained_cfg", None) or {}
         self.register_buffer("pixel_mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))), persistent=False)

@@ -20,16 +20,17 @@ from torchvision.ops import roi_align
 
 from .atomic import atomic_write_text
 from .categories import CategoryTable
+from .constants import IGNORE_INDEX
 from .data.synthetic import SyntheticScene, generate_scene
 from .evaluation import PanopticQuality
-from .fusion import UPSNetFusion
-from .fusion.heuristic import HeuristicFusion
+from .fusion import build_fusion
 from .structures import Instances, PanopticResult
 from .visualize import colorize, save_png, side_by_side, with_legend
 
 __all__ = ["DemoReport", "run_demo", "simulate_predictions"]
 
 
+# Over 60 lines: one simulation recipe (semantic noise, then detections from each segment), read top to bottom.
 def simulate_predictions(scene: SyntheticScene, rng: np.random.Generator, *, margin: float = 4.0,
                          semantic_noise: float = 2.5, miss_prob: float = 0.15, confuse_prob: float = 0.1,
                          false_positives: int = 1, mask_size: int = 28) -> tuple[torch.Tensor, Instances]:
@@ -53,7 +54,7 @@ def simulate_predictions(scene: SyntheticScene, rng: np.random.Generator, *, mar
     g = torch.Generator().manual_seed(int(rng.integers(2**31)))
     sem_gt = scene.semantic
     onehot = F.one_hot(sem_gt.clamp(max=table.num_classes - 1), table.num_classes).permute(2, 0, 1).float()
-    onehot[:, sem_gt == 255] = 0.5  # void: no clear class
+    onehot[:, sem_gt == IGNORE_INDEX] = 0.5  # void: no clear class
     coarse = torch.randn(1, table.num_classes, max(h // 16, 1), max(w // 16, 1), generator=g)
     smooth = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)[0]
     sem = margin * (2 * onehot - 1) + semantic_noise * smooth + 0.5 * torch.randn(table.num_classes, h, w, generator=g)
@@ -135,8 +136,8 @@ def run_demo(out_dir: str | Path = "panoptic-demo", seed: int = 0, size: int = 2
     table: CategoryTable = scene.table
     sem, inst = simulate_predictions(scene, rng)
     fusions = {
-        "heuristic": HeuristicFusion(table, stuff_area_limit=stuff_area_limit),
-        "upsnet": UPSNetFusion(table, stuff_area_limit=stuff_area_limit),
+        "heuristic": build_fusion("heuristic", table, flavor="panopticapi", stuff_area_limit=stuff_area_limit),
+        "upsnet": build_fusion("upsnet", table, stuff_area_limit=stuff_area_limit),
     }
     results, timings = {}, {}
     for name, fusion in fusions.items():

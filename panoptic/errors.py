@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 
-__all__ = ["Interrupted", "PanopticError", "describe_os_error", "run_command"]
+__all__ = ["CheckpointError", "Interrupted", "PanopticError", "describe_os_error", "run_command"]
 
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
 INTERRUPTED_EXIT = 130
@@ -21,6 +21,10 @@ INTERRUPTED_EXIT = 130
 
 class PanopticError(Exception):
     """A problem the user can fix; the message names it and the fix."""
+
+
+class CheckpointError(PanopticError, ValueError):
+    """A checkpoint that cannot be used; the message names the file, the problem and the fix."""
 
 
 class Interrupted(KeyboardInterrupt):

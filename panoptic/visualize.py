@@ -143,6 +143,7 @@ def legend(table: CategoryTable, category_ids: Sequence[int], width: int, *, unk
     return np.asarray(canvas)
 
 
+# Over 60 lines: one drawing pass (outlines, labels, legend) sharing its layout state.
 def annotate(picture: np.ndarray, result: PanopticResult, table: CategoryTable, *, outlines: bool = True,
              labels: bool = True, show_legend: bool = True, void_in_legend: bool = False,
              min_label_area: float = 0.002) -> np.ndarray:

@@ -213,7 +213,7 @@ def test_a_failure_at_any_write_of_compare_keeps_the_previous_outputs(tmp_path, 
     counter = DiskFull(monkeypatch)
     assert main([*args, "--eval-images", "1"]) == 0
     n = len(counter.files)
-    assert n == len(before) == 9, counter.files  # results.json, 3 x (md, csv), report.md, figure.png
+    assert n == len(before) == 10, counter.files  # results.json, 3 x (md, csv), report.md, figure.png, per_image.npz
     for k in range(1, n + 1):
         restore(out, before)
         capsys.readouterr()

@@ -11,6 +11,8 @@ import torch
 from panoptic import HeuristicFusion, UPSNetFusion
 from panoptic.data import build_target, collate, generate_scene, synthetic_categories
 from panoptic.models import (
+    CITYSCAPES,
+    COCO,
     MODELS,
     MRCNNPSP,
     UPSNET_LOSSES,
@@ -76,17 +78,17 @@ def test_losses_are_weighted_by_the_presets(model: UPSNet, batch) -> None:
     model.loss_weights = LossWeights()
     with torch.no_grad():
         plain = _losses(model, *batch)
-        model.loss_weights = LossWeights.coco()
+        model.loss_weights = COCO.loss_weights
         coco = _losses(model, *batch)
-        model.loss_weights = LossWeights.cityscapes()
+        model.loss_weights = CITYSCAPES.loss_weights
         city = _losses(model, *batch)
     model.loss_weights = LossWeights()
-    for name, w in LossWeights.coco().as_dict().items():
+    for name, w in COCO.loss_weights.as_dict().items():
         torch.testing.assert_close(coco[name], plain[name] * w)
     assert "semantic_roi" not in city  # weight 0: skipped
     torch.testing.assert_close(city["panoptic"], plain["panoptic"] * 0.5)
-    assert LossWeights.coco().semantic == 0.2 and LossWeights.coco().semantic_roi == 0.04
-    assert LossWeights.coco().panoptic == 0.1 and LossWeights.cityscapes().semantic == 1.0
+    assert COCO.loss_weights.semantic == 0.2 and COCO.loss_weights.semantic_roi == 0.04
+    assert COCO.loss_weights.panoptic == 0.1 and CITYSCAPES.loss_weights.semantic == 1.0
     with pytest.raises(ValueError, match=">= 0"):
         LossWeights(mask=-1.0)
 
@@ -155,16 +157,18 @@ def test_reference_builders_follow_the_dataset_presets() -> None:
     assert coco.backbone.config.name == "resnet50" and coco.backbone.config.gap_context
     assert coco.backbone.out_channels == 256 and coco.backbone.in_channels[-1] == 2048
     assert len(coco.semantic_head.subnet) == 3 and coco.semantic_head.config.deformable
-    assert coco.loss_weights == LossWeights.coco() and not coco.train_panoptic_loss
+    assert coco.loss_weights == COCO.loss_weights and not coco.train_panoptic_loss
     assert isinstance(coco.fusion, HeuristicFusion)
-    city = upsnet_r50_fpn(TABLE, dataset="cityscapes", backbone="resnet18")
+    city = upsnet_r50_fpn(TABLE, dataset=CITYSCAPES, backbone="resnet18")
     assert not city.backbone.config.gap_context and len(city.semantic_head.subnet) == 2
-    assert city.loss_weights == LossWeights.cityscapes() and isinstance(city.fusion, UPSNetFusion)
+    assert city.loss_weights == CITYSCAPES.loss_weights and isinstance(city.fusion, UPSNetFusion)
     assert city.fusion.stuff_area_limit == 2048
     assert set(MODELS) >= {"upsnet_r50_fpn", "upsnet_c", "upsnet_cp", "mrcnn_psp", "upsnet_cpu_small",
                            "mrcnn_psp_cpu_small"}
     with pytest.raises(ValueError, match="unknown model"):
         build_model("nope", TABLE)
+    by_name = upsnet_r50_fpn(TABLE, dataset="cityscapes", backbone="resnet18")  # names, as configs store them
+    assert by_name.loss_weights == city.loss_weights and by_name.fusion.stuff_area_limit == 2048
     with pytest.raises(ValueError, match="dataset preset"):
         upsnet_r50_fpn(TABLE, dataset="ade")
 

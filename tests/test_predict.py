@@ -12,7 +12,7 @@ from PIL import Image
 from panoptic.data import generate_scene
 from panoptic.engine import TrainConfig, load_checkpoint, predict_image, predict_images, train
 from panoptic.engine.cli import main
-from panoptic.engine.predict import collect_images, make_fusion, semantic_logits
+from panoptic.engine.predict import collect_images, make_fusion
 from panoptic.formats import rgb2id
 from panoptic.fusion import HeuristicFusion, UPSNetFusion
 
@@ -63,7 +63,7 @@ def test_multiscale_flip_test_and_fusion_choice(trained, images, tmp_path):
     image = torch.from_numpy(np.array(Image.open(images / "img1.jpg"))).permute(2, 0, 1).float() / 255
     x = model.normalize(image[None])
     base = model(x)[0]
-    assert torch.allclose(semantic_logits(model, x)[0], base.semantic_logits, atol=1e-5)
+    assert torch.allclose(model.semantic_logits(x)[0], base.semantic_logits, atol=1e-5)
     assert predict_image(model, image).equal(base.panoptic)
     res = predict_image(model, image, scales=(0.5, 1.0, 1.5), flip=True)
     assert res.image_size == (48, 80)
@@ -100,8 +100,8 @@ def test_multiscale_flip_averages_the_semantic_logits_of_every_scale_and_flip(tr
     def up(t):
         return torch.nn.functional.interpolate(t, size=(48, 80), mode="bilinear", align_corners=False)
 
-    expected = (semantic_logits(model, x) + semantic_logits(model, x.flip(-1)).flip(-1)
-                + up(semantic_logits(model, half)) + up(semantic_logits(model, half.flip(-1)).flip(-1))) / 4
+    expected = (model.semantic_logits(x) + model.semantic_logits(x.flip(-1)).flip(-1)
+                + up(model.semantic_logits(half)) + up(model.semantic_logits(half.flip(-1)).flip(-1))) / 4
     assert torch.allclose(fusion.logits, expected, atol=1e-5)
 
 

@@ -4,26 +4,25 @@ Each image runs through the network once, at batch size 1 (timed, the network pa
 network fuses the outputs (each fusion timed on its own) and updates its own streaming
 :class:`~panoptic.evaluation.PanopticQuality`. The network's semantic mIoU and box / mask AP are accumulated
 once per network. Per image only its per-class PQ counts (``(C, 4)`` numbers, for the bootstrap intervals) and
-the few results the figure shows are kept. Predictions are scored at the images' original size.
+the few results the figure shows are kept. Predictions are scored at the images' original size. The pass is
+:func:`~panoptic.engine.inference.inference_on_dataset` with one evaluator per row.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..categories import CategoryTable
-from ..data import CocoPanopticDataset, PanopticTarget
-from ..data.targets import masks_to_boxes
-from ..data.transforms import resize_panoptic
-from ..evaluation import DetectionAP, PanopticQuality, SemanticIoU
+from ..data import CocoPanopticDataset
+from ..engine.evaluators import DetectionEvaluator, PanopticEvaluator, SemanticEvaluator
+from ..engine.inference import ImageOutput, inference_on_dataset, single_images
+from ..evaluation import PanopticQuality
+from ..models import PanopticModel
 from ..structures import Instances, PanopticResult
 from .intervals import metric_stats
 from .rows import Inputs, Row
@@ -76,131 +75,78 @@ class NetworkEvaluation:
     num_images: int
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _row_inputs(model: PanopticModel, row: Row, table: CategoryTable
+                ) -> Callable[[ImageOutput], tuple[torch.Tensor, Instances]]:
+    """The row's fusion inputs of an image: the network's outputs, partly replaced by ground truth."""
+
+    def inputs(image: ImageOutput) -> tuple[torch.Tensor, Instances]:
+        inp = Inputs(image.semantic_logits, image.instances, image.target)
+        feats = image.features
+        if feats is not None:
+            inp.mask_logits_fn = lambda b, lab: model.mask_logits(feats, [b], [lab])[0]
+            inp.classify_fn = lambda b: model.classify_boxes(feats, [b])[0]
+        return row.inputs(inp, table)
+
+    return inputs
 
 
-def _scale_instances(inst: Instances, sy: float, sx: float) -> Instances:
-    scale = inst.boxes.new_tensor([sx, sy, sx, sy])
-    return Instances(inst.boxes * scale, inst.scores, inst.labels, inst.mask_logits, mask_space=inst.mask_space)
+OnResult = Callable[[int, Row, PanopticResult, int], None]
+"""``(image index, row, result at original size, detections given to the fusion)``."""
 
 
-def _ground_truth(dataset: CocoPanopticDataset, index: int, target: PanopticTarget
-                  ) -> tuple[PanopticResult, torch.Tensor, bool]:
-    """``(panoptic GT at original size, semantic GT, resized?)``."""
-    h, w = target.image_size
-    if tuple(target.orig_size) == (h, w):
-        gt = target.panoptic
-        if gt.image_size != (h, w):
-            gt = replace(gt, segment_map=gt.segment_map[:h, :w], unknown_mask=gt.unknown_mask[:h, :w])
-        return gt.to("cpu"), target.semantic[:h, :w].cpu(), False
-    gt = dataset.load_panoptic(index)
-    return gt, gt.semantic_map(void=255), True
+class _RowEvaluator(PanopticEvaluator):
+    """A row: its fusion on its inputs, each image scored on its own and merged (exact), so that the image's
+    statistics are kept too."""
+
+    def __init__(self, row: Row, model: PanopticModel, table: CategoryTable, figure_indices: Sequence[int],
+                 on_result: OnResult | None) -> None:
+        super().__init__(table, row.fusion, inputs=_row_inputs(model, row, table), figure_indices=figure_indices)
+        self.row, self.on_result = row, on_result
+        self.per_image: list[np.ndarray] = []
+
+    def process(self, image: ImageOutput) -> None:
+        """Fuse, score the image alone, merge it into the row's totals, keep its statistics."""
+        result, inst = self.fuse(image)
+        one = PanopticQuality(self.table)
+        one.update(image.ground_truth, result)
+        self.pq.merge(one)
+        self.per_image.append(metric_stats(one))
+        if self.on_result is not None:
+            self.on_result(image.index, self.row, result, len(inst))
+        if image.index in self.keep:
+            self.figure[image.index] = result
 
 
-def _detection_gt(gt: PanopticResult, table: CategoryTable) -> tuple[torch.Tensor, ...]:
-    """Boxes, labels, masks and crowd flags of every thing segment (crowd ones are COCO ignore regions)."""
-    things = torch.nonzero(gt.isthing).reshape(-1)
-    ids = things + 1
-    masks = gt.segment_map[None].long() == ids[:, None, None]
-    return masks_to_boxes(masks), (gt.category[things] - table.num_stuff).long(), masks, gt.iscrowd[things].clone()
-
-
-@torch.no_grad()
-def evaluate_network(network: str, model: nn.Module, dataset: CocoPanopticDataset, rows: Sequence[Row],
+def evaluate_network(network: str, model: PanopticModel, dataset: CocoPanopticDataset, rows: Sequence[Row],
                      table: CategoryTable, *, max_images: int | None = None, timing_warmup: int = 2,
                      figure_indices: Sequence[int] = (), on_image: Callable[[], None] | None = None,
-                     on_result: Callable[[int, Row, PanopticResult, int], None] | None = None) -> NetworkEvaluation:
-    """Run ``model`` over ``dataset`` once and evaluate every row of ``rows`` fed by it.
+                     on_result: OnResult | None = None) -> NetworkEvaluation:
+    """Run ``model`` over ``dataset`` once, one image at a time, and evaluate every row of ``rows`` fed by it.
 
     Args:
         network: The network id (rows with another ``network`` are ignored).
-        model: A model with ``normalize`` and ``network(images, image_sizes, keep_features)`` (UPSNet, MR-CNN-PSP).
+        model: The network (any :class:`~panoptic.models.PanopticModel`).
         dataset: The held-out split (evaluation transforms).
         rows: Rows to evaluate.
         table: Category table.
         max_images: Evaluate the first this many images only.
-        timing_warmup: The first this many images are not timed.
+        timing_warmup: The first this many images are not timed (all are when there are no more).
         figure_indices: Images whose results are kept for the figure.
         on_image: Called after each image (progress).
         on_result: Called with ``(image index, row, result at original size, detections given to the fusion)``
             after each row's fusion (e.g. :class:`~panoptic.compare.rule_counts.RuleCounter`).
     """
-    device = next(model.parameters()).device
-    model.eval()
+    model.eval()  # type: ignore[attr-defined]
     mine = [r for r in rows if r.network == network]
-    evals = {r.key: RowEvaluation(PanopticQuality(table)) for r in mine}
-    sem = SemanticIoU(table.num_classes, names=list(table.names))
-    det = DetectionAP(table)
-    need_features = any(r.needs_features for r in mine)
-    instance_head = getattr(model, "instance_head", None) or getattr(getattr(model, "detector", None),
-                                                                     "instance_head", None)
+    panoptic = {r.key: _RowEvaluator(r, model, table, figure_indices, on_result) for r in mine}
+    semantic, detection = SemanticEvaluator(table), DetectionEvaluator(table)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
-    network_ms: list[float] = []
-    keep_fig = set(figure_indices)
-    image_size = (0, 0)
-    for index in range(n):
-        image, target = dataset[index]
-        h, w = target.image_size
-        image_size = image_size if index else (int(image.shape[-2]), int(image.shape[-1]))
-        x = model.normalize(image[None].to(device))
-        _sync(device)
-        t0 = time.perf_counter()
-        out = model.network(x, [(h, w)], keep_features=need_features)
-        _sync(device)
-        timed = index >= timing_warmup or n <= timing_warmup
-        if timed:
-            network_ms.append(1000 * (time.perf_counter() - t0))
-        logits = out.semantic_logits[:1, :, :h, :w].float()
-        inst = out.instances[0]
-        gt, sem_gt, resized = _ground_truth(dataset, index, target)
-        orig = gt.image_size
-        sy, sx = orig[0] / h, orig[1] / w
-
-        sem_pred = logits[0].argmax(0).cpu()
-        if resized:
-            sem_pred = F.interpolate(sem_pred[None, None].float(), size=orig, mode="nearest-exact")[0, 0].long()
-        sem.update(sem_pred, sem_gt)
-        boxes, labels, masks, crowd = _detection_gt(gt, table)
-        det_inst = _scale_instances(inst.to("cpu"), sy, sx) if resized else inst.to("cpu")
-        det.update(det_inst, boxes, labels, masks, crowd)
-
-        inputs = Inputs(logits, inst, target)
-        if need_features and instance_head is not None:
-            feats = out.features
-
-            def mask_fn(b: torch.Tensor, lab: torch.Tensor, feats: Any = feats) -> torch.Tensor:
-                return instance_head.mask_logits(feats, [b], [lab])[0]
-
-            def classify_fn(b: torch.Tensor, feats: Any = feats) -> tuple[torch.Tensor, torch.Tensor]:
-                return instance_head.classify_boxes(feats, [b])[0]
-
-            inputs.mask_logits_fn, inputs.classify_fn = mask_fn, classify_fn
-        for row in mine:
-            sem_in, inst_in = row.inputs(inputs, table)
-            _sync(device)
-            t1 = time.perf_counter()
-            result = row.fusion(sem_in, [inst_in])[0]
-            _sync(device)
-            ev = evals[row.key]
-            if timed:
-                ev.fusion_ms.append(1000 * (time.perf_counter() - t1))
-            result = result.to("cpu")
-            if resized:
-                result = resize_panoptic(result, orig)
-            # Score the image on its own, then merge (exact): the row's totals and the image's statistics.
-            one = PanopticQuality(table)
-            one.update(gt, result)
-            ev.pq.merge(one)
-            ev.per_image.append(metric_stats(one))
-            if on_result is not None:
-                on_result(index, row, result, len(inst_in))
-            if index in keep_fig:
-                ev.figure[index] = result
-        if on_image is not None:
-            on_image()
-    return NetworkEvaluation(network, evals, sem.compute(), det.compute(), network_ms, image_size, n)
+    stats = inference_on_dataset(model, dataset, single_images(dataset, n), [semantic, detection, *panoptic.values()],
+                                 keep_features=any(r.needs_features for r in mine),
+                                 timing_warmup=timing_warmup if n > timing_warmup else 0, on_image=on_image)
+    evals = {k: RowEvaluation(ev.pq, ev.fusion_ms, ev.figure, ev.per_image) for k, ev in panoptic.items()}
+    return NetworkEvaluation(network, evals, semantic.evaluate(), detection.evaluate(), stats.network_ms,
+                             stats.input_size, n)
 
 
 def figure_panels(dataset: CocoPanopticDataset, indices: Sequence[int]) -> dict[int, tuple[np.ndarray, PanopticResult]]:

@@ -30,7 +30,7 @@ import torch
 
 from ..categories import CategoryTable
 from ..data import PanopticTarget
-from ..fusion import HeuristicFusion, PanopticFusion, UPSNetFusion
+from ..fusion import PanopticFusion, UPSNetFusion, build_fusion
 from ..fusion.oracle import oracle_inputs
 from ..structures import Instances
 
@@ -125,9 +125,9 @@ class Row:
         return self.inputs is not predicted
 
 
-def _heuristic_like(head: PanopticFusion) -> HeuristicFusion:
+def _heuristic_like(head: PanopticFusion) -> PanopticFusion:
     area = getattr(head, "stuff_area_limit", None)
-    return HeuristicFusion(head.table, "upsnet", stuff_area_limit=area)
+    return build_fusion("heuristic", head.table, stuff_area_limit=area)
 
 
 def main_rows(models: tuple[str, ...], fusions: Mapping[str, PanopticFusion],

@@ -17,7 +17,7 @@ from .synthetic import (
     synthetic_categories,
     write_synthetic_dataset,
 )
-from .targets import IGNORE, PanopticTarget, build_target, masks_to_boxes, pad_target
+from .targets import IGNORE_INDEX, PanopticTarget, build_target, masks_to_boxes, pad_target
 from .transforms import (
     Compose,
     PadToMultiple,
@@ -31,7 +31,7 @@ from .transforms import (
 from .writer import CocoPanopticWriter, write_coco_predictions
 
 __all__ = [
-    "IGNORE",
+    "IGNORE_INDEX",
     "CocoPanopticDataset",
     "CocoPanopticWriter",
     "Compose",

@@ -32,7 +32,7 @@ from ..categories import Category, CategoryTable
 from ..segments import assemble_result
 from ..structures import PanopticResult
 from .drawing import hsv_color, shape_mask, shape_window, smooth_noise, texture
-from .targets import IGNORE, thing_targets
+from .targets import IGNORE_INDEX, thing_targets
 from .writer import CocoPanopticWriter, encode_png
 
 __all__ = ["SceneConfig", "SyntheticScene", "generate_scene", "split_counts", "synthetic_categories",
@@ -131,7 +131,7 @@ class SyntheticScene:
     @property
     def semantic(self) -> torch.Tensor:
         """``(H, W)`` int64 contiguous ids, 255 = void; crowd keeps its class."""
-        return self.panoptic.semantic_map(void=IGNORE).long()
+        return self.panoptic.semantic_map(void=IGNORE_INDEX).long()
 
 
 class _Canvas:

@@ -6,7 +6,8 @@ labels and the crowd mask are all computed from it, so they can never disagree w
 
 Conventions (UPSNet, see the reference notes §6.1-6.3):
 
-* ``semantic`` holds contiguous ids (stuff first, then things) and :data:`IGNORE` (255) for void;
+* ``semantic`` holds contiguous ids (stuff first, then things) and :data:`~panoptic.constants.IGNORE_INDEX`
+  (255) for void;
   **crowd segments keep their class** in ``semantic``.
 * Crowd segments are not instances; they are reported in ``crowd_mask``.
 * Boxes are ``x1, y1, x2, y2`` in pixel-edge coordinates: a mask covering columns ``3..5`` has
@@ -21,11 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from ..categories import CategoryTable
+from ..constants import IGNORE_INDEX
 from ..structures import PanopticResult
 
-__all__ = ["IGNORE", "PanopticTarget", "build_target", "masks_to_boxes", "pad_target", "thing_targets"]
+__all__ = ["IGNORE_INDEX", "PanopticTarget", "build_target", "masks_to_boxes", "pad_target", "thing_targets"]
 
-IGNORE = 255
 """Value of void (and padding) pixels in ``PanopticTarget.semantic``."""
 
 
@@ -118,7 +119,7 @@ def build_target(panoptic: PanopticResult, table: CategoryTable, image_id: int |
     crowd_lut = torch.cat([torch.zeros(1, dtype=torch.bool), panoptic.iscrowd.cpu()])
     size = panoptic.image_size
     return PanopticTarget(
-        semantic=panoptic.semantic_map(void=IGNORE).long(),
+        semantic=panoptic.semantic_map(void=IGNORE_INDEX).long(),
         boxes=boxes, labels=labels, masks=masks,
         crowd_mask=crowd_lut.to(panoptic.segment_map.device)[panoptic.segment_map.long()],
         segment_ids=seg_ids, panoptic=panoptic, image_id=image_id, file_name=file_name,
@@ -146,7 +147,7 @@ def pad_target(target: PanopticTarget, size: tuple[int, int]) -> PanopticTarget:
     ph, pw = size[0] - h, size[1] - w
     if ph == 0 and pw == 0:
         return target
-    return replace(target, semantic=F.pad(target.semantic, (0, pw, 0, ph), value=IGNORE),
+    return replace(target, semantic=F.pad(target.semantic, (0, pw, 0, ph), value=IGNORE_INDEX),
                    masks=F.pad(target.masks, (0, pw, 0, ph), value=False),
                    crowd_mask=F.pad(target.crowd_mask, (0, pw, 0, ph), value=False),
                    panoptic=pad_panoptic(target.panoptic, size))

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..constants import SIZE_DIVISOR
 from ..segments import assemble_result
 from ..structures import PanopticResult
 from .targets import PanopticTarget, pad_panoptic, pad_target
@@ -188,7 +189,7 @@ class PadToMultiple:
         divisor: E.g. 32, the largest FPN stride.
     """
 
-    def __init__(self, divisor: int = 32) -> None:
+    def __init__(self, divisor: int = SIZE_DIVISOR) -> None:
         if divisor <= 0:
             raise ValueError(f"divisor must be positive, got {divisor}.")
         self.divisor = divisor
@@ -206,7 +207,7 @@ class PadToMultiple:
 
 
 def build_transforms(short_side: int | Sequence[int] | None = None, max_size: int | None = None,
-                     flip_prob: float = 0.0, size_divisor: int | None = 32) -> Compose:
+                     flip_prob: float = 0.0, size_divisor: int | None = SIZE_DIVISOR) -> Compose:
     """The usual pipeline: optional resize, optional random flip, optional padding.
 
     Args:

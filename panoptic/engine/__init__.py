@@ -19,7 +19,6 @@ from .checkpoint import (
     CheckpointError,
     CheckpointMeta,
     build_named_model,
-    check_table,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
@@ -30,6 +29,7 @@ from .distributed import DistInfo, init_distributed, resolve_device
 from .evaluate import evaluate
 from .optim import WarmupStepSchedule, build_optimizer, build_scheduler, param_groups
 from .predict import PredictOutput, images_from_json, predict_image, predict_images
+from .table_check import check_table
 from .trainer import Trainer, TrainResult, model_parts, train
 
 __all__ = [

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import random
 import struct
 import time
 import zipfile
@@ -40,15 +39,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from .. import __version__
 from ..atomic import atomic_write, atomic_write_bytes
 from ..categories import CategoryTable
-from ..errors import PanopticError
-from ..models import MODELS, LossWeights, build_model
+from ..errors import CheckpointError
+from ..models import MODELS, build_model_from_kwargs
+from .rng import unwrap_model
+from .table_check import check_table
 
 __all__ = [
     "FORMAT",
@@ -56,23 +56,15 @@ __all__ = [
     "CheckpointError",
     "CheckpointMeta",
     "build_named_model",
-    "capture_rng_state",
-    "check_table",
     "load_checkpoint",
     "load_state",
     "read_checkpoint",
-    "restore_rng_state",
     "save_checkpoint",
-    "table_differences",
 ]
 
 FORMAT = "panoptic-checkpoint"
 VERSION = 1
 _ST_SEP = "::"  # safetensors key separator for non-tensor state_dict entries (extra state dicts)
-
-
-class CheckpointError(PanopticError, ValueError):
-    """A checkpoint that cannot be used; the message names the file, the problem and the fix."""
 
 
 @dataclass
@@ -114,70 +106,16 @@ class CheckpointMeta:
 # ------------------------------------------------------------------------------------------- models
 def build_named_model(name: str, table: CategoryTable, model_kwargs: Mapping[str, Any] | None = None,
                       pretrained: bool = False) -> nn.Module:
-    """``MODELS[name](table, pretrained, **model_kwargs)``; a ``loss_weights`` dict becomes
-    :class:`~panoptic.models.LossWeights`. Checkpoint loading keeps ``pretrained=False``: the weights come from
-    the checkpoint.
+    """:func:`~panoptic.models.build_model_from_kwargs` with its errors as :class:`CheckpointError`. Checkpoint
+    loading keeps ``pretrained=False``: the weights come from the checkpoint.
 
     Raises:
         CheckpointError: For an unknown name or builder arguments it does not take.
     """
-    if name not in MODELS:
-        raise CheckpointError(f"unknown model {name!r}; this version of panoptic knows {sorted(MODELS)}.")
-    kwargs = dict(model_kwargs or {})
-    if isinstance(kwargs.get("loss_weights"), dict):
-        kwargs["loss_weights"] = LossWeights(**kwargs["loss_weights"])
     try:
-        return build_model(name, table, pretrained=pretrained, **kwargs)
-    except TypeError as e:
-        raise CheckpointError(f"model {name!r} does not accept the arguments {sorted(kwargs)} ({e}).") from None
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-# ---------------------------------------------------------------------------------------------- RNG
-def capture_rng_state(model: nn.Module | None = None) -> dict[str, Any]:
-    """This process's RNG states as tensors and numbers: torch (CPU and CUDA), numpy, Python ``random`` and
-    every ``torch.Generator`` attribute of ``model``'s modules (e.g. UPSNet's unknown-sampling generator)."""
-    np_state = np.random.get_state()  # noqa: NPY002 (the legacy global state is what we save)
-    py_version, py_state, py_gauss = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-        "python": {"version": int(py_version), "state": torch.tensor(py_state, dtype=torch.int64),
-                   "gauss": py_gauss},
-        "generators": {},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
-    if model is not None:
-        for name, m in _unwrap(model).named_modules():
-            for attr, v in vars(m).items():
-                if isinstance(v, torch.Generator) and v.device.type == "cpu":
-                    state["generators"][f"{name}.{attr}" if name else attr] = v.get_state()
-    return state
-
-
-def restore_rng_state(state: Mapping[str, Any], model: nn.Module | None = None) -> None:
-    """Inverse of :func:`capture_rng_state`."""
-    torch.set_rng_state(state["torch"].cpu())
-    n = state["numpy"]
-    keys = n["keys"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["gauss"]))  # noqa: NPY002
-    p = state["python"]
-    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = list(state["cuda"])[: torch.cuda.device_count()]
-        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
-    if model is not None:
-        gens = state.get("generators", {})
-        for name, m in _unwrap(model).named_modules():
-            for attr, v in vars(m).items():
-                key = f"{name}.{attr}" if name else attr
-                if isinstance(v, torch.Generator) and key in gens:
-                    v.set_state(gens[key].cpu())
+        return build_model_from_kwargs(name, table, model_kwargs, pretrained)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 # --------------------------------------------------------------------------------------------- save
@@ -218,7 +156,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_name: str, tabl
                           metrics=dict(metrics or {}), world_size=world_size, threads=threads,
                           created=time.time())
     meta_json = json.dumps(asdict(meta))
-    state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in _unwrap(model).state_dict().items()}
+    own = unwrap_model(model).state_dict()
+    state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in own.items()}
     if path.suffix == ".safetensors":
         from safetensors.torch import save
 
@@ -361,45 +300,10 @@ def _read_safetensors(path: Path, map_location: str | torch.device) -> dict[str,
             "model": _unflatten(flat)}
 
 
-# ------------------------------------------------------------------------------------------- tables
-def _describe(c: dict[str, Any]) -> str:
-    return f"{c['id']}:{c['name']}({'thing' if c['isthing'] else 'stuff'})"
-
-
-def table_differences(checkpoint: CategoryTable, data: CategoryTable) -> list[str]:
-    """Human-readable differences between two tables (ids, names, thing/stuff, channel order; colours ignored)."""
-    a = {c.id: c for c in checkpoint.categories}
-    b = {c.id: c for c in data.categories}
-    out = []
-    only_a = [_describe(c.__dict__) for i, c in a.items() if i not in b]
-    only_b = [_describe(c.__dict__) for i, c in b.items() if i not in a]
-    if only_a:
-        out.append(f"only in the checkpoint: {', '.join(only_a)}")
-    if only_b:
-        out.append(f"only in the data: {', '.join(only_b)}")
-    for i in a.keys() & b.keys():
-        ca, cb = a[i], b[i]
-        if (ca.name, ca.isthing) != (cb.name, cb.isthing):
-            out.append(f"id {i} is {_describe(ca.__dict__)} in the checkpoint but {_describe(cb.__dict__)} in the data")
-    if not out and checkpoint.dataset_ids != data.dataset_ids:
-        out.append(f"channel order differs: checkpoint {list(checkpoint.dataset_ids)}, data {list(data.dataset_ids)}")
-    return out
-
-
-def check_table(checkpoint: CategoryTable, data: CategoryTable, where: str = "the checkpoint") -> None:
-    """Raise a :class:`CheckpointError` naming the differences when the tables disagree (colours aside)."""
-    diffs = table_differences(checkpoint, data)
-    if diffs:
-        raise CheckpointError(
-            f"the category table of {where} differs from the data's: " + "; ".join(diffs) + ". The model's class "
-            "channels follow the checkpoint's table, so it cannot be used with this data: train a new model on this "
-            "data (without --resume), or use data whose 'categories' match the checkpoint's.")
-
-
 # --------------------------------------------------------------------------------------------- load
 def load_state(model: nn.Module, state: Mapping[str, Any], path: str | Path) -> None:
     """``model.load_state_dict(state)`` with a :class:`CheckpointError` naming missing/unexpected/mismatched keys."""
-    own = _unwrap(model).state_dict()
+    own = unwrap_model(model).state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
@@ -410,7 +314,7 @@ def load_state(model: nn.Module, state: Mapping[str, Any], path: str | Path) -> 
                  (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if vals]
         raise CheckpointError(f"{path}: the weights do not fit the model ({'; '.join(parts)}); the checkpoint was "
                               "written for a different model or model_kwargs.")
-    _unwrap(model).load_state_dict(dict(state))
+    unwrap_model(model).load_state_dict(dict(state))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *, model_name: str | None = None,

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..atomic import atomic_write_text, fsync_dir
 from ..categories import CategoryTable
+from ..constants import SIZE_DIVISOR
 from ..data import (
     CocoPanopticDataset,
     PanopticDataError,
@@ -36,9 +37,6 @@ from .distributed import DistInfo, barrier
 
 __all__ = ["IterationBatchSampler", "SplitPaths", "build_datasets", "eval_loader", "resolve_splits",
            "synthetic_benchmark", "train_loader"]
-
-SIZE_DIVISOR = 32
-
 
 @dataclass(frozen=True)
 class SplitPaths:

@@ -11,34 +11,20 @@ truth is used.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..categories import CategoryTable
-from ..data import CocoPanopticDataset, PanopticTarget
-from ..data.transforms import resize_panoptic
-from ..evaluation import PanopticQuality, SemanticIoU
+from ..data import CocoPanopticDataset
 from ..fusion import PanopticFusion
-from ..structures import PanopticResult
+from ..models import PanopticModel
 from .data import eval_loader
-from .distributed import DistInfo, all_gather_objects, all_reduce_sum
+from .distributed import DistInfo
+from .evaluators import PanopticEvaluator, SemanticEvaluator
+from .inference import inference_on_dataset
 
 __all__ = ["evaluate", "summarize"]
-
-
-def _crop(result: PanopticResult, size: tuple[int, int]) -> PanopticResult:
-    h, w = size
-    if result.image_size == (h, w):
-        return result
-    return replace(result, segment_map=result.segment_map[:h, :w], unknown_mask=result.unknown_mask[:h, :w])
-
-
-def _nearest(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(labels[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
 
 
 def summarize(pq: dict[str, Any], sem: dict[str, Any]) -> dict[str, Any]:
@@ -61,14 +47,13 @@ def summarize(pq: dict[str, Any], sem: dict[str, Any]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: CocoPanopticDataset, table: CategoryTable, *, info: DistInfo | None = None,
+def evaluate(model: PanopticModel, dataset: CocoPanopticDataset, table: CategoryTable, *, info: DistInfo | None = None,
              batch_size: int = 2, num_workers: int = 0, max_images: int | None = None,
              fusion: PanopticFusion | None = None) -> dict[str, Any]:
     """Panoptic and semantic metrics of ``model`` on ``dataset`` (all ranks take part when distributed).
 
     Args:
-        model: A panoptic model (eval-mode forward returns :class:`~panoptic.models.PanopticPrediction`); it
-            is put in eval mode and left there.
+        model: A panoptic model; it is put in eval mode and left there.
         dataset: The split, with its evaluation transforms.
         table: The category table of model and data.
         info: Process info; default single process on the model's device.
@@ -83,33 +68,8 @@ def evaluate(model: nn.Module, dataset: CocoPanopticDataset, table: CategoryTabl
     device = next(model.parameters()).device
     info = info or DistInfo(device=device)
     model.eval()
-    pq = PanopticQuality(table)
-    sem = SemanticIoU(table.num_classes, names=list(table.names))
-    for images, targets, indices in eval_loader(dataset, batch_size, info, num_workers, max_images):
-        images = images.to(device, non_blocking=True)
-        preds = model(model.normalize(images), image_sizes=[t.image_size for t in targets])
-        for pred, target, index in zip(preds, targets, indices):
-            result = pred.panoptic if fusion is None else fusion(pred.semantic_logits[None], [pred.instances])[0]
-            _update(pq, sem, result.to("cpu"), pred.semantic_logits.argmax(0).cpu(), target, dataset, index)
-    if info.distributed:  # exact merge of the per-rank states, in dataset-index order
-        merged = PanopticQuality(table)
-        for state in all_gather_objects(pq.export_state(), info):
-            merged.merge_state(state)
-        pq = merged
-    sem.load_state_dict(all_reduce_sum(sem.state_dict(), info))
-    return summarize(pq.compute(), sem.compute())
-
-
-def _update(pq: PanopticQuality, sem: SemanticIoU, result: PanopticResult, sem_pred: torch.Tensor,
-            target: PanopticTarget, dataset: CocoPanopticDataset, index: int) -> None:
-    h, w = target.image_size
-    if tuple(target.orig_size) == (h, w):
-        gt = _crop(target.panoptic, (h, w))
-        sem_gt = target.semantic[:h, :w].cpu()
-    else:  # evaluated at a resized scale: compare at the original size
-        result = resize_panoptic(result, tuple(target.orig_size))
-        sem_pred = _nearest(sem_pred, tuple(target.orig_size))
-        gt = dataset.load_panoptic(index)
-        sem_gt = gt.semantic_map(void=255)
-    pq.update(gt.to("cpu"), result, key=index)
-    sem.update(sem_pred, sem_gt)
+    panoptic = PanopticEvaluator(table, fusion or model.fusion)
+    semantic = SemanticEvaluator(table)
+    batches = eval_loader(dataset, batch_size, info, num_workers, max_images)
+    inference_on_dataset(model, dataset, batches, [panoptic, semantic])
+    return summarize(panoptic.evaluate(info), semantic.evaluate(info))

@@ -34,21 +34,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from torch import nn
 
 from ..atomic import AtomicFiles
 from ..categories import CategoryTable
 from ..data import PanopticDataError
 from ..data.transforms import ResizeShortSide, resize_panoptic
 from ..data.writer import CocoPanopticWriter, encode_png
-from ..fusion import HeuristicFusion, PanopticFusion, UPSNetFusion
-from ..models import MRCNNPSP, UPSNet
+from ..fusion import FUSIONS, PanopticFusion, build_fusion
+from ..models import PanopticModel
 from ..structures import PanopticResult
 from ..visualize import annotate, overlay
 from .config import ConfigError
 
 __all__ = ["IMAGE_SUFFIXES", "MIN_SCALED_SIDE", "PredictOutput", "check_scales", "collect_images", "fusion_note",
-           "images_from_json", "load_image", "make_fusion", "predict_image", "predict_images", "semantic_logits"]
+           "images_from_json", "load_image", "make_fusion", "predict_image", "predict_images"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -122,21 +121,20 @@ def _check_image(path: Path) -> None:
         raise _image_error(path, e) from None
 
 
-def fusion_note(name: str | None, model: nn.Module) -> str | None:
+def fusion_note(name: str | None, model: PanopticModel) -> str | None:
     """A note when ``--fusion upsnet`` runs UPSNet's head on a model not trained with its panoptic loss.
 
     The head has no parameters, so it runs on any model's logits (the paper's ablation does so), but such a
     model's logits were never trained for it; the note says so and what else to pass. ``None`` otherwise.
     """
-    if name != "upsnet" or getattr(model, "train_panoptic_loss", False):
+    if name != "upsnet" or model.train_panoptic_loss:
         return None
-    what = "an MR-CNN-PSP model" if isinstance(model, MRCNNPSP) else f"a {type(model).__name__} model"
-    return (f"this checkpoint holds {what} not trained with UPSNet's panoptic head (no panoptic loss); "
+    return (f"this checkpoint holds {model.description} not trained with UPSNet's panoptic head (no panoptic loss); "
             "--fusion upsnet applies the parameter-free head to its logits anyway (as in the paper's ablation). "
             "Use --fusion heuristic or the model's own fusion (the default) for the output it was trained for.")
 
 
-def make_fusion(name: str | None, table: CategoryTable, model: nn.Module) -> PanopticFusion | None:
+def make_fusion(name: str | None, table: CategoryTable, model: PanopticModel) -> PanopticFusion | None:
     """``None``/``"model"`` -> ``None`` (the model's own fusion); ``"upsnet"`` -> :class:`UPSNetFusion`;
     ``"heuristic"`` -> :class:`HeuristicFusion` (``"upsnet"`` flavor). The model's fusion's stuff area limit is
     kept.
@@ -146,32 +144,14 @@ def make_fusion(name: str | None, table: CategoryTable, model: nn.Module) -> Pan
     """
     if name in (None, "model"):
         return None
-    limit = getattr(getattr(model, "fusion", None), "stuff_area_limit", None)
-    kwargs = {"stuff_area_limit": int(limit)} if limit is not None else {}
-    if name == "upsnet":
-        return UPSNetFusion(table, **kwargs)
-    if name == "heuristic":
-        return HeuristicFusion(table, "upsnet", **kwargs)
-    raise ValueError(f"unknown fusion {name!r}; use 'upsnet', 'heuristic' or 'model'.")
+    if name not in FUSIONS:
+        raise ValueError(f"unknown fusion {name!r}; use 'upsnet', 'heuristic' or 'model'.")
+    limit = getattr(model.fusion, "stuff_area_limit", None)
+    return build_fusion(name, table, **({"stuff_area_limit": int(limit)} if limit is not None else {}))
 
 
 @torch.no_grad()
-def semantic_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """``(B, C, H, W)`` semantic logits of normalized ``(B, 3, H, W)`` images, without running the detector
-    (UPSNet: backbone + semantic head; MR-CNN-PSP: the PSP part; other models: their full prediction)."""
-    if isinstance(model, UPSNet):
-        h, w = images.shape[-2:]
-        d = model.backbone.size_divisor
-        padded = F.pad(images, (0, (-w) % d, 0, (-h) % d))
-        logits = model.semantic_head(model.backbone(padded)).logits
-        return F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)[..., :h, :w]
-    if isinstance(model, MRCNNPSP):
-        return model.semantic.logits(images)
-    return torch.stack([p.semantic_logits for p in model(images)])
-
-
-@torch.no_grad()
-def predict_image(model: nn.Module, image: torch.Tensor, *, scales: Sequence[float] = (1.0,), flip: bool = False,
+def predict_image(model: PanopticModel, image: torch.Tensor, *, scales: Sequence[float] = (1.0,), flip: bool = False,
                   fusion: PanopticFusion | None = None, short_side: int | None = None,
                   max_size: int | None = None) -> PanopticResult:
     """Panoptic segmentation of one ``(3, H, W)`` image in ``[0, 1]``, at its original size.
@@ -209,7 +189,7 @@ def predict_image(model: nn.Module, image: torch.Tensor, *, scales: Sequence[flo
                 else:
                     size = (max(1, round(h * s)), max(1, round(w * s)))
                     xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-                    logits = semantic_logits(model, xs.flip(-1) if flipped else xs)[0]
+                    logits = model.semantic_logits(xs.flip(-1) if flipped else xs)[0]
                     logits = logits.flip(-1) if flipped else logits
                     if logits.shape[-2:] != (h, w):
                         logits = F.interpolate(logits[None], size=(h, w), mode="bilinear", align_corners=False)[0]
@@ -291,7 +271,20 @@ def _unique_ids(paths: Sequence[Path]) -> list[str]:
     return ids
 
 
-def predict_images(model: nn.Module, table: CategoryTable, paths: Sequence[str | Path], *,
+def _output_ids(image_ids: Sequence[int | str] | None, stems: Sequence[str], num_paths: int) -> list[int | str]:
+    """The JSON ``image_id`` of each image: the given ids (checked: one per file, unique) or the unique stems."""
+    if image_ids is None:
+        return list(stems)
+    ids = list(image_ids)
+    if len(ids) != len(stems) or len(stems) != num_paths:
+        raise ValueError(f"image_ids has {len(ids)} ids for {num_paths} paths ({len(stems)} images); give "
+                         "one id per image file (folders cannot take ids).")
+    if len(set(ids)) != len(ids):
+        raise ValueError("image_ids must be unique.")
+    return ids
+
+
+def predict_images(model: PanopticModel, table: CategoryTable, paths: Sequence[str | Path], *,
                    out_dir: str | Path | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
                    fusion: str | PanopticFusion | None = None, short_side: int | None = None,
                    max_size: int | None = None, write_overlay: bool = True,
@@ -323,15 +316,7 @@ def predict_images(model: nn.Module, table: CategoryTable, paths: Sequence[str |
     fuse = make_fusion(fusion, table, model) if fusion is None or isinstance(fusion, str) else fusion
     image_files = collect_images(paths)
     stems = _unique_ids(image_files)
-    if image_ids is None:
-        ids: list[int | str] = list(stems)
-    else:
-        ids = list(image_ids)
-        if len(ids) != len(image_files) or len(image_files) != len(paths):
-            raise ValueError(f"image_ids has {len(ids)} ids for {len(paths)} paths ({len(image_files)} images); give "
-                             "one id per image file (folders cannot take ids).")
-        if len(set(ids)) != len(ids):
-            raise ValueError("image_ids must be unique.")
+    ids = _output_ids(image_ids, stems, len(paths))
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         for path in image_files:  # headers only: a bad file stops the run before anything is written

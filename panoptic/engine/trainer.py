@@ -31,17 +31,8 @@ from torch.nn.parallel import DistributedDataParallel
 from ..atomic import atomic_write_text
 from ..categories import CategoryTable
 from ..errors import Interrupted
-from ..models import MRCNNPSP
-from .checkpoint import (
-    CheckpointError,
-    build_named_model,
-    capture_rng_state,
-    check_table,
-    load_state,
-    read_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
+from ..models import TrainableModel
+from .checkpoint import CheckpointError, build_named_model, load_state, read_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import build_datasets, train_loader
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_distributed
@@ -49,7 +40,9 @@ from .evaluate import evaluate
 from .interrupt import StopRequest
 from .optim import build_optimizer, build_scheduler
 from .resume import check_resume
+from .rng import capture_rng_state, restore_rng_state
 from .runlog import MetricsLogger, ProgressBar, format_eta
+from .table_check import check_table
 
 __all__ = ["TrainResult", "Trainer", "TrainingInterrupted", "checkpoint_of", "find_resume_checkpoint", "model_parts",
            "parameter_digest", "train"]
@@ -96,14 +89,12 @@ class TrainingInterrupted(Interrupted):
         self.checkpoint, self.iteration, self.total, self.out_dir = checkpoint, iteration, total, out_dir
 
 
-def model_parts(model: nn.Module) -> dict[str, nn.Module]:
-    """Independently optimized parts: ``{"detector", "semantic"}`` for MR-CNN-PSP, ``{"model": model}`` otherwise.
-
-    Every part's ``forward(images, targets)`` in training mode returns a dict of losses.
+def model_parts(model: TrainableModel) -> dict[str, nn.Module]:
+    """The model's independently optimized parts (:meth:`~panoptic.models.TrainableModel.train_parts`):
+    ``{"detector", "semantic"}`` for MR-CNN-PSP, ``{"model": model}`` otherwise. Every part's
+    ``forward(images, targets)`` in training mode returns a dict of losses.
     """
-    if isinstance(model, MRCNNPSP):
-        return {"detector": model.detector, "semantic": model.semantic}
-    return {"model": model}
+    return model.train_parts()
 
 
 def parameter_digest(model: nn.Module) -> str:
@@ -322,13 +313,12 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train from ``self.iteration`` to ``config.iterations``; returns the :class:`TrainResult`."""
         cfg, info = self.config, self.info
-        main = info.is_main
-        if main:
+        if info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(self.out_dir / "config.json")
         barrier(info)
-        logger = MetricsLogger(self.out_dir, enabled=main, tensorboard=cfg.tensorboard)
-        bar = ProgressBar(cfg.iterations, self.iteration, enabled=main, bar=cfg.progress)
+        logger = MetricsLogger(self.out_dir, enabled=info.is_main, tensorboard=cfg.tensorboard)
+        bar = ProgressBar(cfg.iterations, self.iteration, enabled=info.is_main, bar=cfg.progress)
         start = self.iteration
         loader = train_loader(self.train_set, cfg.batch_size, cfg.seed, info, start, cfg.iterations, self.num_workers)
         parts = self._wrapped_parts()
@@ -353,30 +343,11 @@ class Trainer:
                 if it % cfg.log_every == 0 or last:
                     losses = self._reduce_losses(window)
                     now = time.perf_counter()
-                    sec_per_it = (now - t_log) / max(n_log, 1)
-                    record = {"type": "train", "iteration": it, "loss": losses["total"],
-                              "losses": {k: v for k, v in losses.items() if k != "total"},
-                              "lr": {k: s.get_last_lr()[0] for k, s in self.schedulers.items()},
-                              "sec_per_iter": sec_per_it,
-                              "images_per_sec": cfg.batch_size * info.world_size / max(sec_per_it, 1e-9),
-                              "eta_s": sec_per_it * (cfg.iterations - it)}
-                    logger.log(record)
-                    if not bar.active:
-                        bar.write(f"iter {it}/{cfg.iterations}  loss {losses['total']:.4f}  "
-                                  f"lr {record['lr'][next(iter(record['lr']))]:.2e}  "
-                                  f"{record['images_per_sec']:.1f} img/s  eta {format_eta(record['eta_s'])}")
+                    self._log_losses(losses, (now - t_log) / max(n_log, 1), logger, bar)
                     window, n_log, t_log = {}, 0, now
                 bar.update(1, loss=f"{losses['total'] if losses else self._step_total(step_losses, bar):.3f}")
                 if (cfg.eval_every and it % cfg.eval_every == 0) or (last and cfg.eval_at_end):
-                    self.metrics = self._evaluate()
-                    if self.metrics:
-                        logger.log({"type": "eval", "iteration": it,
-                                    **{k: v for k, v in self.metrics.items() if k != "per_class"},
-                                    "per_class": self.metrics["per_class"]})
-                        m = self.metrics
-                        bar.write(f"eval @ {it}: PQ {100 * m['pq']:.1f}  SQ {100 * m['sq']:.1f}  RQ {100 * m['rq']:.1f}"
-                                  f"  PQ_th {100 * m['pq_th']:.1f}  PQ_st {100 * m['pq_st']:.1f}  "
-                                  f"mIoU {100 * m['miou']:.1f}  ({m['num_images']} images)")
+                    self._evaluate_and_log(logger, bar)
                 periodic = cfg.checkpoint_every and it % cfg.checkpoint_every == 0
                 if periodic and not last:
                     self.save(self.out_dir / f"checkpoint_{it:07d}.pt")
@@ -399,6 +370,34 @@ class Trainer:
         return TrainResult(checkpoint=final, out_dir=self.out_dir, metrics=self.metrics, iterations=self.iteration,
                            losses=losses, seconds=seconds,
                            images_per_second=done * cfg.batch_size * info.world_size / seconds if done else 0.0)
+
+    def _log_losses(self, losses: dict[str, float], sec_per_it: float, logger: MetricsLogger,
+                    bar: ProgressBar) -> None:
+        """Log the window's mean losses, learning rates and speed (and print them without a progress bar)."""
+        cfg, it = self.config, self.iteration
+        record = {"type": "train", "iteration": it, "loss": losses["total"],
+                  "losses": {k: v for k, v in losses.items() if k != "total"},
+                  "lr": {k: s.get_last_lr()[0] for k, s in self.schedulers.items()},
+                  "sec_per_iter": sec_per_it,
+                  "images_per_sec": cfg.batch_size * self.info.world_size / max(sec_per_it, 1e-9),
+                  "eta_s": sec_per_it * (cfg.iterations - it)}
+        logger.log(record)
+        if not bar.active:
+            bar.write(f"iter {it}/{cfg.iterations}  loss {losses['total']:.4f}  "
+                      f"lr {record['lr'][next(iter(record['lr']))]:.2e}  "
+                      f"{record['images_per_sec']:.1f} img/s  eta {format_eta(record['eta_s'])}")
+
+    def _evaluate_and_log(self, logger: MetricsLogger, bar: ProgressBar) -> None:
+        """Evaluate on the validation split, log the metrics and print a summary line."""
+        self.metrics = self._evaluate()
+        if not self.metrics:
+            return
+        it, m = self.iteration, self.metrics
+        logger.log({"type": "eval", "iteration": it, **{k: v for k, v in m.items() if k != "per_class"},
+                    "per_class": m["per_class"]})
+        bar.write(f"eval @ {it}: PQ {100 * m['pq']:.1f}  SQ {100 * m['sq']:.1f}  RQ {100 * m['rq']:.1f}"
+                  f"  PQ_th {100 * m['pq_th']:.1f}  PQ_st {100 * m['pq_st']:.1f}  "
+                  f"mIoU {100 * m['miou']:.1f}  ({m['num_images']} images)")
 
     def _stop_requested(self, stop: StopRequest) -> bool:
         """Whether any process got Ctrl-C (every rank must stop at the same iteration to save together)."""

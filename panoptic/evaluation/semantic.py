@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..constants import IGNORE_INDEX
+
 __all__ = ["SemanticIoU"]
 
 
@@ -40,8 +42,8 @@ class SemanticIoU:
         0.6667
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, names: list[str] | tuple[str, ...] | None = None
-                 ) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX,
+                 names: list[str] | tuple[str, ...] | None = None) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
         if names is not None and len(names) != num_classes:

@@ -49,6 +49,8 @@ e.g. the image's index in the GT JSON) or arrival order. That is panopticapi's s
 is bit-identical to it, and a merge of shards or ranks equals the one-process run bit for bit.
 """
 
+# Over 500 lines: the four metrics share one intersection pass and one mergeable state; the rules stay together.
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -381,10 +383,13 @@ class PanopticQuality:
         config: Which metrics (default: PQ only).
 
     Example:
-        >>> metric = PanopticQuality(table, config=MetricConfig.all())   # doctest: +SKIP
-        >>> for gt, pred in pairs:                               # doctest: +SKIP
-        ...     metric.update(gt, pred)
-        >>> metric.compute()["All"]["pq"]                        # doctest: +SKIP
+        >>> import numpy as np
+        >>> from panoptic.data import generate_scene
+        >>> scene = generate_scene(np.random.default_rng(0), 32)
+        >>> metric = PanopticQuality(scene.table, config=MetricConfig.all())
+        >>> metric.update(scene.panoptic, scene.panoptic)  # (ground truth, prediction) per image
+        >>> metric.compute()["All"]["pq"]
+        1.0
     """
 
     def __init__(self, table: CategoryTable, category_order: Sequence[int] | None = None,

@@ -1,12 +1,14 @@
 """Fusion strategies: semantic logits + instances -> panoptic results, usable with plain tensors."""
 
 from .base import PanopticFusion
+from .factory import FUSIONS, build_fusion
 from .heuristic import HeuristicFusion
 from .paste import BoxRegions, box_regions, paste_masks, paste_masks_dense
 from .pruning import PruningConfig, prune_instances
 from .upsnet import PanopticTargets, UPSNetFusion
 
 __all__ = [
+    "FUSIONS",
     "BoxRegions",
     "HeuristicFusion",
     "PanopticFusion",
@@ -14,6 +16,7 @@ __all__ = [
     "PruningConfig",
     "UPSNetFusion",
     "box_regions",
+    "build_fusion",
     "paste_masks",
     "paste_masks_dense",
     "prune_instances",

@@ -36,12 +36,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import DeformConv2d, roi_align
 
+from ..constants import IGNORE_INDEX
 from .deform import deform_conv2d_sampled
 
 __all__ = ["SemanticHead", "SemanticHeadConfig", "SemanticOutput", "box_target_crops", "nearest_resize_labels",
            "semantic_loss"]
 
-IGNORE = 255
 
 
 @dataclass(frozen=True)
@@ -253,8 +253,8 @@ def box_target_crops(target: torch.Tensor, boxes: torch.Tensor, size: int = 28) 
 
 def _masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy summed over non-ignored entries / their count (0 when there is none)."""
-    total = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum")
-    return total / (target != IGNORE).sum().clamp(min=1)
+    total = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (target != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def semantic_loss(logits: torch.Tensor, target: torch.Tensor, *, at_input_resolution: bool = True) -> torch.Tensor:
@@ -273,7 +273,7 @@ def semantic_loss(logits: torch.Tensor, target: torch.Tensor, *, at_input_resolu
         raise ValueError(f"semantic_loss needs logits (B, C, h, w) and target (B, H, W) with the same B, got "
                          f"{tuple(logits.shape)} and {tuple(target.shape)}.")
     t = target.long()
-    bad = (t != IGNORE) & ((t < 0) | (t >= logits.shape[1]))
+    bad = (t != IGNORE_INDEX) & ((t < 0) | (t >= logits.shape[1]))
     if bad.any():
         raise ValueError(f"semantic target has labels outside 0..{logits.shape[1] - 1} and 255; the category table "
                          "and the head's num_classes must agree.")
