@@ -84,7 +84,10 @@ def assemble_from_keys(
     # new id of candidate j = 1 + number of kept candidates before it; void stays 0.
     new_id = torch.cumsum(keep.long(), 0) * keep.long()
     lut = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), new_id])[slot].to(torch.int32)
-    segment_map = lut.index_select(0, keys.reshape(-1)).reshape(keys.shape)
+    # imported here: panoptic._ops imports panoptic.fusion, whose modules import this one
+    from ._ops.keys import relabel_keys
+
+    segment_map = relabel_keys(lut, keys)
     if iscrowd is None:
         iscrowd = torch.zeros(k, dtype=torch.bool, device=device)
     if unknown_mask is None:

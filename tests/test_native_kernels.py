@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from panoptic import Instances, ops
-from panoptic._ops import first_argmax_keys, overlap_flags, switch
+from panoptic._ops import count_keys, first_argmax_keys, overlap_flags, relabel_keys, switch
 from panoptic.fusion import HeuristicFusion, UPSNetFusion
 
 require_native("panoptic.fusion._kernels")
@@ -231,3 +231,29 @@ def test_native_without_the_extension_names_the_fix(monkeypatch):
         pass
     with ops.backend("auto"):
         assert switch.native_kernels() is None  # auto falls back to torch
+
+
+@settings(max_examples=60, deadline=None)
+@given(q=st.integers(1, 300), h=st.integers(0, 40), w=st.integers(0, 40), seed=st.integers(0, 2**31 - 1))
+def test_count_and_relabel_keys_native_equal_torch(q, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randint(0, q, (h, w), generator=g, dtype=torch.int32)
+    lut = torch.randint(-5, 1000, (q,), generator=g, dtype=torch.int32)
+    with ops.backend("native"):
+        counts, relabelled = count_keys(keys, q), relabel_keys(lut, keys)
+    with ops.backend("torch"):
+        assert torch.equal(counts, count_keys(keys, q))
+        assert torch.equal(relabelled, relabel_keys(lut, keys))
+    assert counts.dtype == torch.int64 and relabelled.dtype == torch.int32 and int(counts.sum()) == h * w
+
+
+@pytest.mark.parametrize("name", ["native", "torch"])
+@pytest.mark.parametrize("bad", [-1, 4])
+def test_count_and_relabel_keys_reject_keys_outside_the_table(name, bad):
+    keys = torch.tensor([[0, 3], [bad, 1]], dtype=torch.int32)
+    lut = torch.arange(4, dtype=torch.int32)
+    with ops.backend(name):
+        with pytest.raises(ValueError, match=r"0\.\.3"):
+            count_keys(keys, 4)
+        with pytest.raises((ValueError, IndexError, RuntimeError)):
+            relabel_keys(lut, keys)

@@ -6,9 +6,10 @@ path on every device but the CPU, and optionally a C kernel for contiguous float
 """
 
 from .argmax import first_argmax_keys
+from .keys import count_keys, relabel_keys
 from .overlap import overlap_flags
 from .switch import BackendName, backend, current_backend, native_kernels
 from .upsnet import upsnet_keys
 
-__all__ = ["BackendName", "backend", "current_backend", "first_argmax_keys", "native_kernels",
-           "overlap_flags", "upsnet_keys"]
+__all__ = ["BackendName", "backend", "count_keys", "current_backend", "first_argmax_keys", "native_kernels",
+           "overlap_flags", "relabel_keys", "upsnet_keys"]

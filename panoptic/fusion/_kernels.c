@@ -602,10 +602,105 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------------------------ keys: count, relabel */
+
+PyDoc_STRVAR(count_keys_doc,
+"count_keys(keys, counts) -> bool\n\n"
+"counts[q] += number of q in keys (a bincount). keys: contiguous int32 buffer; counts: writable contiguous int64\n"
+"(Q,) buffer, all zero. Returns False (counts then unspecified) if a key is outside 0..Q-1.");
+
+static PyObject *count_keys(PyObject *self, PyObject *args) {
+    Py_buffer kb, cb;
+    (void)self;
+    memset(&kb, 0, sizeof kb);
+    memset(&cb, 0, sizeof cb);
+    if (!PyArg_ParseTuple(args, "y*w*", &kb, &cb)) return NULL;
+    Py_buffer *bufs[] = {&kb, &cb};
+    PyObject *result = NULL;
+    const Py_ssize_t n = kb.len / 4, q = cb.len / 8;
+    if (kb.len % 4 != 0 || cb.len % 8 != 0 || q == 0) {
+        PyErr_SetString(PyExc_ValueError, "keys int32, counts (Q,) int64 with Q >= 1 expected");
+        goto done;
+    }
+    /* Four interleaved histograms: neighbouring pixels mostly share a key, and one histogram would make every
+     * increment wait for the previous store to the same counter (~3x slower). */
+    int64_t *hist = (int64_t *)PyMem_RawCalloc(4 * (size_t)q, sizeof(int64_t));
+    if (hist == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const int32_t *k = (const int32_t *)kb.buf;
+    int64_t *counts = (int64_t *)cb.buf;
+    uint32_t bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    const uint32_t uq = (uint32_t)q;
+    Py_ssize_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        uint32_t a = (uint32_t)k[i], b = (uint32_t)k[i + 1], c = (uint32_t)k[i + 2], d = (uint32_t)k[i + 3];
+        bad |= (uint32_t)(a >= uq) | (uint32_t)(b >= uq) | (uint32_t)(c >= uq) | (uint32_t)(d >= uq);
+        if (bad) break;
+        hist[a]++;
+        hist[q + b]++;
+        hist[2 * q + c]++;
+        hist[3 * q + d]++;
+    }
+    for (; i < n && !bad; i++) {
+        uint32_t a = (uint32_t)k[i];
+        bad |= (uint32_t)(a >= uq);
+        if (!bad) hist[a]++;
+    }
+    for (Py_ssize_t j = 0; j < q; j++) counts[j] += hist[j] + hist[q + j] + hist[2 * q + j] + hist[3 * q + j];
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(hist);
+    result = PyBool_FromLong(!bad);
+done:
+    release(bufs, 2);
+    return result;
+}
+
+PyDoc_STRVAR(relabel_keys_doc,
+"relabel_keys(lut, keys, out) -> bool\n\n"
+"out[i] = lut[keys[i]]. lut: contiguous int32 (Q,); keys: contiguous int32; out: writable contiguous int32 of\n"
+"keys' length. Returns False (out then unspecified) if a key is outside 0..Q-1.");
+
+static PyObject *relabel_keys(PyObject *self, PyObject *args) {
+    Py_buffer lb, kb, ob;
+    (void)self;
+    memset(&lb, 0, sizeof lb);
+    memset(&kb, 0, sizeof kb);
+    memset(&ob, 0, sizeof ob);
+    if (!PyArg_ParseTuple(args, "y*y*w*", &lb, &kb, &ob)) return NULL;
+    Py_buffer *bufs[] = {&lb, &kb, &ob};
+    PyObject *result = NULL;
+    const Py_ssize_t n = kb.len / 4, q = lb.len / 4;
+    if (lb.len % 4 != 0 || kb.len % 4 != 0 || ob.len != kb.len || q == 0) {
+        PyErr_SetString(PyExc_ValueError, "lut (Q,) int32 with Q >= 1, keys int32, out int32 of keys' size expected");
+        goto done;
+    }
+    const int32_t *lut = (const int32_t *)lb.buf, *k = (const int32_t *)kb.buf;
+    int32_t *out = (int32_t *)ob.buf;
+    uint32_t bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    const uint32_t uq = (uint32_t)q;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t a = (uint32_t)k[i];
+        uint32_t ok = (uint32_t)(a < uq);
+        bad |= ok ^ 1u;
+        out[i] = lut[ok ? a : 0]; /* never reads outside the table */
+    }
+    Py_END_ALLOW_THREADS
+    result = PyBool_FromLong(!bad);
+done:
+    release(bufs, 3);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"first_argmax_keys", first_argmax_keys, METH_VARARGS, first_argmax_keys_doc},
     {"upsnet_keys", upsnet_keys, METH_VARARGS, upsnet_keys_doc},
     {"overlap_flags", overlap_flags, METH_VARARGS, overlap_flags_doc},
+    {"count_keys", count_keys, METH_VARARGS, count_keys_doc},
+    {"relabel_keys", relabel_keys, METH_VARARGS, relabel_keys_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -23,7 +23,7 @@ from typing import Literal
 
 import torch
 
-from .._ops import first_argmax_keys
+from .._ops import count_keys, first_argmax_keys
 from ..categories import CategoryTable
 from ..segments import assemble_from_keys
 from ..structures import Instances, MaskKind, PanopticResult, mask_foreground
@@ -245,7 +245,7 @@ class HeuristicFusion(PanopticFusion):
             finite.raise_if_not_finite()
             regions, masks = self._local_masks(inst, (h, w))
             self._paint_things(keys, regions, masks, host=dev.type == "cpu")
-            counts = torch.bincount(keys.reshape(-1), minlength=(len(inst) + 1) * (ns + 1))
+            counts = count_keys(keys, (len(inst) + 1) * (ns + 1))
         k = len(inst)
         result = assemble_from_keys(
             keys, counts, self._key_labels(counts, k),

@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .._ops import upsnet_keys
+from .._ops import count_keys, upsnet_keys
 from ..categories import CategoryTable
 from ..segments import assemble_from_keys
 from ..structures import Instances, PanopticResult
@@ -205,7 +205,7 @@ class UPSNetFusion(PanopticFusion):
         upsnet_keys(sem, local.regions.crop, local.regions.paste, local.logits, (inst.labels + nst).tolist(), nst,
                     pairs, self.unknown, keys, samples, stride, finite)
         finite.raise_if_not_finite()
-        counts = torch.bincount(keys.reshape(-1), minlength=unk + 1)
+        counts = count_keys(keys, unk + 1)
         # One full-map compare, and only when some pixel is unknown (the caller's all-False default is cheaper).
         unknown = torch.eq(keys, unk) if want_unknown and bool(counts[unk]) else None
         return keys, counts, unknown, None if samples is None else samples.reshape(samples.shape[0], -1)
