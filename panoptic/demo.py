@@ -15,15 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from .atomic import atomic_write_text
 from .categories import CategoryTable
-from .constants import IGNORE_INDEX
 from .data.synthetic import SyntheticScene, generate_scene
 from .evaluation import PanopticQuality
 from .fusion import build_fusion
+from .simulate import simulate_semantic
 from .structures import Instances, PanopticResult
 from .visualize import colorize, save_png, side_by_side, with_legend
 
@@ -52,12 +51,7 @@ def simulate_predictions(scene: SyntheticScene, rng: np.random.Generator, *, mar
     table = scene.table
     h, w = scene.image.shape[:2]
     g = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    sem_gt = scene.semantic
-    onehot = F.one_hot(sem_gt.clamp(max=table.num_classes - 1), table.num_classes).permute(2, 0, 1).float()
-    onehot[:, sem_gt == IGNORE_INDEX] = 0.5  # void: no clear class
-    coarse = torch.randn(1, table.num_classes, max(h // 16, 1), max(w // 16, 1), generator=g)
-    smooth = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)[0]
-    sem = margin * (2 * onehot - 1) + semantic_noise * smooth + 0.5 * torch.randn(table.num_classes, h, w, generator=g)
+    sem = simulate_semantic(scene, g, margin=margin, noise=semantic_noise)
 
     boxes, labels, scores, masks = [], [], [], []
     amodal = scene.amodal_masks.float()
