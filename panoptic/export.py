@@ -77,7 +77,7 @@ def pack_upsnet(fusion: UPSNetFusion, semantic_logits: torch.Tensor, instances: 
     b, _, h, w = sem.shape
     dev = sem.device
     kept, keep, local = [], [], []
-    for i, inst in enumerate(instances):
+    for inst in instances:
         inst = prepare_instances(inst, fusion.table, (h, w), dev, fusion.mask_kinds)
         k, loc = prune_and_paste(inst, (h, w), fusion.pruning)
         kept.append(inst[k])
@@ -130,26 +130,40 @@ def export_fusion(fusion: PanopticFusion, semantic_logits: torch.Tensor,
         return torch.export.export(graph, packed.args, dynamic_shapes=shapes)
 
 
-def run_exported(program: torch.export.ExportedProgram, fusion: PanopticFusion, semantic_logits: torch.Tensor,
-                 instances: Sequence[Instances], output_size: tuple[int, int] | None = None) -> list[PanopticResult]:
+def run_exported(program: torch.export.ExportedProgram | torch.nn.Module, fusion: PanopticFusion,
+                 semantic_logits: torch.Tensor, instances: Sequence[Instances],
+                 output_size: tuple[int, int] | None = None) -> list[PanopticResult]:
     """Pack the inputs as :func:`export_fusion` did, run ``program`` and assemble one result per image.
 
     Used exactly like ``fusion(semantic_logits, instances, output_size)``, with the same results.
+
+    Args:
+        program: From :func:`export_fusion`, or the eager module of :func:`fusion_graph` (same results).
+        fusion: The fusion it was exported from (its table and pruning thresholds pack the inputs).
+        semantic_logits: ``(B, C, h, w)``.
+        instances: ``B`` :class:`Instances`.
+        output_size: ``(H, W)``; default ``(h, w)``.
     """
     if not isinstance(fusion, UPSNetFusion):
         fusion_graph(fusion)  # raises the error that names the supported fusions
-    packed = pack_upsnet(fusion, semantic_logits, instances)
+    packed = pack_upsnet(fusion, semantic_logits, instances, output_size)
+    module = program.module() if isinstance(program, torch.export.ExportedProgram) else program
     with torch.no_grad():
-        segment_map, unknown, category, score, area, slot = program.module()(*packed.args)
+        segment_map, unknown, category, score, area, slot = module(*packed.args)
     sem = packed.args[0]
     isthing = fusion.table.isthing_tensor(sem.device)
+    from ._ops.threads import fusion_threads
+
     out = []
     for b, keep in enumerate(packed.keep):
         live = area[b] > 0
         s = slot[b][live]
-        source = torch.where(s >= 0, torch.cat([keep, keep.new_zeros(1)])[s.clamp(min=0).clamp(max=len(keep))], -1)
+        # live slots are kept instances (< len(keep)); the appended 0 only keeps the lookup in range
+        source = torch.where(s >= 0, torch.cat([keep, keep.new_zeros(1)])[s.clamp(0, len(keep))], -1)
         cat = category[b][live]
         result = PanopticResult(segment_map=segment_map[b], unknown_mask=unknown[b], category=cat,
                                 isthing=isthing[cat], score=score[b][live], area=area[b][live], source=source)
-        out.append(fill_stuff_scores(result, sem[b]))
+        # the eager fusion's thread count: the softmax's vectorised chunks (and so its last bits) follow it
+        with fusion_threads(int(sem.shape[2]) * int(sem.shape[3]), sem.device):
+            out.append(fill_stuff_scores(result, sem[b]))
     return out
