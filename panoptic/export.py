@@ -26,13 +26,14 @@ from dataclasses import dataclass
 
 import torch
 
+from ._ops.threads import fusion_threads
 from .fusion.base import PanopticFusion, check_not_meta, fill_stuff_scores, prepare_instances, prepare_semantic
 from .fusion.pruning import prune_and_paste
 from .fusion.upsnet import UPSNetFusion
 from .fusion.upsnet_graph import UPSNetGraph
 from .structures import Instances, PanopticResult
 
-__all__ = ["PackedBatch", "export_fusion", "fusion_graph", "pack_upsnet", "run_exported"]
+__all__ = ["PackedBatch", "assemble_results", "export_fusion", "fusion_graph", "pack_upsnet", "run_exported"]
 
 
 @dataclass
@@ -149,11 +150,22 @@ def run_exported(program: torch.export.ExportedProgram | torch.nn.Module, fusion
     packed = pack_upsnet(fusion, semantic_logits, instances, output_size)
     module = program.module() if isinstance(program, torch.export.ExportedProgram) else program
     with torch.no_grad():
-        segment_map, unknown, category, score, area, slot = module(*packed.args)
+        outputs = module(*packed.args)
+    return assemble_results(fusion, packed, outputs)
+
+
+def assemble_results(fusion: PanopticFusion, packed: PackedBatch,
+                     outputs: Sequence[torch.Tensor]) -> list[PanopticResult]:
+    """One :class:`PanopticResult` per image from the graph's outputs (e.g. from ONNX Runtime, as tensors).
+
+    Args:
+        fusion: The exported fusion.
+        packed: The inputs the outputs were computed from (:func:`pack_upsnet`).
+        outputs: ``(segment_map, unknown_mask, category, score, area, slot)`` of :meth:`UPSNetGraph.forward`.
+    """
+    segment_map, unknown, category, score, area, slot = outputs
     sem = packed.args[0]
     isthing = fusion.table.isthing_tensor(sem.device)
-    from ._ops.threads import fusion_threads
-
     out = []
     for b, keep in enumerate(packed.keep):
         live = area[b] > 0
