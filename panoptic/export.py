@@ -14,9 +14,10 @@ Example:
     >>> sem = torch.zeros(2, 2, 6, 6); sem[:, 1, :3, :3] = 5.0
     >>> inst = Instances(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([0.9]), torch.tensor([0]),
     ...                  torch.full((1, 28, 28), 3.0))
-    >>> program = export_fusion(fusion, sem, [inst, Instances.empty()])
-    >>> [r.num_segments for r in run_exported(program, fusion, sem[:1], [inst])]
-    [2]
+    >>> graph = fusion_graph(fusion)  # the eager module; export_fusion(fusion, sem, [inst, inst]) traces it
+    >>> results = run_exported(graph, fusion, sem, [inst, Instances.empty()])
+    >>> [r.num_segments for r in results], results[0].equal(fusion(sem[:1], [inst])[0])
+    ([2, 1], True)
 """
 
 from __future__ import annotations
