@@ -96,9 +96,13 @@ def test_graph_equals_eager_on_random_batches(cfg: dict, ops_backend: str) -> No
     """Hundreds of random batches with unequal N (0 included), ROI and full-image masks, every rule."""
     fusion = UPSNetFusion(TABLE, pruning=PruningConfig(score_threshold=0.1, overlap_threshold=0.6), **cfg)
     graph = fusion_graph(fusion)
+    batched = UPSNetFusion(TABLE, pruning=fusion.pruning, batched=True, **cfg)
     for seed in range(40):
         sem, inst = _random_batch(seed, roi=seed % 3 != 0)
-        _assert_same(fusion(sem, inst), run_exported(graph, fusion, sem, inst))
+        eager = fusion(sem, inst)
+        _assert_same(eager, run_exported(graph, fusion, sem, inst))
+        if seed % 4 == 0:  # the same graph behind forward
+            _assert_same(eager, batched(sem, inst))
 
 
 @settings(max_examples=60, deadline=None)
