@@ -57,7 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     register_engine(sub)
     register_evaluate(sub)
     register_compare(sub)
+    _register_export(sub)
     return parser
+
+
+def _register_export(sub: argparse._SubParsersAction) -> None:
+    from .export_cli import register
+
+    register(sub)
 
 
 def _native_summary() -> str:

@@ -26,6 +26,7 @@ tests; :meth:`UPSNetFusion.panoptic_argmax` equals its ``argmax(0)`` exactly, ti
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -91,6 +92,10 @@ class UPSNetFusion(PanopticFusion):
         loss_normalization: ``"all"`` divides the summed cross-entropy by all pixels (reference) or
             ``"valid"`` by non-ignored pixels.
         ignore_index: Ignore label of semantic targets and panoptic targets.
+        batched: :meth:`forward` fuses the batch as padded tensors with the static-shape graph of
+            :mod:`panoptic.fusion.upsnet_graph` (the pruning and mask paste stay per image) instead of one
+            box-local call per image; identical results. Dense over ``(B, N, H, W)``: for devices and export
+            checks, not for CPU speed (see ``docs/concepts/ops.md``, "Batching and export").
 
     Example:
         >>> table = CategoryTable.from_coco([{"id": 1, "isthing": 0}, {"id": 2, "isthing": 1}])
@@ -119,6 +124,7 @@ class UPSNetFusion(PanopticFusion):
         unknown_fraction: float = 0.3,
         loss_normalization: Literal["all", "valid"] = "all",
         ignore_index: int = 255,
+        batched: bool = False,
     ) -> None:
         super().__init__(table)
         if class_assignment not in ("heuristic", "detector", "semantic"):
@@ -136,6 +142,16 @@ class UPSNetFusion(PanopticFusion):
         self.unknown_fraction = unknown_fraction
         self.loss_normalization = loss_normalization
         self.ignore_index = ignore_index
+        self.batched = batched
+
+    def forward(self, semantic_logits: torch.Tensor, instances: Sequence[Instances],
+                output_size: tuple[int, int] | None = None) -> list[PanopticResult]:
+        """Fuse a batch (see :meth:`PanopticFusion.forward`); with ``batched=True`` as padded tensors."""
+        if not self.batched:
+            return super().forward(semantic_logits, instances, output_size)
+        from ..export import fusion_graph, run_exported  # panoptic.export imports this module
+
+        return run_exported(fusion_graph(self), self, semantic_logits, instances, output_size)
 
     # ================================================================================ inference
     def fuse_image(self, semantic_logits: torch.Tensor, instances: Instances) -> PanopticResult:

@@ -1,0 +1,182 @@
+"""Export a fusion's per-pixel path with ``torch.export`` and run the exported program like the eager fusion.
+
+The exported module takes plain padded tensors and returns fixed-shape tensors; the
+:class:`~panoptic.structures.PanopticResult` objects are assembled outside the graph. For
+:class:`~panoptic.fusion.UPSNetFusion` the graph is :class:`~panoptic.fusion.upsnet_graph.UPSNetGraph`; the
+pruning and the box-local mask paste run eagerly in :func:`pack_upsnet` (a documented split, see
+``docs/concepts/ops.md``).
+
+Example:
+    >>> from panoptic.categories import CategoryTable
+    >>> from panoptic.fusion import UPSNetFusion
+    >>> table = CategoryTable.from_coco([{"id": 1, "isthing": 0}, {"id": 2, "isthing": 1}])
+    >>> fusion = UPSNetFusion(table, stuff_area_limit=0)
+    >>> sem = torch.zeros(2, 2, 6, 6); sem[:, 1, :3, :3] = 5.0
+    >>> inst = Instances(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([0.9]), torch.tensor([0]),
+    ...                  torch.full((1, 28, 28), 3.0))
+    >>> graph = fusion_graph(fusion)  # the eager module; export_fusion(fusion, sem, [inst, inst]) traces it
+    >>> results = run_exported(graph, fusion, sem, [inst, Instances.empty()])
+    >>> [r.num_segments for r in results], results[0].equal(fusion(sem[:1], [inst])[0])
+    ([2, 1], True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ._ops.threads import fusion_threads
+from .fusion.base import PanopticFusion, check_not_meta, fill_stuff_scores, prepare_instances, prepare_semantic
+from .fusion.pruning import prune_and_paste
+from .fusion.upsnet import UPSNetFusion
+from .fusion.upsnet_graph import UPSNetGraph
+from .structures import Instances, PanopticResult
+
+__all__ = ["PackedBatch", "assemble_results", "export_fusion", "fusion_graph", "pack_upsnet", "run_exported"]
+
+
+@dataclass
+class PackedBatch:
+    """The graph's inputs for a batch, and what maps its slots back to the caller's instances.
+
+    Attributes:
+        args: ``(sem, crop, masks, labels, scores, valid)`` as :meth:`UPSNetGraph.forward` takes them.
+        keep: Per image, ``(K_b,)`` int64 indices of the kept instances in the input ``Instances`` (slot order).
+    """
+
+    args: tuple[torch.Tensor, ...]
+    keep: list[torch.Tensor]
+
+
+def fusion_graph(fusion: PanopticFusion) -> UPSNetGraph:
+    """The static-shape module of ``fusion``'s per-pixel path.
+
+    Raises:
+        ValueError: For fusions without an exportable graph yet (today: only :class:`UPSNetFusion`).
+    """
+    if isinstance(fusion, UPSNetFusion):
+        return UPSNetGraph(fusion.table.isthing_tensor(), fusion.unknown, fusion.class_assignment,
+                           fusion.assignment_threshold, fusion.stuff_area_limit)
+    raise ValueError(f"export supports UPSNetFusion; {type(fusion).__name__} has no static-shape graph yet "
+                     "(run it eagerly).")
+
+
+def pack_upsnet(fusion: UPSNetFusion, semantic_logits: torch.Tensor, instances: Sequence[Instances],
+                output_size: tuple[int, int] | None = None, min_slots: int = 1) -> PackedBatch:
+    """Validate, prune and paste a batch into the padded tensors of :class:`UPSNetGraph`.
+
+    Args:
+        fusion: Supplies the table and pruning thresholds.
+        semantic_logits: ``(B, C, h, w)``, as for ``fusion(...)``.
+        instances: ``B`` :class:`Instances`.
+        output_size: ``(H, W)``; default ``(h, w)``.
+        min_slots: Pad the instance axis to at least this many slots (the graph needs ``N >= 1``).
+    """
+    check_not_meta(semantic_logits, instances)
+    sem = prepare_semantic(semantic_logits, fusion.table, len(instances), output_size, check_finite=True)
+    b, _, h, w = sem.shape
+    dev = sem.device
+    kept, keep, local = [], [], []
+    for inst in instances:
+        inst = prepare_instances(inst, fusion.table, (h, w), dev, fusion.mask_kinds)
+        k, loc = prune_and_paste(inst, (h, w), fusion.pruning)
+        kept.append(inst[k])
+        keep.append(k)
+        local.append(loc)
+    n = max([len(k) for k in keep] + [min_slots, 1])
+    crop = torch.zeros(b, n, 4, dtype=torch.int64, device=dev)
+    masks = torch.zeros(b, n, h, w, dtype=sem.dtype, device=dev)
+    labels = torch.zeros(b, n, dtype=torch.int64, device=dev)
+    scores = torch.zeros(b, n, dtype=torch.float32, device=dev)
+    valid = torch.zeros(b, n, dtype=torch.bool, device=dev)
+    for i, (inst, loc) in enumerate(zip(kept, local, strict=True)):
+        k = len(inst)
+        if not k:
+            continue
+        crop[i, :k] = torch.tensor(loc.regions.crop, dtype=torch.int64, device=dev)
+        for j, ((y0, y1, x0, x1), m) in enumerate(zip(loc.regions.paste, loc.logits, strict=True)):
+            if m.numel():
+                masks[i, j, y0:y1, x0:x1] = m
+        labels[i, :k] = inst.labels
+        scores[i, :k] = inst.scores.float()
+        valid[i, :k] = True
+    return PackedBatch((sem, crop, masks, labels, scores, valid), keep)
+
+
+def export_fusion(fusion: PanopticFusion, semantic_logits: torch.Tensor,
+                  instances: Sequence[Instances]) -> torch.export.ExportedProgram:
+    """``torch.export`` the per-pixel path of ``fusion`` with dynamic batch, height, width and instance count.
+
+    Args:
+        fusion: A :class:`UPSNetFusion`.
+        semantic_logits: Example ``(B, C, H, W)`` logits (``H, W >= 2``).
+        instances: Example ``B`` :class:`Instances`.
+
+    Returns:
+        The program; run it with :func:`run_exported`.
+    """
+    graph = fusion_graph(fusion).eval()
+    if semantic_logits.ndim == 4 and semantic_logits.shape[0] == 1:  # a size-1 example dimension specialises
+        semantic_logits, instances = semantic_logits.expand(2, -1, -1, -1), list(instances) * 2
+    packed = pack_upsnet(fusion, semantic_logits, instances, min_slots=2)
+    if min(packed.args[0].shape[-2:]) < 2:
+        raise ValueError("export_fusion needs example logits of at least 2x2 pixels (size-1 dimensions "
+                         "cannot be dynamic).")
+    dim = torch.export.Dim
+    bd, hd, wd, nd = dim("batch", min=1), dim("height", min=1), dim("width", min=1), dim("instances", min=1)
+    shapes = ({0: bd, 2: hd, 3: wd}, {0: bd, 1: nd}, {0: bd, 1: nd, 2: hd, 3: wd}, {0: bd, 1: nd}, {0: bd, 1: nd},
+              {0: bd, 1: nd})
+    with torch.no_grad():
+        return torch.export.export(graph, packed.args, dynamic_shapes=shapes)
+
+
+def run_exported(program: torch.export.ExportedProgram | torch.nn.Module, fusion: PanopticFusion,
+                 semantic_logits: torch.Tensor, instances: Sequence[Instances],
+                 output_size: tuple[int, int] | None = None) -> list[PanopticResult]:
+    """Pack the inputs as :func:`export_fusion` did, run ``program`` and assemble one result per image.
+
+    Used exactly like ``fusion(semantic_logits, instances, output_size)``, with the same results.
+
+    Args:
+        program: From :func:`export_fusion`, or the eager module of :func:`fusion_graph` (same results).
+        fusion: The fusion it was exported from (its table and pruning thresholds pack the inputs).
+        semantic_logits: ``(B, C, h, w)``.
+        instances: ``B`` :class:`Instances`.
+        output_size: ``(H, W)``; default ``(h, w)``.
+    """
+    if not isinstance(fusion, UPSNetFusion):
+        fusion_graph(fusion)  # raises the error that names the supported fusions
+    packed = pack_upsnet(fusion, semantic_logits, instances, output_size)
+    module = program.module() if isinstance(program, torch.export.ExportedProgram) else program
+    with torch.no_grad():
+        outputs = module(*packed.args)
+    return assemble_results(fusion, packed, outputs)
+
+
+def assemble_results(fusion: PanopticFusion, packed: PackedBatch,
+                     outputs: Sequence[torch.Tensor]) -> list[PanopticResult]:
+    """One :class:`PanopticResult` per image from the graph's outputs (e.g. from ONNX Runtime, as tensors).
+
+    Args:
+        fusion: The exported fusion.
+        packed: The inputs the outputs were computed from (:func:`pack_upsnet`).
+        outputs: ``(segment_map, unknown_mask, category, score, area, slot)`` of :meth:`UPSNetGraph.forward`.
+    """
+    segment_map, unknown, category, score, area, slot = outputs
+    sem = packed.args[0]
+    isthing = fusion.table.isthing_tensor(sem.device)
+    out = []
+    for b, keep in enumerate(packed.keep):
+        live = area[b] > 0
+        s = slot[b][live]
+        # live slots are kept instances (< len(keep)); the appended 0 only keeps the lookup in range
+        source = torch.where(s >= 0, torch.cat([keep, keep.new_zeros(1)])[s.clamp(0, len(keep))], -1)
+        cat = category[b][live]
+        result = PanopticResult(segment_map=segment_map[b], unknown_mask=unknown[b], category=cat,
+                                isthing=isthing[cat], score=score[b][live], area=area[b][live], source=source)
+        # the eager fusion's thread count: the softmax's vectorised chunks (and so its last bits) follow it
+        with fusion_threads(int(sem.shape[2]) * int(sem.shape[3]), sem.device):
+            out.append(fill_stuff_scores(result, sem[b]))
+    return out

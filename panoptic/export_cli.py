@@ -1,0 +1,76 @@
+"""The ``panoptic export`` subcommand: write a fusion's exported program (``.pt2``) and, on request, ONNX."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["example_inputs", "register", "run"]
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``export`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
+    p = subparsers.add_parser(
+        "export", help="write UPSNetFusion's per-pixel path as a torch.export program (.pt2), optionally ONNX",
+        description="Export UPSNetFusion's per-pixel path (panoptic argmax, class assignment, stuff area, segment "
+                    "ids) with dynamic batch, height, width and instance count. Load the .pt2 with "
+                    "torch.export.load and run it with panoptic.export.run_exported (pruning and mask pasting run "
+                    "outside the graph).")
+    p.add_argument("--out", type=Path, default=Path("upsnet_fusion.pt2"), help="program file (default: %(default)s)")
+    p.add_argument("--onnx", type=Path, default=None, metavar="FILE",
+                   help="also write ONNX (torch.onnx.export(..., dynamo=True); needs the onnx and onnxscript packages)")
+    p.add_argument("--categories", type=Path, default=None, metavar="JSON",
+                   help="COCO-panoptic JSON with the categories (default: the synthetic dataset's)")
+    p.add_argument("--class-assignment", choices=("heuristic", "detector", "semantic"), default="heuristic",
+                   help="UPSNetFusion class assignment (default: %(default)s)")
+    p.add_argument("--stuff-area-limit", type=int, default=4096, help="default: %(default)s")
+    p.add_argument("--no-unknown", action="store_true", help="without the unknown channel")
+    p.set_defaults(func=run)
+    return p
+
+
+def example_inputs(table: Any, seed: int = 0) -> tuple[torch.Tensor, list[Any]]:
+    """A small random batch (2 images of 24x32, 3 and 5 instances) to trace the program with."""
+    from .structures import Instances
+
+    g = torch.Generator().manual_seed(seed)
+    sem = torch.randn(2, table.num_classes, 24, 32, generator=g)
+    inst = []
+    for n in (3, 5):
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([24.0, 16.0])
+        boxes = torch.cat([xy, xy + 2 + torch.rand(n, 2, generator=g) * 8], 1)
+        inst.append(Instances(boxes, 0.7 + 0.3 * torch.rand(n, generator=g),
+                              torch.randint(0, max(table.num_things, 1), (n,), generator=g),
+                              torch.randn(n, 28, 28, generator=g)))
+    return sem, inst
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export, write the files atomically, print one line per file."""
+    from .atomic import atomic_write
+    from .categories import CategoryTable
+    from .data import synthetic_categories
+    from .engine.config import ConfigError
+    from .export import export_fusion
+    from .fusion import UPSNetFusion
+
+    table = CategoryTable.from_json(args.categories) if args.categories else synthetic_categories()
+    if not table.num_things:
+        raise ConfigError("the categories have no thing class; UPSNetFusion needs at least one.")
+    fusion = UPSNetFusion(table, unknown=not args.no_unknown, class_assignment=args.class_assignment,
+                          stuff_area_limit=args.stuff_area_limit)
+    program = export_fusion(fusion, *example_inputs(table))
+    atomic_write(args.out, lambda f: torch.export.save(program, f))
+    print(f"wrote {args.out} (torch.export program; run it with panoptic.export.run_exported)")
+    if args.onnx is not None:
+        try:
+            onnx_program = torch.onnx.export(program, (), dynamo=True, verbose=False)
+        except ImportError as e:
+            raise ConfigError(f"--onnx needs the onnx and onnxscript packages ({e}); pip install onnx "
+                              "onnxscript.") from e
+        atomic_write(args.onnx, lambda f: f.write(onnx_program.model_proto.SerializeToString()))
+        print(f"wrote {args.onnx} (ONNX)")
+    return 0

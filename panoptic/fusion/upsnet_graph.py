@@ -1,0 +1,147 @@
+"""UPSNet's per-pixel inference path over a padded batch, with static shapes (exportable, no host syncs).
+
+:class:`UPSNetFusion` reduces the instance channels box by box (:func:`panoptic._ops.upsnet_keys`); this module
+states the same rule densely over a padded batch so that ``torch.export`` can trace it: every shape follows
+from the inputs' shapes, and nothing reads a value on the host. It is the graph of
+:func:`panoptic.export.export_fusion`; its results equal the eager ones exactly (``tests/test_export.py``).
+
+What stays outside (see ``docs/concepts/ops.md``, "Batching and export"): the pruning (score threshold, NMS,
+top-k, same-class overlap: data-dependent selections) and the pasting of each kept ROI mask into its box (a
+bilinear resize to a per-instance size, which a static graph cannot reproduce bit for bit).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["UPSNetGraph"]
+
+
+class UPSNetGraph(nn.Module):
+    """Panoptic argmax, class assignment, stuff area and segment numbering of a padded batch.
+
+    Args:
+        isthing: ``(C,)`` bool, the category table's thing flags (stuff channels first).
+        unknown: Include the unknown channel ``U``.
+        class_assignment: ``"heuristic"``, ``"detector"`` or ``"semantic"`` (see :class:`UPSNetFusion`).
+        assignment_threshold: Strict frequency threshold of the heuristic.
+        stuff_area_limit: Stuff categories with a total area below it become void.
+    """
+
+    def __init__(self, isthing: torch.Tensor, unknown: bool, class_assignment: str, assignment_threshold: float,
+                 stuff_area_limit: int) -> None:
+        super().__init__()
+        self.register_buffer("isthing", isthing.bool().clone(), persistent=False)
+        self.num_stuff = int((~isthing).sum())
+        self.num_classes = int(isthing.numel())
+        self.unknown = unknown
+        self.class_assignment = class_assignment
+        self.assignment_threshold = float(assignment_threshold)
+        self.stuff_area_limit = int(stuff_area_limit)
+
+    def forward(self, sem: torch.Tensor, crop: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
+                scores: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Fuse a padded batch.
+
+        Args:
+            sem: ``(B, C, H, W)`` float semantic logits at output size.
+            crop: ``(B, N, 4)`` int64 half-open crop boxes ``(y0, y1, x0, x1)`` of the kept instances.
+            masks: ``(B, N, H, W)`` float mask logits pasted into their paste boxes, 0 elsewhere.
+            labels: ``(B, N)`` int64 thing indices.
+            scores: ``(B, N)`` float detection scores.
+            valid: ``(B, N)`` bool, ``False`` for padding (``N >= 1``: pad an empty batch with one slot).
+
+        Returns:
+            ``segment_map`` ``(B, H, W)`` int32 (0 void, segments numbered in candidate order),
+            ``unknown_mask`` ``(B, H, W)`` bool, and per candidate (the ``Nst`` stuff classes, then the ``N``
+            slots), ``(B, Nst + N)`` each: ``category`` int64, ``score`` float32 (NaN for stuff),
+            ``area`` int64 (0 = no segment) and ``slot`` int64 (the instance slot, -1 for stuff).
+        """
+        b, c, h, w = sem.shape
+        n = crop.shape[1]
+        nst = self.num_stuff
+        dev = sem.device
+        neg_inf = torch.full((), float("-inf"), device=dev)
+        zero = torch.zeros((), device=dev)
+        # Y_i: the semantic logit of instance i's class inside its crop box, 0 outside; Z_i = Y_i + M_i.
+        rows = torch.arange(h, device=dev)[None, None, :, None]
+        cols = torch.arange(w, device=dev)[None, None, None, :]
+        inside = ((rows >= crop[..., 0, None, None]) & (rows < crop[..., 1, None, None])
+                  & (cols >= crop[..., 2, None, None]) & (cols < crop[..., 3, None, None]))
+        things = sem[:, nst:]
+        idx = labels.clamp(0, max(c - nst - 1, 0))[:, :, None, None].expand(b, n, h, w)
+        y = torch.where(inside, torch.gather(things, 1, idx), zero)
+        z = y + masks
+        live = valid[:, :, None, None]
+        ival = torch.where(live, z, neg_inf).amax(1)
+        first = torch.where(live, z, neg_inf).argmax(1)  # first maximum: the earlier instance wins ties
+        any_valid = valid.any(1)[:, None, None]
+        ymax = torch.where(any_valid, torch.where(live, y, neg_inf).amax(1), zero)  # N = 0: max over crops is 0
+        unk = nst + n
+        key = torch.where(any_valid, nst + first, unk)
+        best = ival
+        if self.unknown and c > nst:
+            u = things.amax(1) - ymax
+            key = torch.where(ival >= u, key, unk)
+            best = torch.maximum(ival, u)
+        if nst:
+            smax = sem[:, :nst].amax(1)
+            key = torch.where(smax >= best, sem[:, :nst].argmax(1), key)
+        flat = key.reshape(b, h * w)
+        ch_area = torch.zeros(b, unk + 1, dtype=torch.int64, device=dev).scatter_add_(1, flat, torch.ones_like(flat))
+        category, target, channel_area = self._assign(sem, flat, ch_area, labels)
+        label = self._void_small_stuff(target, channel_area)
+        void = torch.full((b, 1), -1, dtype=torch.int64, device=dev)
+        slot = torch.cat([label, void], 1).gather(1, flat) + 1  # candidate + 1, 0 = void
+        area = torch.zeros(b, unk + 1, dtype=torch.int64, device=dev).scatter_add_(1, slot, torch.ones_like(slot))
+        area = area[:, 1:]
+        keep = (area > 0).long()
+        new_id = torch.cat([torch.zeros(b, 1, dtype=torch.int64, device=dev), torch.cumsum(keep, 1) * keep], 1)
+        segment_map = new_id.gather(1, slot).to(torch.int32).reshape(b, h, w)
+        score = torch.cat([torch.full((b, nst), float("nan"), device=dev), scores.float()], 1)
+        src = torch.cat([torch.full((b, nst), -1, dtype=torch.int64, device=dev),
+                         torch.arange(n, device=dev)[None].expand(b, n)], 1)
+        return segment_map, (key == unk), category, score, area, src
+
+    def _assign(self, sem: torch.Tensor, flat: torch.Tensor, ch_area: torch.Tensor,
+                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per candidate ``(B, Nst + N)``: category, the candidate its pixels join, the channel's area."""
+        b, c = sem.shape[:2]
+        n = labels.shape[1]
+        nst = self.num_stuff
+        dev = sem.device
+        stuff_cat = torch.arange(nst, device=dev)[None].expand(b, nst)
+        inst_cat = labels + nst
+        target = torch.arange(nst + n, device=dev)[None].expand(b, nst + n)
+        channel_area = ch_area[:, :nst + n]
+        if self.class_assignment == "detector":
+            return torch.cat([stuff_cat, inst_cat], 1), target, channel_area
+        # (B, N, C) pixels of instance i whose semantic argmax (first maximum over all C) is class c
+        cls = sem.argmax(1).reshape(b, -1)
+        is_inst = (flat >= nst) & (flat < nst + n)
+        cell = torch.where(is_inst, (flat - nst) * c + cls, n * c)
+        counts = torch.zeros(b, n * c + 1, dtype=torch.int64, device=dev).scatter_add_(1, cell, torch.ones_like(cell))
+        counts = counts[:, :n * c].reshape(b, n, c)
+        area = counts.sum(2)
+        mode = counts.argmax(2)  # first (smallest) class on ties
+        freq = counts.gather(2, mode[..., None])[..., 0].double() / area.clamp(min=1).double()
+        mode_is_stuff = mode < nst
+        if self.class_assignment == "heuristic":
+            to_stuff = (mode != inst_cat) & mode_is_stuff & (freq > self.assignment_threshold) & (area > 0)
+            new_cat = inst_cat
+        else:  # "semantic"
+            to_stuff = mode_is_stuff & (area > 0)
+            new_cat = torch.where((area > 0) & ~mode_is_stuff, mode, inst_cat)
+        inst_target = torch.where(to_stuff, mode, target[:, nst:])
+        return (torch.cat([stuff_cat, new_cat], 1), torch.cat([target[:, :nst], inst_target], 1),
+                torch.cat([channel_area[:, :nst], area], 1))
+
+    def _void_small_stuff(self, target: torch.Tensor, channel_area: torch.Tensor) -> torch.Tensor:
+        """``target`` with ``-1`` where its stuff category's total area is below the limit."""
+        nst = self.num_stuff
+        if not nst or self.stuff_area_limit <= 0:
+            return target
+        total = torch.zeros_like(target).scatter_add_(1, target, channel_area)
+        small = (total < self.stuff_area_limit) & (torch.arange(target.shape[1], device=target.device) < nst)
+        return torch.where(small.gather(1, target), -1, target)
