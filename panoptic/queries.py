@@ -85,8 +85,10 @@ class Queries:
         if c.is_meta or m.is_meta:
             raise ValueError("Queries holds tensors on the 'meta' device, which have no values; run the model on "
                              "a real device before fusion.")
+        from .fusion.base import _all_finite  # one reduction pass, not an isfinite map
+
         for name, t in (("class_logits", c), ("mask_logits", m)):
-            if t.numel() and not bool(torch.isfinite(t).all()):
+            if not _all_finite(t):
                 raise ValueError(f"Queries.{name} contains NaN or inf; check the model output (e.g. clamp or "
                                  "torch.nan_to_num) before fusion.")
 

@@ -16,12 +16,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .._ops.queries import assign_queries
 from ..categories import CategoryTable
 from ..queries import Queries, as_query_list
 from ..structures import Instances, PanopticResult
 from .base import PanopticFusion
 
-__all__ = ["MaskFormerFusion", "QueryFlavor", "assign_queries"]
+__all__ = ["MaskFormerFusion", "QueryFlavor"]
 
 QueryFlavor = Literal["mask2former", "maskformer", "transformers"]
 
@@ -43,34 +44,6 @@ _RULES: dict[str, _Rule] = {
     "maskformer": _Rule(0.8, 0.8, False, False, False, False),
     "transformers": _Rule(0.5, 0.8, False, True, True, True),
 }
-
-
-def assign_queries(prob: torch.Tensor, scores: torch.Tensor, mask_threshold: float,
-                   foreground_of_weighted: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per pixel, the query with the largest ``score * prob``; per query, its areas.
-
-    This is the specification of the per-pixel step (plain torch, no loop over queries).
-
-    Args:
-        prob: ``(n, H, W)`` float32 mask probabilities of the kept queries (``n >= 1``).
-        scores: ``(n,)`` float32 class scores.
-        mask_threshold: A pixel is a query's foreground iff its value ``>= mask_threshold``.
-        foreground_of_weighted: Threshold ``score * prob`` instead of ``prob`` (HF transformers).
-
-    Returns:
-        ``owner`` ``(H, W)`` int64 (first query on ties, as ``argmax``), ``region_area`` ``(n,)`` int64 (pixels
-        owned), ``foreground_area`` ``(n,)`` int64 (pixels ``>= mask_threshold``) and ``owner_foreground``
-        ``(H, W)`` bool (the owner's own value is foreground there).
-    """
-    n = prob.shape[0]
-    weighted = prob * scores.view(-1, 1, 1)
-    owner = weighted.argmax(0)
-    region_area = torch.bincount(owner.reshape(-1), minlength=n)
-    base = weighted if foreground_of_weighted else prob
-    fg = base >= mask_threshold
-    foreground_area = fg.sum((1, 2))
-    owner_foreground = fg.gather(0, owner[None])[0]
-    return owner, region_area, foreground_area, owner_foreground
 
 
 class MaskFormerFusion(PanopticFusion):
@@ -216,8 +189,11 @@ class MaskFormerFusion(PanopticFusion):
             prob = torch.sigmoid(masks)
         sc = scores[kept]
         owner, region, fg_area, owner_fg = assign_queries(prob, sc, self.mask_threshold, rule.foreground_of_weighted)
-        painted = torch.bincount(owner.reshape(-1)[owner_fg.reshape(-1)], minlength=n) \
-            if rule.paint_foreground_only else region
+        if rule.paint_foreground_only:  # Mask2Former paints the owned pixels that are the owner's foreground
+            painted_owner = torch.where(owner_fg, owner, n)  # n: nobody
+            painted = torch.bincount(painted_owner.reshape(-1), minlength=n + 1)[:n]
+        else:
+            painted_owner, painted = owner, region
         if rule.strict_float32_ratio:
             ratio_ok = (region.float() / fg_area.float()).double() > self.overlap_threshold
         else:
@@ -225,13 +201,15 @@ class MaskFormerFusion(PanopticFusion):
         valid = (region > 0) & (fg_area > 0) & (painted > 0) & ratio_ok
         cls = labels[kept]
         category = self.class_map[cls]
-        return self._assemble(owner, owner_fg if rule.paint_foreground_only else None, valid, kept, category,
-                              self.fuse_class[cls], sc, size)
+        return self._assemble(painted_owner, valid, kept, category, self.fuse_class[cls], sc, size)
 
-    def _assemble(self, owner: torch.Tensor, paint: torch.Tensor | None, valid: torch.Tensor, kept: torch.Tensor,
+    def _assemble(self, owner: torch.Tensor, valid: torch.Tensor, kept: torch.Tensor,
                   category: torch.Tensor, fuse: torch.Tensor, scores: torch.Tensor,
                   size: tuple[int, int]) -> PanopticResult:
-        """Segment ids in query order (merged classes take their first query's id), the map and the table."""
+        """Segment ids in query order (merged classes take their first query's id), the map and the table.
+
+        ``owner``: ``(H, W)`` position of the kept query painted at each pixel, ``n`` for none.
+        """
         dev = owner.device
         n = int(kept.numel())
         pos = torch.arange(n, device=dev)
@@ -246,8 +224,7 @@ class MaskFormerFusion(PanopticFusion):
         seg_of_uniq[order] = torch.arange(1, int(order.numel()) + 1, device=dev)
         lut = torch.zeros(n + 1, dtype=torch.int32, device=dev)
         lut[vpos] = seg_of_uniq[inv].int()
-        idx = owner if paint is None else torch.where(paint, owner, n)
-        seg_map = lut[idx]
+        seg_map = lut[owner]
         s = int(order.numel())
         area = torch.bincount(seg_map.reshape(-1).long(), minlength=s + 1)[1:]
         rep = first[order]  # first query position of each segment, in id order
