@@ -45,17 +45,24 @@ def assign_queries(prob: torch.Tensor, scores: torch.Tensor, mask_threshold: flo
         The :class:`QueryAssignment`.
     """
     n = int(prob.shape[0])
+    # foreground as float 0/1 (a bool result and a cast cost more): summed by one matrix-vector product, exact
+    # below 2**24 pixels per query (partial sums of ones are integers that float32 holds exactly)
+    fg = torch.empty(prob.shape, dtype=torch.float32, device=prob.device)
     if not foreground_of_weighted:
-        fg = prob >= mask_threshold
+        torch.ge(prob, mask_threshold, out=fg)
     weighted = prob.mul_(scores.view(-1, 1, 1).to(prob.dtype))
     if foreground_of_weighted:
-        fg = weighted >= mask_threshold
-    foreground_area = fg.view(torch.uint8).reshape(n, -1).sum(1)
+        torch.ge(weighted, mask_threshold, out=fg)
+    flat = fg.reshape(n, -1)
+    if flat.shape[1] < 1 << 24:
+        foreground_area = (flat @ torch.ones(flat.shape[1], device=prob.device)).long()
+    else:
+        foreground_area = flat.sum(1, dtype=torch.float64).long()
     dtype = torch.uint8 if n <= 256 else torch.int16
     reverse = torch.arange(n - 1, -1, -1, dtype=dtype, device=prob.device).view(-1, 1, 1)
     at_max = torch.eq(weighted, weighted.amax(0))
     code = (at_max.view(torch.uint8) if dtype == torch.uint8 else at_max.to(dtype)).mul_(reverse)
     owner = (n - 1) - code.amax(0).long()
     region_area = torch.bincount(owner.reshape(-1), minlength=n)
-    owner_foreground = fg.gather(0, owner[None])[0]
+    owner_foreground = fg.gather(0, owner[None])[0] > 0
     return QueryAssignment(owner, region_area, foreground_area, owner_foreground)

@@ -176,17 +176,17 @@ class MaskFormerFusion(PanopticFusion):
         n = int(kept.numel())
         if n == 0:
             return _empty(size, dev)
-        masks = queries.mask_logits[kept].float()
+        masks = queries.mask_logits[kept].float()  # a copy (index by tensor): the steps below work in place
         if self.resize_masks_to is not None and tuple(masks.shape[1:]) != self.resize_masks_to:
             masks = F.interpolate(masks[None], size=self.resize_masks_to, mode="bilinear", align_corners=False)[0]
         if rule.resize_probabilities:  # HF: sigmoid first, then upsample the probabilities
-            prob = torch.sigmoid(masks)
+            prob = masks.sigmoid_()
             if tuple(prob.shape[1:]) != size:
                 prob = F.interpolate(prob[None], size=size, mode="bilinear", align_corners=False)[0]
         else:  # Mask2Former / MaskFormer: upsample the logits, then sigmoid
             if tuple(masks.shape[1:]) != size:
                 masks = F.interpolate(masks[None], size=size, mode="bilinear", align_corners=False)[0]
-            prob = torch.sigmoid(masks)
+            prob = masks.sigmoid_()
         sc = scores[kept]
         owner, region, fg_area, owner_fg = assign_queries(prob, sc, self.mask_threshold, rule.foreground_of_weighted)
         if rule.paint_foreground_only:  # Mask2Former paints the owned pixels that are the owner's foreground
