@@ -101,3 +101,43 @@ def assert_matches_reference(result: PanopticResult, seg: torch.Tensor, info: li
         c, q = by_id[theirs]
         assert int(result.category[ours - 1]) == int(CLASS_MAP[c])
         assert int(result.source[ours - 1]) == q
+
+
+def reference_kmax(cls: torch.Tensor, masks: torch.Tensor, size: tuple[int, int], class_threshold: float = 0.7,
+                   pixel_threshold: float = 0.4, thing_limit: int = 0, stuff_limit: int = 0,
+                   label_divisor: int = 1000) -> torch.Tensor:
+    """deeplab2 ``max_deeplab.py`` pixelwise post-processing (one frame, one piece), in its arithmetic: float
+    keep/confidence masks multiplied in, counts compared with ``limit - 0.5``, ``semantic * divisor + slot + 1``
+    for things; void is negative. Classes are the model's (thing-ness from ``THING_OF_CLASS``)."""
+    probs = F.softmax(cls.float(), -1)[:, :-1]
+    pred = probs.argmax(-1)
+    confidence = probs.amax(-1)
+    keep = (confidence >= class_threshold).float()
+    if keep.sum() < 0.5:
+        return torch.full(size, -1, dtype=torch.int64)
+    logits = F.interpolate(masks[None].float(), size=size, mode="bilinear", align_corners=True)[0]
+    detected = logits * keep.view(-1, 1, 1) + (-99999.0) * (1 - keep.view(-1, 1, 1))
+    confident = (F.softmax(detected, 0).amax(0) > pixel_threshold).float()
+    confident = confident * (logits.amax(0) == detected.amax(0)).float()
+    mask_id = detected.argmax(0)
+    semantic = pred[mask_id]
+    is_thing = THING_OF_CLASS[semantic].float()
+    thing_mask, stuff_mask = is_thing * confident, (1 - is_thing) * confident
+    thing_ids = (mask_id + 1).float() * thing_mask
+    thing_sem = (semantic + 1).float() * thing_mask
+    stuff_sem = (semantic + 1).float() * stuff_mask
+
+    def filter_by_count(index_map: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = index_map.round().long()
+        counts = torch.bincount(idx.reshape(-1))[idx]
+        keep_px = (counts.float() > limit - 0.5).float()
+        return index_map * keep_px, keep_px
+
+    if stuff_limit > 0:
+        stuff_sem, _ = filter_by_count(stuff_sem, stuff_limit)
+    if thing_limit > 0:
+        thing_ids, kept = filter_by_count(thing_ids, thing_limit)
+        thing_sem = thing_sem * kept
+    sem = thing_sem + stuff_sem - 1.0
+    sem = (sem < -0.5).float() * 0.0 + sem  # void_label -1: (void + 1) = 0 is added where void
+    return (sem * label_divisor + thing_ids).round().long()

@@ -25,6 +25,7 @@ from maskformer_refs import (
     assert_matches_reference,
     assert_same_partition,
     random_scene,
+    reference_kmax,
     reference_rule,
 )
 
@@ -57,6 +58,26 @@ def test_thresholds_other_than_default(flavor: str) -> None:
         cls, masks, size = random_scene(g)
         seg, info = reference_rule(cls, masks, size, flavor == "mask2former", obj, ovl)
         assert_matches_reference(fusion(Queries(cls, masks), output_size=size)[0], seg, info)
+
+
+@pytest.mark.parametrize("limits", [(0, 0), (3, 20)])
+def test_kmax_matches_deeplab2_pixelwise(limits: tuple[int, int]) -> None:
+    fusion = MaskFormerFusion(TABLE, flavor="kmax", class_map=CLASS_MAP, thing_area_limit=limits[0],
+                              stuff_area_limit=limits[1])
+    g = torch.Generator().manual_seed(31 + limits[0])
+    segments = 0
+    for _ in range(CASES if limits == (0, 0) else CASES // 4):
+        cls, masks, size = random_scene(g)
+        masks = masks / 4  # slot logits compete through a softmax: keep some pixels unconfident
+        ref = reference_kmax(cls, masks, size, thing_limit=limits[0], stuff_limit=limits[1])
+        result = fusion(Queries(cls, masks), output_size=size)[0]
+        result.validate(TABLE)
+        relabel = assert_same_partition(result.segment_map, torch.where(ref < 0, 0, ref + 1))  # void -> 0
+        for ours, theirs in relabel.items():
+            if ours:
+                assert int(result.category[ours - 1]) == int(CLASS_MAP[(theirs - 1) // 1000])
+        segments += result.num_segments
+    assert segments > CASES // 4
 
 
 def import_oracle(require: bool) -> ModuleType:

@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .._ops.argmax import first_argmax
 from .._ops.queries import assign_queries
 from ..categories import CategoryTable
 from ..queries import Queries, as_query_list
@@ -24,7 +25,7 @@ from .base import PanopticFusion
 
 __all__ = ["MaskFormerFusion", "QueryFlavor"]
 
-QueryFlavor = Literal["mask2former", "maskformer", "transformers"]
+QueryFlavor = Literal["mask2former", "maskformer", "transformers", "kmax"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class _Rule:
 
     object_mask_threshold: float
     overlap_threshold: float
+    mask_threshold: float
     paint_foreground_only: bool  # Mask2Former paints argmax region AND sigmoid >= t; the others the whole region
     foreground_of_weighted: bool  # HF thresholds score * sigmoid (its masks are scaled in place) for the area
     strict_float32_ratio: bool  # HF: float32(area / fg_area) > t; detectron2-style code: float64 ratio >= t
@@ -40,10 +42,15 @@ class _Rule:
 
 
 _RULES: dict[str, _Rule] = {
-    "mask2former": _Rule(0.8, 0.8, True, False, False, False),
-    "maskformer": _Rule(0.8, 0.8, False, False, False, False),
-    "transformers": _Rule(0.5, 0.8, False, True, True, True),
+    "mask2former": _Rule(0.8, 0.8, 0.5, True, False, False, False),
+    "maskformer": _Rule(0.8, 0.8, 0.5, False, False, False, False),
+    "transformers": _Rule(0.5, 0.8, 0.5, False, True, True, True),
+    # deeplab2's pixelwise rule has its own path (_fuse_kmax); only its thresholds are read from here
+    "kmax": _Rule(0.7, 0.0, 0.4, False, False, False, False),
 }
+
+#: deeplab2's logit for rejected slots (``_SMALL_CONSTANT_FOR_SOFTMAX``): their softmax share is 0.
+KMAX_REJECTED_LOGIT = -99999.0
 
 
 class MaskFormerFusion(PanopticFusion):
@@ -54,22 +61,30 @@ class MaskFormerFusion(PanopticFusion):
 
     Args:
         table: Category table.
-        flavor: ``"mask2former"`` (default; OneFormer's rule is the same), ``"maskformer"`` or ``"transformers"``
-            (Hugging Face ``post_process_panoptic_segmentation`` of MaskFormer / Mask2Former / OneFormer).
+        flavor: ``"mask2former"`` (default; OneFormer's rule is the same), ``"maskformer"``, ``"transformers"``
+            (Hugging Face ``post_process_panoptic_segmentation`` of MaskFormer / Mask2Former / OneFormer) or
+            ``"kmax"`` (deeplab2's pixelwise rule of kMaX-DeepLab / MaX-DeepLab, static shapes; see
+            :meth:`fuse_kmax`).
         class_map: ``(K,)`` contiguous id of each model class (:meth:`CategoryTable.class_index_map`); default
             the identity (the model's classes in the table's stuff-first order).
         object_mask_threshold: Keep a query iff its best class is not "no object" and its softmax score is
-            ``> object_mask_threshold`` (float32, all flavours). Default 0.8, HF's ``threshold`` 0.5.
+            ``> object_mask_threshold`` (float32). Default 0.8, HF's ``threshold`` 0.5. ``"kmax"``: a slot is kept
+            iff its best class other than "no object" has probability ``>= object_mask_threshold`` (default 0.7).
         overlap_threshold: Keep a segment iff ``region_area / foreground_area >= overlap_threshold`` in float64
             (``"mask2former"``, ``"maskformer"``) or ``float32(ratio) > overlap_threshold`` (``"transformers"``,
-            its ``overlap_mask_area_threshold``). Default 0.8.
+            its ``overlap_mask_area_threshold``). Default 0.8. Not used by ``"kmax"``.
         mask_threshold: A pixel is a query's foreground iff ``sigmoid(mask) >= mask_threshold``
-            (``"transformers"``: ``score * sigmoid(mask) >= mask_threshold``, as HF does). Default 0.5.
+            (``"transformers"``: ``score * sigmoid(mask) >= mask_threshold``, as HF does). Default 0.5. ``"kmax"``: a
+            pixel is confident iff its largest softmax over kept slots is ``> mask_threshold`` (default 0.4).
         label_ids_to_fuse: Model class indices whose segments merge into one (``"transformers"`` only, as HF's
             argument). Default: the stuff classes (HF's default fuses nothing, which gives several segments per
             stuff category). The other flavours always merge stuff.
         resize_masks_to: ``(h, w)`` every mask logit map is first resized to (bilinear), as HF's Mask2Former
             processor does with ``(384, 384)``; default none.
+        thing_area_limit: ``"kmax"`` only: a thing slot's segment is kept iff its area ``>= thing_area_limit``
+            (deeplab2's ``count > limit - 0.5``); 0 (default) keeps all.
+        stuff_area_limit: ``"kmax"`` only: a stuff category's merged segment is kept iff its area
+            ``>= stuff_area_limit``; 0 (default) keeps all.
 
     Example:
         >>> from panoptic.data import synthetic_categories
@@ -87,8 +102,9 @@ class MaskFormerFusion(PanopticFusion):
     def __init__(self, table: CategoryTable, flavor: QueryFlavor = "mask2former",
                  class_map: torch.Tensor | Sequence[int] | None = None,
                  object_mask_threshold: float | None = None, overlap_threshold: float | None = None,
-                 mask_threshold: float = 0.5, label_ids_to_fuse: Sequence[int] | None = None,
-                 resize_masks_to: tuple[int, int] | None = None) -> None:
+                 mask_threshold: float | None = None, label_ids_to_fuse: Sequence[int] | None = None,
+                 resize_masks_to: tuple[int, int] | None = None, thing_area_limit: int = 0,
+                 stuff_area_limit: int = 0) -> None:
         super().__init__(table)
         if flavor not in _RULES:
             raise ValueError(f"unknown MaskFormerFusion flavor {flavor!r}; use one of {sorted(_RULES)}.")
@@ -98,7 +114,13 @@ class MaskFormerFusion(PanopticFusion):
         self.object_mask_threshold = float(rule.object_mask_threshold if object_mask_threshold is None
                                            else object_mask_threshold)
         self.overlap_threshold = float(rule.overlap_threshold if overlap_threshold is None else overlap_threshold)
-        self.mask_threshold = float(mask_threshold)
+        self.mask_threshold = float(rule.mask_threshold if mask_threshold is None else mask_threshold)
+        if (thing_area_limit or stuff_area_limit) and flavor != "kmax":
+            raise ValueError("thing_area_limit and stuff_area_limit are deeplab2's (flavor='kmax'); the other "
+                             "flavours filter segments by overlap_threshold.")
+        if int(thing_area_limit) < 0 or int(stuff_area_limit) < 0:
+            raise ValueError("thing_area_limit and stuff_area_limit must be >= 0 pixels.")
+        self.thing_area_limit, self.stuff_area_limit = int(thing_area_limit), int(stuff_area_limit)
         for name in ("object_mask_threshold", "overlap_threshold", "mask_threshold"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
@@ -167,6 +189,8 @@ class MaskFormerFusion(PanopticFusion):
 
     def fuse_queries(self, queries: Queries, size: tuple[int, int]) -> PanopticResult:
         """Fuse one image's validated queries at output size ``size = (H, W)``."""
+        if self.flavor == "kmax":
+            return self.fuse_kmax(queries, size)
         rule = self.rule
         dev = queries.class_logits.device
         probs = torch.softmax(queries.class_logits.float(), -1)
@@ -202,6 +226,40 @@ class MaskFormerFusion(PanopticFusion):
         cls = labels[kept]
         category = self.class_map[cls]
         return self._assemble(painted_owner, valid, kept, category, self.fuse_class[cls], sc, size)
+
+    def fuse_kmax(self, queries: Queries, size: tuple[int, int]) -> PanopticResult:
+        """deeplab2's pixelwise rule (``max_deeplab.py``), on all ``Q`` slots (static shapes until the table).
+
+        A slot is kept iff its best class (the no-object column excluded) has probability ``>=``
+        ``object_mask_threshold``; mask logits are resized with ``align_corners=True``; rejected slots get logit
+        :data:`KMAX_REJECTED_LOGIT`; a pixel goes to the argmax slot and is confident iff the largest softmax over
+        slots is ``> mask_threshold`` and the overall largest logit is a kept slot's; thing slots and stuff
+        categories (merged) then pass the area limits.
+        """
+        probs = torch.softmax(queries.class_logits.float(), -1)[:, :-1]
+        conf, pred = probs.max(-1)
+        keep = conf >= self.object_mask_threshold
+        q = int(conf.numel())
+        logits = queries.mask_logits.float()
+        if tuple(logits.shape[1:]) != size:
+            logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=True)[0]
+        detected = torch.where(keep.view(-1, 1, 1), logits, torch.full((), KMAX_REJECTED_LOGIT))
+        top = detected.amax(0)
+        confident = (torch.softmax(detected, 0).amax(0) > self.mask_threshold) & (logits.amax(0) == top)
+        slot = first_argmax(detected)
+        category = self.class_map[pred]
+        thing = self.table.isthing_tensor(category.device)[category]
+        painted = confident & keep.any()  # deeplab2: no kept slot, no segment
+        slot_area = torch.bincount(torch.where(painted, slot, q).reshape(-1), minlength=q + 1)[:q]
+        ok = slot_area > 0
+        if self.thing_area_limit > 0:
+            ok &= ~thing | (slot_area >= self.thing_area_limit)
+        if self.stuff_area_limit > 0:  # per category: stuff slots of one class are one segment
+            class_area = torch.zeros(self.table.num_classes, dtype=torch.int64, device=slot_area.device)
+            class_area.index_add_(0, category, torch.where(thing, 0, slot_area))
+            ok &= thing | (class_area[category] >= self.stuff_area_limit)
+        owner = torch.where(painted, slot, q)
+        return self._assemble(owner, ok, torch.arange(q, device=ok.device), category, ~thing, conf, size)
 
     def _assemble(self, owner: torch.Tensor, valid: torch.Tensor, kept: torch.Tensor,
                   category: torch.Tensor, fuse: torch.Tensor, scores: torch.Tensor,
