@@ -88,6 +88,26 @@ def test_stuff_queries_of_one_category_merge_things_do_not() -> None:
     assert r.segment_map[0].tolist() == [1, 2, 3, 4]
 
 
+def test_kmax_pixelwise_rule() -> None:
+    probs = torch.full((3, K + 1), 0.01)
+    probs[0, THING], probs[0, K] = 0.72, 0.23  # kept: 0.72 >= 0.7
+    probs[1, STUFF], probs[1, K] = 0.9, 0.05
+    probs[2, THING], probs[2, K] = 0.5, 0.45  # rejected slot (0.5 < 0.7)
+    masks = torch.tensor([[[3.0, 0.0, 0.0, -9.0]], [[0.0, 3.0, 0.0, -9.0]], [[0.0, 0.0, 0.0, 9.0]]])
+    r = fuse("kmax", probs.log(), masks)
+    # pixel 0: slot 0 (softmax e^3 / (e^3 + 1) > 0.4); pixel 2: two kept slots at 0 -> 0.5 > 0.4, first wins;
+    # pixel 3: the largest logit is the rejected slot's -> void
+    assert r.segment_map.tolist() == [[1, 2, 1, 0]] and r.source.tolist() == [0, 1]
+    assert fuse("kmax", probs.log(), masks, mask_threshold=0.5).segment_map.tolist() == [[1, 2, 0, 0]]  # strict
+    assert fuse("kmax", probs.log(), masks, thing_area_limit=3).segment_map.tolist() == [[0, 1, 0, 0]]
+    assert fuse("kmax", probs.log(), masks, stuff_area_limit=2).segment_map.tolist() == [[1, 0, 1, 0]]
+    # the no-object column never vetoes a slot (Mask2Former's rule drops a query whose best class is no-object)
+    veto = probs.clone()
+    veto[0, THING], veto[0, K] = 0.35, 0.6
+    assert fuse("kmax", veto.log(), masks, object_mask_threshold=0.3).source.tolist() == [0, 1, 2]
+    assert fuse("mask2former", veto.log(), masks, object_mask_threshold=0.3).source.tolist() == [1, 2]
+
+
 def test_upsampling_and_empty() -> None:
     cls = class_logits((THING, 10.0))
     masks = torch.tensor([[[5.0, -5.0]]])
@@ -113,7 +133,7 @@ def test_assign_queries_equals_first_argmax_with_ties() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), flavor=st.sampled_from(["mask2former", "maskformer", "transformers"]))
+@given(seed=st.integers(0, 2**31 - 1), flavor=st.sampled_from(["mask2former", "maskformer", "transformers", "kmax"]))
 def test_invariants(seed: int, flavor: str) -> None:
     cls, masks, size = random_scene(torch.Generator().manual_seed(seed), max_queries=20)
     fusion = MaskFormerFusion(TABLE, flavor=flavor, class_map=CLASS_MAP)  # type: ignore[arg-type]
@@ -144,6 +164,8 @@ def test_input_errors_name_the_fix() -> None:
         MaskFormerFusion(TABLE, class_map=[0, 99])
     with pytest.raises(ValueError, match="transformers"):
         MaskFormerFusion(TABLE, label_ids_to_fuse=[1])
+    with pytest.raises(ValueError, match="kmax"):
+        MaskFormerFusion(TABLE, stuff_area_limit=10)
     with pytest.raises(ValueError, match="overlap_threshold"):
         MaskFormerFusion(TABLE, overlap_threshold=1.5)
     with pytest.raises(TypeError, match="Queries"):
