@@ -105,7 +105,8 @@ def test_kmax_pixelwise_rule() -> None:
     veto = probs.clone()
     veto[0, THING], veto[0, K] = 0.35, 0.6
     assert fuse("kmax", veto.log(), masks, object_mask_threshold=0.3).source.tolist() == [0, 1, 2]
-    assert fuse("mask2former", veto.log(), masks, object_mask_threshold=0.3).source.tolist() == [1, 2]
+    # (slot 2 owns 1 of its 4 foreground pixels there: dropped by the overlap test)
+    assert fuse("mask2former", veto.log(), masks, object_mask_threshold=0.3).source.tolist() == [1]
 
 
 def test_upsampling_and_empty() -> None:
