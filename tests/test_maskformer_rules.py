@@ -118,7 +118,10 @@ def test_upsampling_and_empty() -> None:
     assert empty.num_segments == 0 and empty.segment_map.shape == (3, 3) and not bool(empty.segment_map.any())
 
 
-def test_assign_queries_equals_first_argmax_with_ties() -> None:
+def test_assign_queries_equals_first_argmax_with_ties(monkeypatch: pytest.MonkeyPatch) -> None:
+    import panoptic._ops.queries as ops_queries
+
+    monkeypatch.setattr(ops_queries, "CHUNK_BYTES", 64)  # many row chunks of one row
     g = torch.Generator().manual_seed(0)
     for n in (1, 2, 7, 30, 300):
         prob = (torch.randint(0, 4, (n, 5, 6), generator=g) / 4.0)  # many ties
@@ -127,6 +130,9 @@ def test_assign_queries_equals_first_argmax_with_ties() -> None:
         for of_weighted in (False, True):
             a = assign_queries(prob.clone(), scores, 0.5, of_weighted)
             assert torch.equal(a.owner, weighted.argmax(0))
+            logits = torch.logit(prob.clamp(0.05, 0.95))  # the sigmoid taken inside, chunk by chunk
+            b = assign_queries(logits.clone(), scores, 0.5, of_weighted, sigmoid=True)
+            assert torch.equal(b.owner, (logits.sigmoid() * scores.view(-1, 1, 1)).argmax(0))
             fg = (weighted if of_weighted else prob) >= 0.5
             assert torch.equal(a.foreground_area, fg.sum((1, 2)))
             assert torch.equal(a.region_area, torch.bincount(a.owner.reshape(-1), minlength=n))

@@ -207,12 +207,13 @@ class MaskFormerFusion(PanopticFusion):
             prob = masks.sigmoid_()
             if tuple(prob.shape[1:]) != size:
                 prob = F.interpolate(prob[None], size=size, mode="bilinear", align_corners=False)[0]
-        else:  # Mask2Former / MaskFormer: upsample the logits, then sigmoid
+        else:  # Mask2Former / MaskFormer: upsample the logits; assign_queries takes the sigmoid
             if tuple(masks.shape[1:]) != size:
                 masks = F.interpolate(masks[None], size=size, mode="bilinear", align_corners=False)[0]
-            prob = masks.sigmoid_()
+            prob = masks
         sc = scores[kept]
-        owner, region, fg_area, owner_fg = assign_queries(prob, sc, self.mask_threshold, rule.foreground_of_weighted)
+        owner, region, fg_area, owner_fg = assign_queries(prob, sc, self.mask_threshold, rule.foreground_of_weighted,
+                                                          sigmoid=not rule.resize_probabilities)
         if rule.paint_foreground_only:  # Mask2Former paints the owned pixels that are the owner's foreground
             painted_owner = torch.where(owner_fg, owner, n)  # n: nobody
             painted = torch.bincount(painted_owner.reshape(-1), minlength=n + 1)[:n]
