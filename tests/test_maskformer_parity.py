@@ -51,7 +51,7 @@ def test_matches_reference_rule(flavor: str) -> None:
 @pytest.mark.parametrize("flavor", ["mask2former", "maskformer"])
 def test_thresholds_other_than_default(flavor: str) -> None:
     g = torch.Generator().manual_seed(3)
-    for i in range(40):
+    for i in range(24):
         obj, ovl = [(0.3, 0.5), (0.6, 0.25), (0.9, 0.95), (0.5, 0.0)][i % 4]
         fusion = MaskFormerFusion(TABLE, flavor=flavor, class_map=CLASS_MAP,  # type: ignore[arg-type]
                                   object_mask_threshold=obj, overlap_threshold=ovl)

@@ -114,8 +114,11 @@ def test_upsampling_and_empty() -> None:
     masks = torch.tensor([[[5.0, -5.0]]])
     r = MaskFormerFusion(TABLE, class_map=CLASS_MAP)(Queries(cls, masks), output_size=(1, 4))[0]
     assert r.segment_map.tolist() == [[1, 1, 0, 0]]  # bilinear logits 5, 2.5, -2.5, -5
-    empty = MaskFormerFusion(TABLE, class_map=CLASS_MAP)(Queries(torch.zeros(0, K + 1), torch.zeros(0, 3, 3)))[0]
-    assert empty.num_segments == 0 and empty.segment_map.shape == (3, 3) and not bool(empty.segment_map.any())
+    for flavor in ("mask2former", "kmax"):
+        fusion = MaskFormerFusion(TABLE, flavor, class_map=CLASS_MAP)
+        empty = fusion(Queries(torch.zeros(0, K + 1), torch.zeros(0, 3, 3)))[0]
+        assert empty.num_segments == 0 and empty.segment_map.shape == (3, 3) and not bool(empty.segment_map.any())
+    assert MaskFormerFusion(TABLE, class_map=CLASS_MAP)([]) == []
 
 
 def test_assign_queries_equals_first_argmax_with_ties(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -241,6 +241,8 @@ class MaskFormerFusion(PanopticFusion):
         conf, pred = probs.max(-1)
         keep = conf >= self.object_mask_threshold
         q = int(conf.numel())
+        if q == 0:
+            return _empty(size, queries.class_logits.device)
         logits = queries.mask_logits.float()
         if tuple(logits.shape[1:]) != size:
             logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=True)[0]
