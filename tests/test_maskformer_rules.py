@@ -172,6 +172,8 @@ def test_input_errors_name_the_fix() -> None:
         MaskFormerFusion(TABLE, flavor="detr")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="class_index_map"):
         MaskFormerFusion(TABLE, class_map=[0, 99])
+    with pytest.raises(ValueError, match="1-D int"):
+        MaskFormerFusion(TABLE, class_map=torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="transformers"):
         MaskFormerFusion(TABLE, label_ids_to_fuse=[1])
     with pytest.raises(ValueError, match="kmax"):

@@ -4,7 +4,8 @@ The rule (Mask2Former ``panoptic_inference``): softmax the class logits; keep a 
 "no object" with score ``> object_mask_threshold``; each pixel goes to the kept query with the largest
 ``score * sigmoid(mask)``; a query keeps its segment if its argmax area over its own foreground area
 (``sigmoid >= mask_threshold``) passes ``overlap_threshold``; stuff queries of one category merge. The flavours
-differ in what is painted and how the overlap ratio compares (see ``docs/fusion-strategies.md``).
+differ in what is painted and how the overlap ratio compares (see ``docs/fusion-strategies.md``). ``"kmax"`` is
+deeplab2's pixelwise rule for kMaX-DeepLab (:meth:`MaskFormerFusion.fuse_kmax`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ _RULES: dict[str, _Rule] = {
     "mask2former": _Rule(0.8, 0.8, 0.5, True, False, False, False),
     "maskformer": _Rule(0.8, 0.8, 0.5, False, False, False, False),
     "transformers": _Rule(0.5, 0.8, 0.5, False, True, True, True),
-    # deeplab2's pixelwise rule has its own path (_fuse_kmax); only its thresholds are read from here
+    # deeplab2's pixelwise rule has its own path (fuse_kmax); only its thresholds are read from here
     "kmax": _Rule(0.7, 0.0, 0.4, False, False, False, False),
 }
 
@@ -125,9 +126,8 @@ class MaskFormerFusion(PanopticFusion):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {v}.")
-        cmap = (torch.arange(table.num_classes) if class_map is None
-                else torch.as_tensor(class_map, dtype=torch.int64))
-        if cmap.ndim != 1 or cmap.numel() == 0 or cmap.is_floating_point():
+        cmap = torch.arange(table.num_classes) if class_map is None else torch.as_tensor(class_map)
+        if cmap.ndim != 1 or cmap.numel() == 0 or cmap.is_floating_point() or cmap.dtype == torch.bool:
             raise ValueError(f"class_map must be a 1-D int sequence (contiguous id per model class), got "
                              f"{tuple(cmap.shape)} {cmap.dtype}; build it with table.class_index_map(...).")
         if int(cmap.min()) < 0 or int(cmap.max()) >= table.num_classes:
