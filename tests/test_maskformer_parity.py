@@ -137,3 +137,13 @@ def test_matches_transformers(transformers: ModuleType, processor: str) -> None:
     print(f'{processor}: {segments} segments, {collisions} scenes with HF id collisions')
     assert segments > CASES
     assert collisions < CASES // 4
+
+
+def test_required_oracle_missing_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import fails
+    with pytest.raises(ImportError, match="PANOPTIC_REQUIRE_ORACLE"):
+        import_oracle(True)
+    with pytest.raises(pytest.skip.Exception):
+        import_oracle(False)
