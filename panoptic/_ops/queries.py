@@ -41,7 +41,7 @@ def assign_queries(prob: torch.Tensor, scores: torch.Tensor, mask_threshold: flo
 
     Args:
         prob: ``(n, H, W)`` float32 mask probabilities of the kept queries (logits with ``sigmoid=True``),
-            ``1 <= n <= 32767``; **overwritten** with ``score * prob``.
+            ``n >= 1``; **overwritten** with ``score * prob``.
         scores: ``(n,)`` float32 class scores.
         mask_threshold: A pixel is a query's foreground iff its value ``>= mask_threshold``.
         foreground_of_weighted: Threshold ``score * prob`` instead of ``prob`` (HF transformers does).
@@ -55,7 +55,7 @@ def assign_queries(prob: torch.Tensor, scores: torch.Tensor, mask_threshold: flo
     owner = torch.empty(h, w, dtype=torch.int64, device=dev)
     owner_foreground = torch.empty(h, w, dtype=torch.bool, device=dev)
     foreground_area = torch.zeros(n, dtype=torch.int64, device=dev)
-    dtype = torch.uint8 if n <= 256 else torch.int16
+    dtype = torch.uint8 if n <= 256 else torch.int32
     reverse = torch.arange(n - 1, -1, -1, dtype=dtype, device=dev).view(-1, 1, 1)
     sc = scores.view(-1, 1, 1).to(prob.dtype)
     rows = h if dev.type != "cpu" else max(1, CHUNK_BYTES // (4 * n * w))
