@@ -211,7 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", choices=["auto", "torch", "native"], default="auto",
                    help="per-pixel passes of the fusions: auto (the C extension when built) or torch (the fallback "
                         "of an install without a C compiler)")
+    p.add_argument("--family", choices=["instances", "queries"], default="instances",
+                   help="instances: the tables above; queries: MaskFormerFusion against HF transformers' "
+                        "post-processing (see query_speed)")
     args = p.parse_args(argv)
+    if args.family == "queries":
+        return query_speed(args)
     with ops.backend(args.backend):
         return _run(args)
 
@@ -401,6 +406,113 @@ def print_thread_table(res: dict[str, Any]) -> None:
                 h1, hd = r[f"heuristic{n}_1t_ms"], r[f"heuristic{n}_default_ms"]
                 print(f"| {size} | {phase} (load {r['loadavg']}) | {n} | {u1:.1f} | {ud:.1f} | {ud / u1:.2f}x "
                       f"| {h1:.1f} | {hd:.1f} | {hd / h1:.2f}x |")
+
+
+# ------------------------------------------------------------------------------------------ query family
+#: (name, classes, things, image (H, W), mask logits (h, w)) of the query benchmark: COCO and Cityscapes.
+QUERY_SCENES = (("coco", 133, 80, (800, 1216), (200, 304)), ("cityscapes", 19, 8, (1024, 2048), (256, 512)))
+#: Queries of the 100 kept per scene (most of a query model's queries predict "no object").
+QUERY_KEPT = (5, 26)
+
+
+def query_scene(num_queries: int, num_classes: int, kept: int, mask_size: tuple[int, int],
+                seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Q, K + 1)`` class logits (``kept`` confident queries, the rest "no object") and smooth ``(Q, h, w)`` mask
+    logits (random values on a grid 16x coarser, upsampled bilinearly)."""
+    g = torch.Generator().manual_seed(seed)
+    cls = torch.randn(num_queries, num_classes + 1, generator=g)
+    cls[:, num_classes] += 4.0
+    idx = torch.randperm(num_queries, generator=g)[:kept]
+    cls[idx, torch.randint(0, num_classes, (kept,), generator=g)] += 12.0
+    h, w = mask_size
+    coarse = torch.randn(num_queries, 1, max(1, h // 16), max(1, w // 16), generator=g) * 6
+    return cls, F.interpolate(coarse, size=mask_size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def query_speed(args: argparse.Namespace) -> int:
+    """``--family queries``: 100 queries at COCO and Cityscapes sizes, 5 and 26 kept, interleaved per repetition:
+
+    * ``hf``: transformers' ``Mask2FormerImageProcessor().post_process_panoptic_segmentation`` (masks resized to
+      384x384, then the kept ones to the image size; ``label_ids_to_fuse`` = the stuff classes);
+    * ``ours_hf``: ``MaskFormerFusion(flavor="transformers", resize_masks_to=(384, 384))``, the same rule on the
+      same inputs (its maps equal HF's, see ``tests/test_maskformer_parity.py``);
+    * ``ours``: ``MaskFormerFusion()`` (Mask2Former's rule, masks upsampled from their own size).
+
+    Target: ``hf / ours_hf >= 5`` at every size. ``--quick``: half-size images, 1 repetition.
+    """
+    import logging
+    from types import SimpleNamespace
+
+    from panoptic import MaskFormerFusion, Queries
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 7)
+    try:
+        import transformers
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        proc = transformers.Mask2FormerImageProcessor()
+    except Exception as e:  # the oracle is a test extra
+        proc = None
+        print(f"transformers not available ({type(e).__name__}: {e}); pip install transformers", file=sys.stderr)
+    load_start = os.getloadavg()
+    rows: dict[str, dict[str, Any]] = {}
+    calls: dict[str, dict[str, Callable[[], Any]]] = {}
+    for name, k, things, size, msize in QUERY_SCENES:
+        if args.quick:
+            size, msize = (size[0] // 2, size[1] // 2), (msize[0] // 2, msize[1] // 2)
+        table = CategoryTable.from_coco([{"id": i + 1, "isthing": int(i < things)} for i in range(k)])
+        cmap = table.class_index_map("dataset")
+        stuff = list(range(things, k))
+        ours_hf = MaskFormerFusion(table, "transformers", class_map=cmap, label_ids_to_fuse=stuff,
+                                   resize_masks_to=(384, 384))
+        ours = MaskFormerFusion(table, class_map=cmap)
+        for kept in QUERY_KEPT:
+            cls, masks = query_scene(100, k, kept, msize, args.seed)
+            q = Queries(cls, masks)
+            out = SimpleNamespace(class_queries_logits=cls[None], masks_queries_logits=masks[None])
+            key = f"{name} {size[0]}x{size[1]}, {kept} kept"
+            calls[key] = {
+                "ours_hf": functools.partial(ours_hf, q, size),
+                "ours": functools.partial(ours, q, size),
+            }
+            if proc is not None:
+                calls[key]["hf"] = functools.partial(proc.post_process_panoptic_segmentation, out,
+                                                     label_ids_to_fuse=set(stuff), target_sizes=[size])
+            rows[key] = {"segments": ours_hf(q, size)[0].num_segments}
+    times: dict[str, dict[str, list[float]]] = {key: {n: [] for n in c} for key, c in calls.items()}
+    with torch.inference_mode():
+        for c in calls.values():  # warm-up
+            for fn in c.values():
+                fn()
+        for _ in range(repeats):
+            for key, c in calls.items():
+                for n, fn in c.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    times[key][n].append(1000 * (time.perf_counter() - t0))
+    print(f"\nmedian ms per image, {repeats} interleaved repetitions, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, load average {load_start[0]:.2f} at the start, "
+          f"{os.getloadavg()[0]:.2f} at the end\n")
+    print("| scene | HF transformers | ours, transformers flavour | ours, mask2former | HF / ours (same rule) "
+          "| HF / ours (mask2former) |")
+    print("|---|---|---|---|---|---|")
+    for key, t in times.items():
+        med = {n: round(statistics.median(v), 2) for n, v in t.items()}
+        rows[key].update({f"{n}_ms": v for n, v in med.items()})
+        hf = med.get("hf")
+        rows[key]["speedup_same_rule"] = None if hf is None else round(hf / med["ours_hf"], 2)
+        rows[key]["speedup_mask2former"] = None if hf is None else round(hf / med["ours"], 2)
+        print(f"| {key} | {hf if hf is not None else 'n/a'} | {med['ours_hf']} | {med['ours']} "
+              f"| {rows[key]['speedup_same_rule']} | {rows[key]['speedup_mask2former']} |")
+    rows["machine"] = {"cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "repeats": repeats, "loadavg_start": [round(v, 2) for v in load_start],
+                       "loadavg_end": [round(v, 2) for v in os.getloadavg()]}
+    if args.json is not None:
+        tmp_json = args.json.with_name(args.json.name + ".tmp")  # no partial file
+        tmp_json.write_text(json.dumps(rows, indent=2))
+        tmp_json.replace(args.json)
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from .categories import Category, CategoryTable
 from .fusion import HeuristicFusion, PanopticFusion, UPSNetFusion
+from .fusion.maskformer import MaskFormerFusion
+from .queries import Queries
 from .structures import Instances, PanopticResult
 
 __version__ = "0.1.0"
@@ -11,8 +13,10 @@ __all__ = [
     "CategoryTable",
     "HeuristicFusion",
     "Instances",
+    "MaskFormerFusion",
     "PanopticFusion",
     "PanopticResult",
+    "Queries",
     "UPSNetFusion",
     "__version__",
 ]

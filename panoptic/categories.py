@@ -86,6 +86,7 @@ class CategoryTable:
         if dupes:
             raise CategoryError(f"duplicate category ids {dupes}; every category needs a unique 'id'.")
         self._cats: tuple[Category, ...] = tuple([c for c in cats if not c.isthing] + [c for c in cats if c.isthing])
+        self._given: tuple[Category, ...] = tuple(cats)  # dataset order, for class_index_map("dataset")
         self._to_contiguous = {c.id: k for k, c in enumerate(self._cats)}
 
     # ----------------------------------------------------------------------------------- builders
@@ -238,6 +239,45 @@ class CategoryTable:
     def color_tensor(self) -> torch.Tensor:
         """``(C, 3)`` uint8 colours in channel order."""
         return torch.tensor([c.color for c in self._cats], dtype=torch.uint8)
+
+    def class_index_map(self, order: str | Sequence[int] = "dataset",
+                        device: torch.device | str | None = None) -> torch.Tensor:
+        """``(K,)`` int64 contiguous id of each class index of a model whose classes are not stuff-first.
+
+        Query models (MaskFormer, Mask2Former, OneFormer, kMaX) number their ``K`` classes in dataset order or
+        things first; class index ``k`` of such a model is contiguous id ``map[k]`` here. The stuff-first
+        semantic layout stays the default everywhere else.
+
+        Args:
+            order: ``"dataset"`` (the order the categories were given in, e.g. a COCO-panoptic JSON's list,
+                which is detectron2's contiguous order), ``"things_first"`` (things, then stuff, each in given
+                order), ``"stuff_first"`` (the identity) or an explicit sequence of the dataset ids of class
+                ``0, 1, ...``.
+            device: Device of the returned tensor.
+
+        Raises:
+            CategoryError: For an unknown order name, or ids that are unknown or repeated.
+
+        Example:
+            >>> table = CategoryTable.from_coco([{"id": 1, "name": "person", "isthing": 1},
+            ...                                  {"id": 7, "name": "road", "isthing": 0}])
+            >>> table.class_index_map("dataset").tolist(), table.class_index_map([7, 1]).tolist()
+            ([1, 0], [0, 1])
+        """
+        if isinstance(order, str):
+            given = {"dataset": self._given, "stuff_first": self._cats,
+                     "things_first": tuple(c for c in self._given if c.isthing)
+                     + tuple(c for c in self._given if not c.isthing)}
+            if order not in given:
+                raise CategoryError(f"unknown class order {order!r}; use 'dataset', 'things_first', 'stuff_first' "
+                                    "or a list of the dataset ids of classes 0, 1, ...")
+            ids = [c.id for c in given[order]]
+        else:
+            ids = [int(i) for i in order]
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise CategoryError(f"class order repeats dataset ids {dupes}; list each category once.")
+        return torch.tensor([self.to_contiguous(i) for i in ids], dtype=torch.int64, device=device)
 
     def __len__(self) -> int:
         return len(self._cats)

@@ -3,6 +3,7 @@
 from .base import PanopticFusion
 from .factory import FUSIONS, build_fusion
 from .heuristic import HeuristicFusion
+from .maskformer import MaskFormerFusion
 from .paste import BoxRegions, box_regions, paste_masks, paste_masks_dense
 from .pruning import PruningConfig, prune_instances
 from .upsnet import PanopticTargets, UPSNetFusion
@@ -11,6 +12,7 @@ __all__ = [
     "FUSIONS",
     "BoxRegions",
     "HeuristicFusion",
+    "MaskFormerFusion",
     "PanopticFusion",
     "PanopticTargets",
     "PruningConfig",

@@ -10,12 +10,16 @@ are look-alikes built from tensors. Category ids are mapped through the framewor
   (semantic logits in a layout the fusions read, and :class:`~panoptic.structures.Instances`).
 * Out: :func:`to_detectron2` gives ``(panoptic_seg, segments_info)``, :func:`to_mmdet` mmdet's ``pan_results``;
   :func:`from_detectron2_panoptic` and :func:`from_mmdet_panoptic` read them back.
+* Query models (MaskFormer, Mask2Former, OneFormer): :func:`from_transformers_queries`,
+  :func:`from_detectron2_queries` give :class:`~panoptic.queries.Queries` for
+  :class:`~panoptic.fusion.maskformer.MaskFormerFusion`.
 * Semantic layouts with one merged "things" channel: :func:`expand_things_channel`.
 """
 
 from .common import FusionInputs, expand_things_channel
 from .detectron2 import Detectron2Metadata, from_detectron2, from_detectron2_panoptic, to_detectron2
 from .mmdet import INSTANCE_OFFSET, MMDetClasses, from_mmdet, from_mmdet_panoptic, to_mmdet
+from .queries import from_detectron2_queries, from_transformers_queries
 from .torchvision import from_torchvision
 
 __all__ = [
@@ -26,9 +30,11 @@ __all__ = [
     "expand_things_channel",
     "from_detectron2",
     "from_detectron2_panoptic",
+    "from_detectron2_queries",
     "from_mmdet",
     "from_mmdet_panoptic",
     "from_torchvision",
+    "from_transformers_queries",
     "to_detectron2",
     "to_mmdet",
 ]

@@ -1,0 +1,304 @@
+"""Query-based fusion: MaskFormer / Mask2Former / OneFormer and Hugging Face transformers' post-processing.
+
+The rule (Mask2Former ``panoptic_inference``): softmax the class logits; keep a query whose best class is not
+"no object" with score ``> object_mask_threshold``; each pixel goes to the kept query with the largest
+``score * sigmoid(mask)``; a query keeps its segment if its argmax area over its own foreground area
+(``sigmoid >= mask_threshold``) passes ``overlap_threshold``; stuff queries of one category merge. The flavours
+differ in what is painted and how the overlap ratio compares (see ``docs/fusion-strategies.md``). ``"kmax"`` is
+deeplab2's pixelwise rule for kMaX-DeepLab (:meth:`MaskFormerFusion.fuse_kmax`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .._ops.argmax import first_argmax
+from .._ops.queries import assign_queries
+from ..categories import CategoryTable
+from ..queries import Queries, as_query_list
+from ..structures import Instances, PanopticResult
+from .base import PanopticFusion
+
+__all__ = ["MaskFormerFusion", "QueryFlavor"]
+
+QueryFlavor = Literal["mask2former", "maskformer", "transformers", "kmax"]
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """How a flavour differs from Mask2Former's rule."""
+
+    object_mask_threshold: float
+    overlap_threshold: float
+    mask_threshold: float
+    paint_foreground_only: bool  # Mask2Former paints argmax region AND sigmoid >= t; the others the whole region
+    foreground_of_weighted: bool  # HF thresholds score * sigmoid (its masks are scaled in place) for the area
+    strict_float32_ratio: bool  # HF: float32(area / fg_area) > t; detectron2-style code: float64 ratio >= t
+    resize_probabilities: bool  # HF upsamples sigmoid probabilities, the others upsample logits
+
+
+_RULES: dict[str, _Rule] = {
+    "mask2former": _Rule(0.8, 0.8, 0.5, True, False, False, False),
+    "maskformer": _Rule(0.8, 0.8, 0.5, False, False, False, False),
+    "transformers": _Rule(0.5, 0.8, 0.5, False, True, True, True),
+    # deeplab2's pixelwise rule has its own path (fuse_kmax); only its thresholds are read from here
+    "kmax": _Rule(0.7, 0.0, 0.4, False, False, False, False),
+}
+
+#: deeplab2's logit for rejected slots (``_SMALL_CONSTANT_FOR_SOFTMAX``): their softmax share is 0.
+KMAX_REJECTED_LOGIT = -99999.0
+
+
+class MaskFormerFusion(PanopticFusion):
+    """Queries (class logits + mask logits) -> one :class:`PanopticResult` per image.
+
+    Segment ``source`` is the query index (the first query of a merged stuff segment), ``score`` its class
+    probability. Segments are numbered in query order.
+
+    Args:
+        table: Category table.
+        flavor: ``"mask2former"`` (default; OneFormer's rule is the same), ``"maskformer"``, ``"transformers"``
+            (Hugging Face ``post_process_panoptic_segmentation`` of MaskFormer / Mask2Former / OneFormer) or
+            ``"kmax"`` (deeplab2's pixelwise rule of kMaX-DeepLab / MaX-DeepLab, static shapes; see
+            :meth:`fuse_kmax`).
+        class_map: ``(K,)`` contiguous id of each model class (:meth:`CategoryTable.class_index_map`); default
+            the identity (the model's classes in the table's stuff-first order).
+        object_mask_threshold: Keep a query iff its best class is not "no object" and its softmax score is
+            ``> object_mask_threshold`` (float32). Default 0.8, HF's ``threshold`` 0.5. ``"kmax"``: a slot is kept
+            iff its best class other than "no object" has probability ``>= object_mask_threshold`` (default 0.7).
+        overlap_threshold: Keep a segment iff ``region_area / foreground_area >= overlap_threshold`` in float64
+            (``"mask2former"``, ``"maskformer"``) or ``float32(ratio) > overlap_threshold`` (``"transformers"``,
+            its ``overlap_mask_area_threshold``). Default 0.8. Not used by ``"kmax"``.
+        mask_threshold: A pixel is a query's foreground iff ``sigmoid(mask) >= mask_threshold``
+            (``"transformers"``: ``score * sigmoid(mask) >= mask_threshold``, as HF does). Default 0.5. ``"kmax"``: a
+            pixel is confident iff its largest softmax over kept slots is ``> mask_threshold`` (default 0.4).
+        label_ids_to_fuse: Model class indices whose segments merge into one (``"transformers"`` only, as HF's
+            argument). Default: the stuff classes (HF's default fuses nothing, which gives several segments per
+            stuff category). The other flavours always merge stuff.
+        resize_masks_to: ``(h, w)`` every mask logit map is first resized to (bilinear), as HF's Mask2Former
+            processor does with ``(384, 384)``; default none.
+        thing_area_limit: ``"kmax"`` only: a thing slot's segment is kept iff its area ``>= thing_area_limit``
+            (deeplab2's ``count > limit - 0.5``); 0 (default) keeps all.
+        stuff_area_limit: ``"kmax"`` only: a stuff category's merged segment is kept iff its area
+            ``>= stuff_area_limit``; 0 (default) keeps all.
+
+    Example:
+        >>> from panoptic.data import synthetic_categories
+        >>> table = synthetic_categories()
+        >>> fusion = MaskFormerFusion(table)
+        >>> cls = torch.full((2, table.num_classes + 1), -5.0)
+        >>> cls[0, 0] = cls[1, table.num_stuff] = 5.0  # query 0: the first stuff class, query 1: the first thing
+        >>> masks = torch.full((2, 4, 4), -3.0)
+        >>> masks[0, :, :2] = masks[1, :, 2:] = 3.0
+        >>> result = fusion(Queries(cls, masks), output_size=(8, 8))[0]
+        >>> result.segment_map[0].tolist(), result.source.tolist(), result.isthing.tolist()
+        ([1, 1, 1, 1, 2, 2, 2, 2], [0, 1], [False, True])
+    """
+
+    def __init__(self, table: CategoryTable, flavor: QueryFlavor = "mask2former",
+                 class_map: torch.Tensor | Sequence[int] | None = None,
+                 object_mask_threshold: float | None = None, overlap_threshold: float | None = None,
+                 mask_threshold: float | None = None, label_ids_to_fuse: Sequence[int] | None = None,
+                 resize_masks_to: tuple[int, int] | None = None, thing_area_limit: int = 0,
+                 stuff_area_limit: int = 0) -> None:
+        super().__init__(table)
+        if flavor not in _RULES:
+            raise ValueError(f"unknown MaskFormerFusion flavor {flavor!r}; use one of {sorted(_RULES)}.")
+        rule = _RULES[flavor]
+        self.flavor = flavor
+        self.rule = rule
+        self.object_mask_threshold = float(rule.object_mask_threshold if object_mask_threshold is None
+                                           else object_mask_threshold)
+        self.overlap_threshold = float(rule.overlap_threshold if overlap_threshold is None else overlap_threshold)
+        self.mask_threshold = float(rule.mask_threshold if mask_threshold is None else mask_threshold)
+        if (thing_area_limit or stuff_area_limit) and flavor != "kmax":
+            raise ValueError("thing_area_limit and stuff_area_limit are deeplab2's (flavor='kmax'); the other "
+                             "flavours filter segments by overlap_threshold.")
+        if int(thing_area_limit) < 0 or int(stuff_area_limit) < 0:
+            raise ValueError("thing_area_limit and stuff_area_limit must be >= 0 pixels.")
+        self.thing_area_limit, self.stuff_area_limit = int(thing_area_limit), int(stuff_area_limit)
+        for name in ("object_mask_threshold", "overlap_threshold", "mask_threshold"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {v}.")
+        cmap = torch.arange(table.num_classes) if class_map is None else torch.as_tensor(class_map)
+        if cmap.ndim != 1 or cmap.numel() == 0 or cmap.is_floating_point() or cmap.dtype == torch.bool:
+            raise ValueError(f"class_map must be a 1-D int sequence (contiguous id per model class), got "
+                             f"{tuple(cmap.shape)} {cmap.dtype}; build it with table.class_index_map(...).")
+        if int(cmap.min()) < 0 or int(cmap.max()) >= table.num_classes:
+            raise ValueError(f"class_map values must be contiguous ids in 0..{table.num_classes - 1}; build it "
+                             "with table.class_index_map(...).")
+        self.register_buffer("class_map", cmap.long(), persistent=False)
+        thing_of_class = table.isthing_tensor()[cmap]
+        if label_ids_to_fuse is not None and flavor != "transformers":
+            raise ValueError("label_ids_to_fuse is HF transformers' argument (flavor='transformers'); the other "
+                             "flavours always merge stuff segments of one category.")
+        fuse = ~thing_of_class
+        if label_ids_to_fuse is not None:
+            ids = torch.as_tensor(list(label_ids_to_fuse), dtype=torch.int64)
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= cmap.numel()):
+                raise ValueError(f"label_ids_to_fuse must be model class indices in 0..{cmap.numel() - 1}.")
+            fuse = torch.zeros_like(fuse)
+            fuse[ids] = True
+        self.register_buffer("fuse_class", fuse, persistent=False)
+        if resize_masks_to is not None and (len(resize_masks_to) != 2 or min(int(v) for v in resize_masks_to) <= 0):
+            raise ValueError(f"resize_masks_to must be (h, w) with positive ints, got {resize_masks_to!r}.")
+        self.resize_masks_to = None if resize_masks_to is None else (int(resize_masks_to[0]), int(resize_masks_to[1]))
+
+    @property
+    def num_model_classes(self) -> int:
+        """``K``, the model's class count (the length of ``class_map``)."""
+        return int(self.class_map.numel())
+
+    def forward(self, queries: Queries | Sequence[Queries],  # type: ignore[override]
+                output_size: tuple[int, int] | None = None) -> list[PanopticResult]:
+        """Fuse a batch.
+
+        Args:
+            queries: One :class:`Queries` per image (or one for a single image).
+            output_size: ``(H, W)`` of the results; default each image's mask size (after ``resize_masks_to``).
+
+        Returns:
+            One result per image.
+        """
+        from .._ops.threads import fusion_threads  # here: panoptic._ops itself imports the fusion package
+
+        qs = as_query_list(queries)
+        if output_size is not None:
+            if len(output_size) != 2 or any(int(v) <= 0 for v in output_size):
+                raise ValueError(f"output_size must be (H, W) with positive ints, got {output_size!r}.")
+            output_size = (int(output_size[0]), int(output_size[1]))
+        out = []
+        for q in qs:
+            q.validate(self.num_model_classes)
+            q = q.to(self.class_map.device)
+            size = output_size or self.resize_masks_to or (int(q.mask_logits.shape[1]), int(q.mask_logits.shape[2]))
+            with fusion_threads(size[0] * size[1], self.class_map.device):
+                out.append(self.fuse_queries(q, size))
+        return out
+
+    def fuse_image(self, semantic_logits: torch.Tensor, instances: Instances) -> PanopticResult:
+        """Not used: this fusion reads :class:`Queries`, not semantic logits and instances."""
+        raise TypeError("MaskFormerFusion fuses Queries: call fusion(Queries(class_logits, mask_logits)) or "
+                        "fusion.fuse_queries(queries, (H, W)).")
+
+    def fuse_queries(self, queries: Queries, size: tuple[int, int]) -> PanopticResult:
+        """Fuse one image's validated queries at output size ``size = (H, W)``."""
+        if self.flavor == "kmax":
+            return self.fuse_kmax(queries, size)
+        rule = self.rule
+        dev = queries.class_logits.device
+        probs = torch.softmax(queries.class_logits.float(), -1)
+        scores, labels = probs.max(-1)
+        keep = (labels != self.num_model_classes) & (scores > self.object_mask_threshold)
+        kept = torch.nonzero(keep)[:, 0]  # one host sync per image
+        n = int(kept.numel())
+        if n == 0:
+            return _empty(size, dev)
+        masks = queries.mask_logits[kept].float()  # a copy (index by tensor): the steps below work in place
+        if self.resize_masks_to is not None and tuple(masks.shape[1:]) != self.resize_masks_to:
+            masks = F.interpolate(masks[None], size=self.resize_masks_to, mode="bilinear", align_corners=False)[0]
+        if rule.resize_probabilities:  # HF: sigmoid first, then upsample the probabilities
+            prob = masks.sigmoid_()
+            if tuple(prob.shape[1:]) != size:
+                prob = F.interpolate(prob[None], size=size, mode="bilinear", align_corners=False)[0]
+        else:  # Mask2Former / MaskFormer: upsample the logits; assign_queries takes the sigmoid
+            if tuple(masks.shape[1:]) != size:
+                masks = F.interpolate(masks[None], size=size, mode="bilinear", align_corners=False)[0]
+            prob = masks
+        sc = scores[kept]
+        owner, region, fg_area, owner_fg = assign_queries(prob, sc, self.mask_threshold, rule.foreground_of_weighted,
+                                                          sigmoid=not rule.resize_probabilities)
+        if rule.paint_foreground_only:  # Mask2Former paints the owned pixels that are the owner's foreground
+            painted_owner = torch.where(owner_fg, owner, n)  # n: nobody
+            painted = torch.bincount(painted_owner.reshape(-1), minlength=n + 1)[:n]
+        else:
+            painted_owner, painted = owner, region
+        if rule.strict_float32_ratio:
+            ratio_ok = (region.float() / fg_area.float()).double() > self.overlap_threshold
+        else:
+            ratio_ok = region.double() / fg_area.double() >= self.overlap_threshold
+        valid = (region > 0) & (fg_area > 0) & (painted > 0) & ratio_ok
+        cls = labels[kept]
+        category = self.class_map[cls]
+        return self._assemble(painted_owner, valid, kept, category, self.fuse_class[cls], sc, size)
+
+    def fuse_kmax(self, queries: Queries, size: tuple[int, int]) -> PanopticResult:
+        """deeplab2's pixelwise rule (``max_deeplab.py``), on all ``Q`` slots (static shapes until the table).
+
+        A slot is kept iff its best class (the no-object column excluded) has probability ``>=``
+        ``object_mask_threshold``; mask logits are resized with ``align_corners=True``; rejected slots get logit
+        :data:`KMAX_REJECTED_LOGIT`; a pixel goes to the argmax slot and is confident iff the largest softmax over
+        slots is ``> mask_threshold`` and the overall largest logit is a kept slot's; thing slots and stuff
+        categories (merged) then pass the area limits.
+        """
+        probs = torch.softmax(queries.class_logits.float(), -1)[:, :-1]
+        conf, pred = probs.max(-1)
+        keep = conf >= self.object_mask_threshold
+        q = int(conf.numel())
+        if q == 0:
+            return _empty(size, queries.class_logits.device)
+        logits = queries.mask_logits.float()
+        if tuple(logits.shape[1:]) != size:
+            logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=True)[0]
+        detected = torch.where(keep.view(-1, 1, 1), logits, torch.full((), KMAX_REJECTED_LOGIT))
+        top = detected.amax(0)
+        confident = (torch.softmax(detected, 0).amax(0) > self.mask_threshold) & (logits.amax(0) == top)
+        slot = first_argmax(detected)
+        category = self.class_map[pred]
+        thing = self.table.isthing_tensor(category.device)[category]
+        painted = confident & keep.any()  # deeplab2: no kept slot, no segment
+        slot_area = torch.bincount(torch.where(painted, slot, q).reshape(-1), minlength=q + 1)[:q]
+        ok = slot_area > 0
+        if self.thing_area_limit > 0:
+            ok &= ~thing | (slot_area >= self.thing_area_limit)
+        if self.stuff_area_limit > 0:  # per category: stuff slots of one class are one segment
+            class_area = torch.zeros(self.table.num_classes, dtype=torch.int64, device=slot_area.device)
+            class_area.index_add_(0, category, torch.where(thing, 0, slot_area))
+            ok &= thing | (class_area[category] >= self.stuff_area_limit)
+        owner = torch.where(painted, slot, q)
+        return self._assemble(owner, ok, torch.arange(q, device=ok.device), category, ~thing, conf, size)
+
+    def _assemble(self, owner: torch.Tensor, valid: torch.Tensor, kept: torch.Tensor,
+                  category: torch.Tensor, fuse: torch.Tensor, scores: torch.Tensor,
+                  size: tuple[int, int]) -> PanopticResult:
+        """Segment ids in query order (merged classes take their first query's id), the map and the table.
+
+        ``owner``: ``(H, W)`` position of the kept query painted at each pixel, ``n`` for none.
+        """
+        dev = owner.device
+        n = int(kept.numel())
+        pos = torch.arange(n, device=dev)
+        # merge key: the category for merged classes, a key of its own (beyond every category) otherwise
+        key = torch.where(fuse, category, self.table.num_classes + pos)
+        vpos = pos[valid]
+        uniq, inv = torch.unique(key[vpos], return_inverse=True)
+        first = torch.full((int(uniq.numel()),), n, dtype=torch.int64, device=dev).scatter_reduce(
+            0, inv, vpos, reduce="amin")
+        order = torch.argsort(first)  # segments numbered by their first query
+        seg_of_uniq = torch.empty_like(order)
+        seg_of_uniq[order] = torch.arange(1, int(order.numel()) + 1, device=dev)
+        lut = torch.zeros(n + 1, dtype=torch.int32, device=dev)
+        lut[vpos] = seg_of_uniq[inv].int()
+        seg_map = lut[owner]
+        s = int(order.numel())
+        area = torch.bincount(seg_map.reshape(-1).long(), minlength=s + 1)[1:]
+        rep = first[order]  # first query position of each segment, in id order
+        cat = category[rep]
+        h, w = size
+        return PanopticResult(segment_map=seg_map, unknown_mask=torch.zeros(h, w, dtype=torch.bool, device=dev),
+                              category=cat, isthing=self.table.isthing_tensor(dev)[cat],
+                              score=scores[rep].float(), area=area, source=kept[rep])
+
+
+def _empty(size: tuple[int, int], device: torch.device) -> PanopticResult:
+    h, w = size
+    z = torch.zeros(0, dtype=torch.int64, device=device)
+    return PanopticResult(segment_map=torch.zeros(h, w, dtype=torch.int32, device=device),
+                          unknown_mask=torch.zeros(h, w, dtype=torch.bool, device=device), category=z,
+                          isthing=z.bool(), score=z.float(), area=z, source=z)
