@@ -1,6 +1,7 @@
 """Fusion strategies: semantic logits + instances -> panoptic results, usable with plain tensors."""
 
 from .base import PanopticFusion
+from .centre_offset import CentreOffsetFusion, encode_label_divisor
 from .factory import FUSIONS, build_fusion
 from .heuristic import HeuristicFusion
 from .paste import BoxRegions, box_regions, paste_masks, paste_masks_dense
@@ -10,6 +11,7 @@ from .upsnet import PanopticTargets, UPSNetFusion
 __all__ = [
     "FUSIONS",
     "BoxRegions",
+    "CentreOffsetFusion",
     "HeuristicFusion",
     "PanopticFusion",
     "PanopticTargets",
@@ -17,6 +19,7 @@ __all__ = [
     "UPSNetFusion",
     "box_regions",
     "build_fusion",
+    "encode_label_divisor",
     "paste_masks",
     "paste_masks_dense",
     "prune_instances",
