@@ -63,8 +63,10 @@ class CentreOffsets:
         return CentreOffsets(self.semantic.to(device), self.centre_heatmap.to(device), self.offsets.to(device),
                              self.semantic_kind)
 
-    def validate(self, num_classes: int) -> None:
+    def validate(self, num_classes: int, check_semantic_finite: bool = True) -> None:
         """Check shapes, dtypes, devices and values against a table of ``num_classes`` categories.
+
+        ``check_semantic_finite=False`` leaves the logits' NaN/inf check to a caller that reads them anyway.
 
         Raises:
             ValueError: Naming the tensor and the fix.
@@ -115,8 +117,10 @@ class CentreOffsets:
             if lo < 0 or hi >= num_classes:
                 raise ValueError(f"CentreOffsets.semantic labels must be contiguous ids in 0..{num_classes - 1}, got "
                                  f"values in [{lo}, {hi}]; map dataset ids with CategoryTable.to_contiguous.")
-        checks = [("centre_heatmap", c), ("offsets", o)] + ([("semantic", s)] if self.semantic_kind == "logits" else [])
-        for name, t in checks:
-            if not bool(torch.isfinite(t).all()):
+        from .fusion.base import _all_finite  # here: panoptic.fusion imports this module
+
+        logits = self.semantic_kind == "logits" and check_semantic_finite
+        for name, t in [("centre_heatmap", c), ("offsets", o)] + ([("semantic", s)] if logits else []):
+            if not _all_finite(t):
                 raise ValueError(f"CentreOffsets.{name} contains NaN or inf; check the model output (e.g. "
                                  "torch.nan_to_num) before fusion.")

@@ -14,12 +14,13 @@ from typing import Literal
 
 import torch
 
+from .._ops.argmax import first_argmax_keys
 from .._ops.centre import heatmap_peaks, nearest_centre
 from ..categories import CategoryTable
 from ..centre_offsets import CentreOffsets
 from ..segments import assemble_result
 from ..structures import PanopticResult
-from .base import PanopticFusion, fill_stuff_scores
+from .base import FiniteCheck, PanopticFusion, fill_stuff_scores_sampled, score_stride
 
 __all__ = ["CentreFlavor", "CentreOffsetFusion", "encode_label_divisor"]
 
@@ -114,40 +115,58 @@ class CentreOffsetFusion(PanopticFusion):
         for i, x in enumerate(inputs):
             if not isinstance(x, CentreOffsets):
                 raise ValueError(f"inputs[{i}] must be a panoptic.CentreOffsets, got {type(x).__name__}.")
-            x.validate(self.table.num_classes)
+            x.validate(self.table.num_classes, check_semantic_finite=False)  # checked in the argmax pass
             out.append(self.fuse_image(x))
         return out
 
     def fuse_image(self, x: CentreOffsets) -> PanopticResult:  # type: ignore[override]
-        """Fuse one validated image (see the class docstring for the rule)."""
-        labels = self.semantic_labels(x)
+        """Fuse one image whose shapes are validated (see the class docstring for the rule)."""
+        labels, samples = self.semantic_labels(x)
         heat = x.centre_heatmap[0].float()
         centres = self.find_centres(heat)
         k = int(centres.shape[0])
         isthing = self.table.isthing_tensor(labels.device)
-        thing = isthing[labels]
-        owner = self.group_pixels(centres, x.offsets.float(), thing)
-        centre_class = majority_class(owner, labels, k, self.table.num_classes)
+        pixels, nearest = self.group_pixels(centres, x.offsets.float(), isthing[labels])
+        centre_class = majority_class(nearest, labels.view(-1)[pixels], k, self.table.num_classes)
+        owner = torch.full_like(labels, -1)
+        owner.view(-1)[pixels] = nearest
         class_keep = self.class_kept(labels, isthing, no_centre=k == 0)
         # candidates: the K centres, then one per category (kept stuff; thing categories only without centres)
         pixel = torch.where(owner >= 0, owner, torch.where(class_keep[labels], k + labels, -1))
         c = self.table.num_classes
+        dev = labels.device
         result = assemble_result(
             pixel.to(torch.int32),
-            torch.cat([centre_class, torch.arange(c, device=labels.device)]),
-            torch.cat([torch.ones(k, dtype=torch.bool, device=labels.device), isthing]),
-            torch.cat([heat[centres[:, 0], centres[:, 1]], torch.full((c,), float("nan"), device=labels.device)]),
-            torch.cat([torch.arange(k, device=labels.device), torch.full((c,), -1, device=labels.device)]),
+            torch.cat([centre_class, torch.arange(c, device=dev)]),
+            torch.cat([torch.ones(k, dtype=torch.bool, device=dev), isthing]),
+            torch.cat([heat[centres[:, 0], centres[:, 1]], torch.full((c,), float("nan"), device=dev)]),
+            torch.cat([torch.arange(k, device=dev), torch.full((c,), -1, device=dev)]),
         )
-        if x.semantic_kind == "logits":
-            result = fill_stuff_scores(result, x.semantic.float())
+        if samples is not None:
+            result = fill_stuff_scores_sampled(result, samples.reshape(c, -1), score_stride(*x.image_size))
         return result
 
-    def semantic_labels(self, x: CentreOffsets) -> torch.Tensor:
-        """``(H, W)`` int64 category per pixel: the first maximum of the logits, or the given labels."""
+    def semantic_labels(self, x: CentreOffsets) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(H, W)`` int64 category per pixel, the first maximum of the logits (or the given labels).
+
+        Returns:
+            The labels, and for logits their ``(C, h', w')`` samples on :func:`score_stride`'s grid (for the stuff
+            scores), else ``None``.
+
+        Raises:
+            ValueError: If the logits hold NaN or inf (checked in the same pass).
+        """
         if x.semantic_kind == "labels":
-            return x.semantic[0].long()
-        return x.semantic.argmax(0)
+            return x.semantic[0].long(), None
+        logits = x.semantic
+        c, h, w = logits.shape
+        stride = score_stride(h, w)
+        samples = torch.empty((c, -(-h // stride), -(-w // stride)), dtype=logits.dtype, device=logits.device)
+        out = torch.empty((h, w), dtype=torch.int32, device=logits.device)
+        finite = FiniteCheck(logits)
+        first_argmax_keys(logits, c, out, samples=samples, stride=stride, finite=finite)
+        finite.raise_if_not_finite()
+        return out.long(), samples
 
     def find_centres(self, heat: torch.Tensor) -> torch.Tensor:
         """Centre NMS.
@@ -168,7 +187,8 @@ class CentreOffsetFusion(PanopticFusion):
                 peak &= thresholded > kth  # strictly greater: every peak tied with the k-th goes
         return torch.nonzero(peak)
 
-    def group_pixels(self, centres: torch.Tensor, offsets: torch.Tensor, thing: torch.Tensor) -> torch.Tensor:
+    def group_pixels(self, centres: torch.Tensor, offsets: torch.Tensor,
+                     thing: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each thing pixel's nearest centre to ``(y + dy, x + dx)``, ties to the lowest centre index.
 
         Args:
@@ -177,19 +197,19 @@ class CentreOffsetFusion(PanopticFusion):
             thing: ``(H, W)`` bool, pixels whose category is a thing.
 
         Returns:
-            ``(H, W)`` int64 centre index, ``-1`` off things (and everywhere when ``K = 0``).
+            ``(N,)`` int64 flat (row-major) indices of the thing pixels and ``(N,)`` int64 their centre index;
+            both empty when ``K = 0``.
         """
-        h, w = thing.shape
-        owner = torch.full((h, w), -1, dtype=torch.int64, device=thing.device)
+        w = thing.shape[1]
         if centres.shape[0] == 0:
-            return owner
+            empty = torch.zeros(0, dtype=torch.int64, device=thing.device)
+            return empty, empty
         idx = torch.nonzero(thing.reshape(-1))[:, 0]
         ys = torch.div(idx, w, rounding_mode="floor")
         xs = idx - ys * w
         flat = offsets.reshape(2, -1)
         points = torch.stack([ys.float() + flat[0, idx], xs.float() + flat[1, idx]], 1)
-        owner.view(-1)[idx] = nearest_centre(points, centres)
-        return owner
+        return idx, nearest_centre(points, centres)
 
     def class_kept(self, labels: torch.Tensor, isthing: torch.Tensor, no_centre: bool) -> torch.Tensor:
         """``(C,)`` bool: whether a category's own segment (outside the centres' segments) is kept.
@@ -208,19 +228,16 @@ class CentreOffsetFusion(PanopticFusion):
         return encode_label_divisor(result, self.label_divisor, void_label, dtype, table)
 
 
-def majority_class(owner: torch.Tensor, labels: torch.Tensor, k: int, num_classes: int) -> torch.Tensor:
+def majority_class(centre: torch.Tensor, labels: torch.Tensor, k: int, num_classes: int) -> torch.Tensor:
     """``(K,)`` int64 most frequent category among each centre's pixels, ties to the smallest category.
 
     Args:
-        owner: ``(H, W)`` int64 centre index, ``-1`` for pixels of no centre.
-        labels: ``(H, W)`` int64 category per pixel.
+        centre: ``(N,)`` int64 centre index of each grouped pixel, in ``0 .. K - 1``.
+        labels: ``(N,)`` int64 category of the same pixels.
         k: Number of centres ``K``.
         num_classes: ``C``.
     """
-    if k == 0:
-        return torch.zeros(0, dtype=torch.int64, device=labels.device)
-    mine = owner >= 0
-    votes = torch.bincount(owner[mine] * num_classes + labels[mine], minlength=k * num_classes)
+    votes = torch.bincount(centre * num_classes + labels, minlength=k * num_classes)
     return votes.view(k, num_classes).argmax(1)  # first maximum: the smallest category wins a tie
 
 
