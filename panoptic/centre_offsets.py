@@ -12,7 +12,7 @@ __all__ = ["CentreOffsets", "SemanticKind"]
 SemanticKind = Literal["logits", "labels"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors have no single truth value to compare
 class CentreOffsets:
     """Semantic scores, centre heatmap and centre offsets of one image, all at the output size ``(H, W)``.
 
