@@ -127,7 +127,7 @@ class CentreOffsetFusion(PanopticFusion):
         k = int(centres.shape[0])
         isthing = self.table.isthing_tensor(labels.device)
         pixels, nearest = self.group_pixels(centres, x.offsets.float(), isthing[labels])
-        centre_class = majority_class(nearest, labels.view(-1)[pixels], k, self.table.num_classes)
+        centre_class = majority_class(nearest, labels.reshape(-1)[pixels], k, self.table.num_classes)
         owner = torch.full_like(labels, -1)
         owner.view(-1)[pixels] = nearest
         class_keep = self.class_kept(labels, isthing, no_centre=k == 0)
