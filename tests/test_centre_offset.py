@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -278,3 +280,24 @@ def test_end_to_end_recovers_a_synthetic_ground_truth():
         metric = PanopticQuality(table)
         metric.update(gt, pred)
         assert metric.compute()["All"]["pq"] == pytest.approx(1.0), seed
+
+
+def test_centre_benchmark_runs_and_checks_parity(tmp_path, monkeypatch, capsys):
+    """``benchmarks/fusion_speed.py --family centre`` on one tiny scene: it asserts equal maps and writes its JSON."""
+    import argparse
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fusion_speed.py"
+    spec = importlib.util.spec_from_file_location("fusion_speed_centre", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "CENTRE_SCENES", {"tiny": (64, 96, "coco", 6, 5, 200, 100)})
+    out = tmp_path / "centre.json"
+    args = argparse.Namespace(quick=False, repeats=1, threads=None, seed=0, json=out)
+    assert bench.centre_family(args) == 0
+    row = json.loads(out.read_text())["tiny"]
+    assert row["reference_ms"] > 0 and row["ours_labels_ms"] > 0 and row["speedup"] > 0
+    assert "| tiny |" in capsys.readouterr().out
