@@ -53,6 +53,27 @@ class CentreOffsets:
             labels = labels[None]
         return CentreOffsets(labels, centre_heatmap, offsets, semantic_kind="labels")
 
+    @staticmethod
+    def from_batch(semantic_logits: torch.Tensor, centre_heatmap: torch.Tensor,
+                   offsets: torch.Tensor) -> list[CentreOffsets]:
+        """One :class:`CentreOffsets` per image of batched model outputs (views, no copy).
+
+        Args:
+            semantic_logits: ``(B, C, H, W)`` float logits.
+            centre_heatmap: ``(B, 1, H, W)``.
+            offsets: ``(B, 2, H, W)``, dy then dx.
+
+        Raises:
+            ValueError: If the three are not 4-D with the same batch size.
+        """
+        tensors = (semantic_logits, centre_heatmap, offsets)
+        if any(not isinstance(t, torch.Tensor) or t.ndim != 4 for t in tensors) or len(
+                {int(t.shape[0]) for t in tensors}) != 1:
+            shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in tensors]
+            raise ValueError(f"from_batch needs (B, C, H, W), (B, 1, H, W) and (B, 2, H, W) tensors with one batch "
+                             f"size, got {shapes}; for one image use the CentreOffsets constructor.")
+        return [CentreOffsets(s, c, o) for s, c, o in zip(*tensors, strict=True)]
+
     @property
     def image_size(self) -> tuple[int, int]:
         """``(H, W)``."""

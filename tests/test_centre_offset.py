@@ -106,13 +106,26 @@ def test_result_table_sources_and_scores():
     assert r.score[:2].tolist() == pytest.approx([0.7, 0.4]) and 0 < float(r.score[2]) < 1
 
 
-def test_labels_adapter_matches_logits():
+def test_labels_adapter_matches_logits(ops_backend):
+    # under each backend of the argmax pass; rounded logits give ties (the first maximum wins, as argmax)
     g = torch.Generator().manual_seed(3)
-    logits, heat, off = torch.randn(5, 8, 9, generator=g), torch.rand(1, 8, 9, generator=g), torch.randn(2, 8, 9)
+    logits = (torch.randn(5, 8, 9, generator=g) * 2).round()
+    heat, off = torch.rand(1, 8, 9, generator=g), torch.randn(2, 8, 9, generator=g)
     f = CentreOffsetFusion(TABLE, stuff_area=0, nms_kernel=3)
     a = f([CentreOffsets(logits, heat, off)])[0]
     b = f([CentreOffsets.from_labels(logits.argmax(0)[None], heat, off)])[0]
     assert a.equal(b, segmentation_only=True) and torch.isnan(b.score[~b.isthing]).all()
+    assert not torch.isnan(a.score).any()
+
+
+def test_from_batch_splits_images():
+    g = torch.Generator().manual_seed(4)
+    logits, heat = torch.randn(2, 5, 6, 7, generator=g), torch.rand(2, 1, 6, 7, generator=g)
+    off = torch.zeros(2, 2, 6, 7)
+    xs = CentreOffsets.from_batch(logits, heat, off)
+    assert len(xs) == 2 and torch.equal(xs[1].semantic, logits[1]) and torch.equal(xs[1].offsets, off[1])
+    with pytest.raises(ValueError, match="batch"):
+        CentreOffsets.from_batch(logits, heat[:1], off)
 
 
 # ------------------------------------------------------------------------------------------ parity
