@@ -211,12 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", choices=["auto", "torch", "native"], default="auto",
                    help="per-pixel passes of the fusions: auto (the C extension when built) or torch (the fallback "
                         "of an install without a C compiler)")
-    p.add_argument("--family", choices=["instances", "queries"], default="instances",
-                   help="instances: the tables above; queries: MaskFormerFusion against HF transformers' "
-                        "post-processing (see query_speed)")
+    p.add_argument("--family", choices=["instances", "queries", "centre"], default="instances",
+                   help="instances: UPSNet / heuristic (above); queries: MaskFormerFusion against HF transformers' "
+                        "post-processing (see query_speed); centre: CentreOffsetFusion against detectron2's "
+                        "Panoptic-DeepLab post-processing (see centre_family)")
     args = p.parse_args(argv)
     if args.family == "queries":
         return query_speed(args)
+    if args.family == "centre":
+        return centre_family(args)
     with ops.backend(args.backend):
         return _run(args)
 
@@ -511,6 +514,139 @@ def query_speed(args: argparse.Namespace) -> int:
     if args.json is not None:
         tmp_json = args.json.with_name(args.json.name + ".tmp")  # no partial file
         tmp_json.write_text(json.dumps(rows, indent=2))
+        tmp_json.replace(args.json)
+    return 0
+
+
+#: ``--family centre`` scenes: name -> (H, W, table, centres, nms_kernel, top_k, stuff_area), detectron2's configs.
+CENTRE_SCENES = {
+    "cityscapes_1024x2048": (1024, 2048, "cityscapes", 40, 7, 200, 2048),
+    "coco_800x1216": (800, 1216, "coco", 25, 7, 200, 4096),
+    "coco_640x640_k41": (640, 640, "coco", 25, 41, 200, 4096),
+}
+
+
+def coco_like_table() -> CategoryTable:
+    """A table with COCO-panoptic's shape: 53 stuff and 80 thing categories."""
+    return CategoryTable.from_coco([{"id": i + 1, "name": f"c{i}", "isthing": int(i < 80)} for i in range(133)])
+
+
+def centre_scene(table: CategoryTable, h: int, w: int, n: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Logits ``(C, h, w)``, heatmap ``(1, h, w)`` and offsets ``(2, h, w)`` of ``n`` elliptic instances.
+
+    Stuff is a smooth random field; each instance raises its thing class inside an ellipse, its offsets point
+    (with noise) to its centre and the heatmap has a Gaussian bump there (sigma 8, as the training targets).
+    """
+    g = torch.Generator().manual_seed(seed)
+    nst, nth = table.num_stuff, table.num_things
+    logits = torch.cat([_smooth(g, nst, (6, 12), (h, w)) * 3.0, torch.full((nth, h, w), -4.0)])
+    centres = torch.rand(n, 2, generator=g) * torch.tensor([h - 1.0, w - 1.0])
+    radii = torch.exp(torch.empty(n, 2).uniform_(math.log(10), math.log(min(h, w) / 6), generator=g))
+    cls = torch.randint(0, nth, (n,), generator=g)
+    ys = torch.arange(h, dtype=torch.float32)[:, None]
+    xs = torch.arange(w, dtype=torch.float32)[None, :]
+    heat = torch.zeros(h, w)
+    offsets = torch.randn(2, h, w, generator=g) * 4.0
+    for i in range(n):  # scene building only, not timed
+        (cy, cx), (ry, rx) = centres[i].tolist(), radii[i].tolist()
+        inside = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 <= 1.0
+        logits[nst + int(cls[i])][inside] = 6.0
+        offsets[0][inside] = (cy - ys).expand(h, w)[inside] + 0.5 * torch.randn(int(inside.sum()), generator=g)
+        offsets[1][inside] = (cx - xs).expand(h, w)[inside] + 0.5 * torch.randn(int(inside.sum()), generator=g)
+        heat = torch.maximum(heat, torch.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * 8.0 ** 2)))
+    return logits.contiguous(), heat[None], offsets
+
+
+def _centre_reference() -> Any:
+    """The test suite's re-expression of detectron2's Panoptic-DeepLab post-processing (the parity oracle)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tests" / "centre_reference.py"
+    spec = importlib.util.spec_from_file_location("centre_reference", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def centre_family(args: argparse.Namespace) -> int:
+    """``--family centre``: ``CentreOffsetFusion`` against detectron2's Panoptic-DeepLab post-processing.
+
+    Per scene of :data:`CENTRE_SCENES` (``--quick``: halved sides, one repetition), interleaved within every
+    repetition, median wall-clock ms per image:
+
+    * ``reference``: ``get_panoptic_segmentation``'s logic re-expressed in ``tests/centre_reference.py`` (centre
+      NMS, a full-image strided ``torch.norm`` distance per centre, a Python loop per instance and stuff class),
+      from the argmax'd labels detectron2 passes;
+    * ``ours_labels``: ``CentreOffsetFusion`` from the same labels (``CentreOffsets.from_labels``), plus the
+      ``encode`` to the same ``category * label_divisor + instance`` map;
+    * ``ours_logits``: the same from ``(C, H, W)`` logits (argmax and stuff scores included).
+
+    Both outputs are asserted equal once, outside the timer. Target: ``reference / ours_labels >= 5``.
+    """
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    from panoptic import CentreOffsetFusion, CentreOffsets
+
+    ref = _centre_reference()
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    load_start = os.getloadavg()
+    runs: dict[str, dict[str, Callable[[], Any]]] = {}
+    for name, (h, w, kind, n, kernel, top_k, stuff_area) in CENTRE_SCENES.items():
+        if args.quick:
+            h, w, name = h // 2, w // 2, f"{name}_half"
+        table = CategoryTable.cityscapes() if kind == "cityscapes" else coco_like_table()
+        logits, heat, offsets = centre_scene(table, h, w, n, args.seed)
+        labels = logits.argmax(0)[None]
+        fusion = CentreOffsetFusion(table, nms_kernel=kernel, top_k=top_k, stuff_area=stuff_area)
+        things = set(range(table.num_stuff, table.num_classes))
+
+        def reference(labels=labels, heat=heat, offsets=offsets, things=things, kernel=kernel, top_k=top_k,
+                      stuff_area=stuff_area) -> torch.Tensor:
+            return ref.reference_panoptic(labels, heat, offsets, things, 1000, stuff_area, -1, 0.1, kernel, top_k)[0]
+
+        from_labels = CentreOffsets.from_labels(labels, heat, offsets)
+        from_logits = CentreOffsets(logits, heat, offsets)
+
+        def ours_labels(fusion=fusion, x=from_labels) -> torch.Tensor:
+            return fusion.encode(fusion([x])[0])
+
+        def ours_logits(fusion=fusion, x=from_logits) -> torch.Tensor:
+            return fusion.encode(fusion([x])[0])
+
+        with torch.inference_mode():
+            expected, got = reference(), ours_labels()
+        if not torch.equal(expected, got):
+            raise AssertionError(f"{name}: CentreOffsetFusion differs from the reference on "
+                                 f"{int((expected != got).sum())} pixels")
+        runs[name] = {"reference": reference, "ours_labels": ours_labels, "ours_logits": ours_logits}
+        print(f"{name}: {int(fusion([CentreOffsets(logits, heat, offsets)])[0].source.ge(0).sum())} centres kept, "
+              "outputs equal", file=sys.stderr)
+    times = {s: {k: [] for k in calls} for s, calls in runs.items()}
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for scene, calls in runs.items():
+                for impl, fn in calls.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    times[scene][impl].append(1000 * (time.perf_counter() - t0))
+    out: dict[str, Any] = {s: {f"{k}_ms": round(statistics.median(v), 1) for k, v in t.items()}
+                           for s, t in times.items()}
+    print(f"\nmedian ms per image, {repeats} interleaved repetitions, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, load average {load_start[0]:.2f} at the start, "
+          f"{os.getloadavg()[0]:.2f} at the end\n")
+    print("| scene | reference | ours (labels) | ours (logits) | reference / ours (labels) |")
+    print("|---|---|---|---|---|")
+    for scene, r in out.items():
+        r["speedup"] = round(r["reference_ms"] / r["ours_labels_ms"], 1)
+        print(f"| {scene} | {r['reference_ms']:.0f} | {r['ours_labels_ms']:.0f} | {r['ours_logits_ms']:.0f} "
+              f"| {r['speedup']:.1f}x |")
+    out["machine"] = {"cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                      "repeats": repeats, "loadavg_start": [round(v, 2) for v in load_start],
+                      "loadavg_end": [round(v, 2) for v in os.getloadavg()]}
+    if args.json is not None:
+        tmp_json = args.json.with_name(args.json.name + ".tmp")  # no partial file
+        tmp_json.write_text(json.dumps(out, indent=2))
         tmp_json.replace(args.json)
     return 0
 

@@ -1,6 +1,7 @@
 """Fusion strategies: semantic logits + instances -> panoptic results, usable with plain tensors."""
 
 from .base import PanopticFusion
+from .centre_offset import CentreOffsetFusion, encode_label_divisor
 from .factory import FUSIONS, build_fusion
 from .heuristic import HeuristicFusion
 from .maskformer import MaskFormerFusion
@@ -11,6 +12,7 @@ from .upsnet import PanopticTargets, UPSNetFusion
 __all__ = [
     "FUSIONS",
     "BoxRegions",
+    "CentreOffsetFusion",
     "HeuristicFusion",
     "MaskFormerFusion",
     "PanopticFusion",
@@ -19,6 +21,7 @@ __all__ = [
     "UPSNetFusion",
     "box_regions",
     "build_fusion",
+    "encode_label_divisor",
     "paste_masks",
     "paste_masks_dense",
     "prune_instances",
