@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--categories", metavar="JSON", help="categories list to use instead of the JSON files' own")
     d.add_argument("--synthetic-n", type=int, metavar="N", help="synthetic benchmark: scenes (train + held out)")
     d.add_argument("--synthetic-size", type=int, metavar="PX", help="synthetic benchmark: image side")
+    d.add_argument("--synthetic-scenes", choices=("plain", "table6"),
+                   help="synthetic benchmark: scene preset (default table6: stuff patches, same-class pairs, thin "
+                        "things)")
     d.add_argument("--test-short-side", type=int, metavar="PX", help="evaluation resize (scored at original size)")
     m = p.add_argument_group("models and training")
     m.add_argument("--preset", choices=("cpu_small", "r50_fpn"), help="model sizes (default cpu_small)")
@@ -71,6 +74,7 @@ def _config(args: argparse.Namespace) -> Any:
                                    ("image_root", args.image_root), ("panoptic_root", args.panoptic_root),
                                    ("categories", args.categories), ("synthetic_n", args.synthetic_n),
                                    ("synthetic_size", args.synthetic_size),
+                                   ("synthetic_scenes", args.synthetic_scenes),
                                    ("test_short_side", args.test_short_side)) if v is not None}
     over: dict[str, Any] = {k: v for k, v in (("preset", args.preset), ("backbone", args.backbone),
                                               ("iterations", args.iterations), ("batch_size", args.batch_size),
