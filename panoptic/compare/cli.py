@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "schedule (UPSNet-CP reuses UPSNet's weights; cached checkpoints with the same config are reused), "
                     "evaluate them on the held-out split and write the main table (Table 7), the ablation (Table 6), "
                     "the run-time table (Table 5) as Markdown/CSV/JSON and a Figure-4-style PNG to --out.",
-        epilog="default (3 seeds): about 47 minutes on 2 quiet CPU cores, --seeds 1 about 16; --quick: a few minutes "
+        epilog="default (3 seeds): about 44 minutes on 2 quiet CPU cores, --seeds 1 about 15; --quick: a few minutes "
                "(numbers not meaningful).")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny data, 30 iterations, narrow networks")
     p.add_argument("--models", default=",".join(MODEL_IDS), metavar="LIST",
