@@ -232,7 +232,7 @@ def _paint_object(rng: np.random.Generator, canvas: _Canvas, style: _Style, cy: 
     color = _sample_color(rng, style)
     shade_dir = rng.uniform(0.0, 2 * math.pi)
     shade_amp = rng.uniform(0.05, 0.25)
-    window = shape_window(canvas.size, cy, cx, 1.5 * radius * max(1.0, math.sqrt(aspect)))
+    window = shape_window(canvas.size, cy, cx, 1.5 * radius * (math.sqrt(aspect) if thin else 1.0))
     if window is None:
         return full
     rows, cols, dy, dx = window
