@@ -154,3 +154,16 @@ def test_synthetic_benchmark_keeps_presets_in_separate_folders(tmp_path):
     t6 = synthetic_benchmark(dataclasses.replace(base, synthetic_scenes="table6"))
     assert plain != t6 and plain.name + "_table6" == t6.name
     assert (plain / "DONE").is_file() and (t6 / "DONE").is_file()
+
+
+def test_scene_reports_its_stuff_patches_inside_stuff_and_its_thin_things():
+    cfg = dataclasses.replace(SCENE_PRESETS["table6"], thin_prob=1.0)
+    scene = generate_scene(np.random.default_rng(3), 96, config=cfg)
+    pan = scene.panoptic
+    assert len(scene.stuff_patch_masks) >= 1 and scene.thin.all() and len(scene.thin) == len(scene.labels)
+    for patch in scene.stuff_patch_masks:
+        ids = torch.unique(pan.segment_map[patch])
+        assert len(ids) == 1 and ids[0] > 0  # inside one segment ...
+        assert not pan.isthing[ids[0] - 1]  # ... whose class is stuff
+    plain = generate_scene(np.random.default_rng(3), 96)
+    assert plain.stuff_patch_masks.shape == (0, 96, 96) and not plain.thin.any()

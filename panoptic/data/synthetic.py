@@ -149,6 +149,9 @@ class SyntheticScene:
         labels: ``(N,)`` int64 thing index (contiguous id minus ``num_stuff``).
         segment_ids: ``(N,)`` int64 segment id of each thing in ``panoptic.segment_map``.
         table: The category table the contiguous ids refer to.
+        thin: ``(N,)`` bool, which things were drawn thin (``SceneConfig.thin_prob``).
+        stuff_patch_masks: ``(P, H, W)`` bool visible pixels of each stuff patch (``SceneConfig.stuff_patches``);
+            they belong to the stuff segment around them.
     """
 
     image: np.ndarray
@@ -159,6 +162,8 @@ class SyntheticScene:
     labels: torch.Tensor
     segment_ids: torch.Tensor
     table: CategoryTable
+    thin: torch.Tensor
+    stuff_patch_masks: torch.Tensor
 
     @property
     def semantic(self) -> torch.Tensor:
@@ -176,6 +181,7 @@ class _Canvas:
         self.category: list[int] = []
         self.isthing: list[bool] = []
         self.iscrowd: list[bool] = []
+        self.patches: list[np.ndarray] = []  # (H, W) bool full-image masks of the stuff patches
 
     def new_segment(self, category: int, isthing: bool, iscrowd: bool = False) -> int:
         self.category.append(category)
@@ -267,6 +273,9 @@ def _paint_stuff_patches(rng: np.random.Generator, canvas: _Canvas, styles: list
         style = styles[canvas.category[seg]]
         tex = texture(style.pattern, rng, mask.shape, _sample_color(rng, style)) * rng.uniform(0.55, 0.75)
         canvas.image[rows, cols][mask] = tex[mask]
+        full = np.zeros(canvas.size, dtype=bool)
+        full[rows, cols] = mask
+        canvas.patches.append(full)
 
 
 def _paint_void_blobs(rng: np.random.Generator, canvas: _Canvas) -> None:
@@ -341,6 +350,7 @@ def generate_scene(rng: np.random.Generator, size: int | tuple[int, int], table:
         _paint_crowd(rng, canvas, cat, styles[cat], cfg)
     amodal: list[np.ndarray] = []
     thing_segments: list[int] = []
+    thin_of: list[bool] = []
     if cfg.stuff_patches[1] > 0:
         _paint_stuff_patches(rng, canvas, styles, things, cfg)
     for _ in range(int(rng.integers(cfg.num_things[0], cfg.num_things[1] + 1))):
@@ -357,6 +367,7 @@ def generate_scene(rng: np.random.Generator, size: int | tuple[int, int], table:
             seg = canvas.new_segment(cat, True)
             amodal.append(_paint_object(rng, canvas, styles[cat], py, px, radius, seg, thin))
             thing_segments.append(seg)
+            thin_of.append(thin)
     if cfg.noise > 0:
         canvas.image += rng.standard_normal(canvas.image.shape, dtype=np.float32) * cfg.noise
     if rng.random() < cfg.void_border_prob:
@@ -368,11 +379,11 @@ def generate_scene(rng: np.random.Generator, size: int | tuple[int, int], table:
     for seg, full in zip(thing_segments, amodal, strict=True):
         if counts[seg] and counts[seg] < cfg.min_visible_fraction * full.sum():
             canvas.labels[canvas.labels == seg] = -1
-    return _finish(canvas, table, thing_segments, amodal)
+    return _finish(canvas, table, thing_segments, amodal, thin_of)
 
 
 def _finish(canvas: _Canvas, table: CategoryTable, thing_segments: Sequence[int],
-            amodal: Sequence[np.ndarray]) -> SyntheticScene:
+            amodal: Sequence[np.ndarray], thin: Sequence[bool]) -> SyntheticScene:
     """Assemble the ground truth and per-thing targets from the painted canvas."""
     k = len(canvas.category)
     panoptic = assemble_result(
@@ -385,13 +396,21 @@ def _finish(canvas: _Canvas, table: CategoryTable, thing_segments: Sequence[int]
     new_id = np.cumsum(counts > 0) * (counts > 0)
     amodal_of = {int(new_id[seg]): full for seg, full in zip(thing_segments, amodal, strict=True)
                  if new_id[seg]}
+    thin_of = {int(new_id[seg]): t for seg, t in zip(thing_segments, thin, strict=True) if new_id[seg]}
     if len(seg_ids):
         amodal_masks = torch.from_numpy(np.stack([amodal_of[int(s)] for s in seg_ids.tolist()]))
     else:
         amodal_masks = torch.zeros(0, *canvas.size, dtype=torch.bool)
+    thin_flags = torch.tensor([thin_of[int(s)] for s in seg_ids.tolist()], dtype=torch.bool)
+    # A patch's visible pixels: those still labelled stuff at the end (things, void and the border cover the rest).
+    stuff_px = np.isin(canvas.labels, [j for j in range(k) if not canvas.isthing[j]])
+    visible = [m & stuff_px for m in canvas.patches]
+    patches = (torch.from_numpy(np.stack(visible)) if visible
+               else torch.zeros(0, *canvas.size, dtype=torch.bool))
     image = np.clip(np.rint(canvas.image), 0, 255).astype(np.uint8)
     return SyntheticScene(image=image, panoptic=panoptic, masks=masks, amodal_masks=amodal_masks,
-                          boxes=boxes, labels=labels, segment_ids=seg_ids, table=table)
+                          boxes=boxes, labels=labels, segment_ids=seg_ids, table=table, thin=thin_flags,
+                          stuff_patch_masks=patches)
 
 
 def split_counts(n: int, splits: Mapping[str, float]) -> dict[str, int]:
