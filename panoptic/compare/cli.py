@@ -97,6 +97,7 @@ def _config(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Run ``compare``; returns the exit status (user mistakes raise a ``PanopticError``: one line, exit 2)."""
     from ..engine.config import ConfigError
+    from ..engine.distributed import resolve_device
     from ..engine.trainer import TrainingInterrupted
     from .report import claim_lines, to_markdown
     from .runner import run_compare
@@ -104,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         config = _config(args)
+        resolve_device(config.device)  # --device cuda without a GPU: one line, before any work
     except ValueError as e:  # a bad flag value: one line
         raise ConfigError(str(e)) from None
     try:
