@@ -275,6 +275,15 @@ def test_cli_rejects_unknown_models(capsys):
     assert "unknown model id" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cli_device_cuda_without_a_gpu_is_one_line(capsys):
+    from panoptic.cli import main
+
+    assert main(["compare", "--quick", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "CUDA is not available" in err and "--device cpu" in err and "Traceback" not in err
+
+
 def test_cli_on_user_data_with_a_categories_file(tmp_path, capsys):
     """`--data` + `--categories` on a COCO-panoptic folder (here written by the synthetic writer)."""
     from panoptic.cli import main

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "schedule (UPSNet-CP reuses UPSNet's weights; cached checkpoints with the same config are reused), "
                     "evaluate them on the held-out split and write the main table (Table 7), the ablation (Table 6), "
                     "the run-time table (Table 5) as Markdown/CSV/JSON and a Figure-4-style PNG to --out.",
-        epilog="default (3 seeds): about 47 minutes on 2 quiet CPU cores, --seeds 1 about 16; --quick: a few minutes "
+        epilog="default (3 seeds): about 44 minutes on 2 quiet CPU cores, --seeds 1 about 15; --quick: a few minutes "
                "(numbers not meaningful).")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny data, 30 iterations, narrow networks")
     p.add_argument("--models", default=",".join(MODEL_IDS), metavar="LIST",
@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--categories", metavar="JSON", help="categories list to use instead of the JSON files' own")
     d.add_argument("--synthetic-n", type=int, metavar="N", help="synthetic benchmark: scenes (train + held out)")
     d.add_argument("--synthetic-size", type=int, metavar="PX", help="synthetic benchmark: image side")
+    d.add_argument("--synthetic-scenes", choices=("plain", "table6"),
+                   help="synthetic benchmark: scene preset (default table6: stuff patches, same-class pairs, thin "
+                        "things)")
     d.add_argument("--test-short-side", type=int, metavar="PX", help="evaluation resize (scored at original size)")
     m = p.add_argument_group("models and training")
     m.add_argument("--preset", choices=("cpu_small", "r50_fpn"), help="model sizes (default cpu_small)")
@@ -71,6 +74,7 @@ def _config(args: argparse.Namespace) -> Any:
                                    ("image_root", args.image_root), ("panoptic_root", args.panoptic_root),
                                    ("categories", args.categories), ("synthetic_n", args.synthetic_n),
                                    ("synthetic_size", args.synthetic_size),
+                                   ("synthetic_scenes", args.synthetic_scenes),
                                    ("test_short_side", args.test_short_side)) if v is not None}
     over: dict[str, Any] = {k: v for k, v in (("preset", args.preset), ("backbone", args.backbone),
                                               ("iterations", args.iterations), ("batch_size", args.batch_size),
@@ -93,6 +97,7 @@ def _config(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Run ``compare``; returns the exit status (user mistakes raise a ``PanopticError``: one line, exit 2)."""
     from ..engine.config import ConfigError
+    from ..engine.distributed import resolve_device
     from ..engine.trainer import TrainingInterrupted
     from .report import claim_lines, to_markdown
     from .runner import run_compare
@@ -100,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         config = _config(args)
+        resolve_device(config.device)  # --device cuda without a GPU: one line, before any work
     except ValueError as e:  # a bad flag value: one line
         raise ConfigError(str(e)) from None
     try:

@@ -8,6 +8,12 @@ shading) are painted in order, so later objects occlude earlier ones. Some scene
 (a thin unlabeled border band, and clutter blobs). Things that end up less than
 ``min_visible_fraction`` visible are labelled void, as heavily occluded objects often are in COCO.
 
+Three optional features (off by default; the ``"table6"`` entry of :data:`SCENE_PRESETS` turns them on) give
+each rule of the paper's Table 6 something to change: **stuff patches** (thing-shaped patches painted with the
+surrounding stuff's texture, darker, and labelled as that stuff: a detector fires on the shape, the semantics
+say stuff), **same-class pairs** (a second thing of the same class overlapping the first: duplicates to prune)
+and **thin** things (strongly elongated, easily missed or half-segmented: pixels for the unknown class).
+
 Example:
     >>> import numpy as np
     >>> scene = generate_scene(np.random.default_rng(0), 64)
@@ -35,7 +41,7 @@ from .drawing import hsv_color, shape_mask, shape_window, smooth_noise, texture
 from .targets import IGNORE_INDEX, thing_targets
 from .writer import CocoPanopticWriter, encode_png
 
-__all__ = ["SceneConfig", "SyntheticScene", "generate_scene", "split_counts", "synthetic_categories",
+__all__ = ["SCENE_PRESETS", "SceneConfig", "SyntheticScene", "generate_scene", "split_counts", "synthetic_categories",
            "write_synthetic_dataset"]
 
 
@@ -89,6 +95,12 @@ class SceneConfig:
         void_blob_prob: Probability of 1-2 unlabeled clutter blobs.
         min_visible_fraction: Things less visible than this (of their in-image area) become void.
         noise: Standard deviation of the per-pixel sensor noise, in 0..255 units.
+        stuff_patches: Inclusive range of thing-shaped patches per scene painted inside a stuff region with
+            that region's texture (darker) and labelled as that stuff.
+        same_class_prob: Probability that a thing gets a partner of the same class overlapping it (its
+            centre 0.3-0.7 radii away), painted right after it.
+        thin_prob: Probability that a thing is thin: stretched to an aspect ratio of 4-7 (discs and squares;
+            triangles and stars are shrunk to half size instead).
     """
 
     num_things: tuple[int, int] = (3, 8)
@@ -101,6 +113,26 @@ class SceneConfig:
     void_blob_prob: float = 0.35
     min_visible_fraction: float = 0.1
     noise: float = 3.0
+    stuff_patches: tuple[int, int] = (0, 0)
+    same_class_prob: float = 0.0
+    thin_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("crowd_prob", "void_border_prob", "void_blob_prob", "same_class_prob", "thin_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"SceneConfig.{name} is a probability in [0, 1], got {getattr(self, name)}.")
+        lo, hi = self.stuff_patches
+        if not 0 <= lo <= hi:
+            raise ValueError(f"SceneConfig.stuff_patches is an inclusive range (lo, hi) with 0 <= lo <= hi, "
+                             f"got {self.stuff_patches}.")
+
+
+SCENE_PRESETS: dict[str, SceneConfig] = {
+    "plain": SceneConfig(),
+    "table6": SceneConfig(stuff_patches=(1, 3), same_class_prob=0.3, thin_prob=0.25),
+}
+"""Named scene configurations: ``"plain"`` (the defaults) and ``"table6"`` (stuff patches, same-class pairs
+and thin things on, so every row of Table 6 has something to change; ``panoptic compare``'s default)."""
 
 
 @dataclass
@@ -117,6 +149,9 @@ class SyntheticScene:
         labels: ``(N,)`` int64 thing index (contiguous id minus ``num_stuff``).
         segment_ids: ``(N,)`` int64 segment id of each thing in ``panoptic.segment_map``.
         table: The category table the contiguous ids refer to.
+        thin: ``(N,)`` bool, which things were drawn thin (``SceneConfig.thin_prob``).
+        stuff_patch_masks: ``(P, H, W)`` bool visible pixels of each stuff patch (``SceneConfig.stuff_patches``);
+            they belong to the stuff segment around them.
     """
 
     image: np.ndarray
@@ -127,6 +162,8 @@ class SyntheticScene:
     labels: torch.Tensor
     segment_ids: torch.Tensor
     table: CategoryTable
+    thin: torch.Tensor
+    stuff_patch_masks: torch.Tensor
 
     @property
     def semantic(self) -> torch.Tensor:
@@ -144,6 +181,7 @@ class _Canvas:
         self.category: list[int] = []
         self.isthing: list[bool] = []
         self.iscrowd: list[bool] = []
+        self.patches: list[np.ndarray] = []  # (H, W) bool full-image masks of the stuff patches
 
     def new_segment(self, category: int, isthing: bool, iscrowd: bool = False) -> int:
         self.category.append(category)
@@ -187,15 +225,20 @@ def _paint_stuff(rng: np.random.Generator, canvas: _Canvas, table: CategoryTable
 
 
 def _paint_object(rng: np.random.Generator, canvas: _Canvas, style: _Style, cy: float, cx: float,
-                  radius: float, segment: int) -> np.ndarray:
+                  radius: float, segment: int, thin: bool = False) -> np.ndarray:
     """Paint one shaded shape; return its ``(H, W)`` bool full (amodal, in-image) mask."""
     full = np.zeros(canvas.size, dtype=bool)
     angle = float(rng.uniform(0.0, 2 * math.pi))
     aspect = float(rng.uniform(0.75, 1.33))
+    if thin:  # a sliver: discs and squares stretch, the polygons (no aspect) shrink
+        if style.pattern in ("disc", "square"):
+            aspect = float(rng.uniform(4.0, 7.0))
+        else:
+            radius *= 0.5
     color = _sample_color(rng, style)
     shade_dir = rng.uniform(0.0, 2 * math.pi)
     shade_amp = rng.uniform(0.05, 0.25)
-    window = shape_window(canvas.size, cy, cx, 1.5 * radius)
+    window = shape_window(canvas.size, cy, cx, 1.5 * radius * (math.sqrt(aspect) if thin else 1.0))
     if window is None:
         return full
     rows, cols, dy, dx = window
@@ -206,6 +249,33 @@ def _paint_object(rng: np.random.Generator, canvas: _Canvas, style: _Style, cy: 
     canvas.labels[rows, cols][mask] = segment
     full[rows, cols] = mask
     return full
+
+
+def _paint_stuff_patches(rng: np.random.Generator, canvas: _Canvas, styles: list[_Style], things: list[int],
+                         cfg: SceneConfig) -> None:
+    """Thing-shaped patches inside stuff: the shape of a random thing class, the texture of the stuff under
+    its centre (darker), labelled as that stuff. Patches are painted before the things, so things occlude them."""
+    h, w = canvas.size
+    side = min(h, w)
+    for _ in range(int(rng.integers(cfg.stuff_patches[0], cfg.stuff_patches[1] + 1))):
+        cy, cx = rng.uniform(0.1, 0.9, size=2) * np.array([h, w])
+        seg = int(canvas.labels[int(cy), int(cx)])
+        if seg < 0 or canvas.isthing[seg]:
+            continue
+        radius = rng.uniform(*cfg.thing_radius) * side
+        window = shape_window(canvas.size, cy, cx, 1.5 * radius)
+        if window is None:
+            continue
+        rows, cols, dy, dx = window
+        kind = styles[things[int(rng.integers(len(things)))]].pattern
+        mask = shape_mask(kind, dy, dx, radius, float(rng.uniform(0.0, 2 * math.pi)), float(rng.uniform(0.75, 1.33)))
+        mask &= canvas.labels[rows, cols] == seg  # stays inside its stuff region
+        style = styles[canvas.category[seg]]
+        tex = texture(style.pattern, rng, mask.shape, _sample_color(rng, style)) * rng.uniform(0.55, 0.75)
+        canvas.image[rows, cols][mask] = tex[mask]
+        full = np.zeros(canvas.size, dtype=bool)
+        full[rows, cols] = mask
+        canvas.patches.append(full)
 
 
 def _paint_void_blobs(rng: np.random.Generator, canvas: _Canvas) -> None:
@@ -280,13 +350,24 @@ def generate_scene(rng: np.random.Generator, size: int | tuple[int, int], table:
         _paint_crowd(rng, canvas, cat, styles[cat], cfg)
     amodal: list[np.ndarray] = []
     thing_segments: list[int] = []
+    thin_of: list[bool] = []
+    if cfg.stuff_patches[1] > 0:
+        _paint_stuff_patches(rng, canvas, styles, things, cfg)
     for _ in range(int(rng.integers(cfg.num_things[0], cfg.num_things[1] + 1))):
         cat = things[int(rng.integers(len(things)))]
-        seg = canvas.new_segment(cat, True)
         cy, cx = rng.uniform(0.05, 0.95, size=2) * np.array(hw)
         radius = rng.uniform(*cfg.thing_radius) * side
-        amodal.append(_paint_object(rng, canvas, styles[cat], cy, cx, radius, seg))
-        thing_segments.append(seg)
+        # The optional draws happen only when their feature is on, so the plain scenes stay byte-identical.
+        thin = cfg.thin_prob > 0 and bool(rng.random() < cfg.thin_prob)
+        places = [(cy, cx)]
+        if cfg.same_class_prob > 0 and rng.random() < cfg.same_class_prob:
+            off, phi = rng.uniform(0.3, 0.7) * radius, rng.uniform(0.0, 2 * math.pi)
+            places.append((cy + off * math.sin(phi), cx + off * math.cos(phi)))
+        for py, px in places:
+            seg = canvas.new_segment(cat, True)
+            amodal.append(_paint_object(rng, canvas, styles[cat], py, px, radius, seg, thin))
+            thing_segments.append(seg)
+            thin_of.append(thin)
     if cfg.noise > 0:
         canvas.image += rng.standard_normal(canvas.image.shape, dtype=np.float32) * cfg.noise
     if rng.random() < cfg.void_border_prob:
@@ -298,11 +379,11 @@ def generate_scene(rng: np.random.Generator, size: int | tuple[int, int], table:
     for seg, full in zip(thing_segments, amodal, strict=True):
         if counts[seg] and counts[seg] < cfg.min_visible_fraction * full.sum():
             canvas.labels[canvas.labels == seg] = -1
-    return _finish(canvas, table, thing_segments, amodal)
+    return _finish(canvas, table, thing_segments, amodal, thin_of)
 
 
 def _finish(canvas: _Canvas, table: CategoryTable, thing_segments: Sequence[int],
-            amodal: Sequence[np.ndarray]) -> SyntheticScene:
+            amodal: Sequence[np.ndarray], thin: Sequence[bool]) -> SyntheticScene:
     """Assemble the ground truth and per-thing targets from the painted canvas."""
     k = len(canvas.category)
     panoptic = assemble_result(
@@ -315,13 +396,21 @@ def _finish(canvas: _Canvas, table: CategoryTable, thing_segments: Sequence[int]
     new_id = np.cumsum(counts > 0) * (counts > 0)
     amodal_of = {int(new_id[seg]): full for seg, full in zip(thing_segments, amodal, strict=True)
                  if new_id[seg]}
+    thin_of = {int(new_id[seg]): t for seg, t in zip(thing_segments, thin, strict=True) if new_id[seg]}
     if len(seg_ids):
         amodal_masks = torch.from_numpy(np.stack([amodal_of[int(s)] for s in seg_ids.tolist()]))
     else:
         amodal_masks = torch.zeros(0, *canvas.size, dtype=torch.bool)
+    thin_flags = torch.tensor([thin_of[int(s)] for s in seg_ids.tolist()], dtype=torch.bool)
+    # A patch's visible pixels: those still labelled stuff at the end (things, void and the border cover the rest).
+    stuff_px = np.isin(canvas.labels, [j for j in range(k) if not canvas.isthing[j]])
+    visible = [m & stuff_px for m in canvas.patches]
+    patches = (torch.from_numpy(np.stack(visible)) if visible
+               else torch.zeros(0, *canvas.size, dtype=torch.bool))
     image = np.clip(np.rint(canvas.image), 0, 255).astype(np.uint8)
     return SyntheticScene(image=image, panoptic=panoptic, masks=masks, amodal_masks=amodal_masks,
-                          boxes=boxes, labels=labels, segment_ids=seg_ids, table=table)
+                          boxes=boxes, labels=labels, segment_ids=seg_ids, table=table, thin=thin_flags,
+                          stuff_patch_masks=patches)
 
 
 def split_counts(n: int, splits: Mapping[str, float]) -> dict[str, int]:

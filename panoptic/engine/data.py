@@ -32,6 +32,7 @@ from ..data import (
     collate,
     write_synthetic_dataset,
 )
+from ..data.synthetic import SCENE_PRESETS
 from .config import DataConfig
 from .distributed import DistInfo, barrier
 
@@ -72,6 +73,8 @@ def synthetic_benchmark(config: DataConfig, info: DistInfo | None = None,
     info = info or DistInfo()
     frac = config.synthetic_val_fraction
     name = f"n{config.synthetic_n}_s{config.synthetic_size}_seed{config.synthetic_seed}_val{frac:g}"
+    if config.synthetic_scenes != "plain":  # plain keeps its old folder name (existing caches stay valid)
+        name += f"_{config.synthetic_scenes}"
     root = _cache_base(config) / name
     if not (root / "DONE").is_file() and info.local_rank == 0:
         root.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +83,7 @@ def synthetic_benchmark(config: DataConfig, info: DistInfo | None = None,
         splits = {"train": 1.0 - frac, "val": frac} if frac > 0 else {"train": 1.0}
         try:
             write_synthetic_dataset(tmp, config.synthetic_n, config.synthetic_size, config.synthetic_seed, splits,
-                                    progress=progress)
+                                    config=SCENE_PRESETS[config.synthetic_scenes], progress=progress)
             atomic_write_text(tmp / "DONE", "ok\n")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # no half-written benchmark left behind
