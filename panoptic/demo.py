@@ -28,7 +28,10 @@ from .fusion import build_fusion
 from .structures import Instances, PanopticResult
 from .visualize import colorize, save_png, side_by_side, with_legend
 
-__all__ = ["DemoReport", "run_demo", "simulate_predictions"]
+__all__ = [
+    "run_demo",
+    "simulate_predictions",
+]
 
 
 # Over 60 lines: one simulation recipe (semantic noise, then detections from each segment), read top to bottom.

@@ -17,8 +17,12 @@ import torch
 if TYPE_CHECKING:
     from .categories import CategoryTable
 
-__all__ = ["PROBABILITY_LOGIT_LIMIT", "Instances", "MaskKind", "MaskSpace", "PanopticResult", "boxes_from_masks",
-           "mask_foreground", "probabilities_to_logits"]
+__all__ = [
+    "Instances",
+    "MaskKind",
+    "MaskSpace",
+    "PanopticResult",
+]
 
 MaskSpace = Literal["roi", "image"]
 #: What the values of ``Instances.mask_logits`` are: logits, probabilities in ``[0, 1]``, or 0/1 (bool) masks.

@@ -17,9 +17,8 @@ from panoptic.heads import (
     PSPNet,
     SemanticHead,
     SemanticHeadConfig,
-    box_target_crops,
-    semantic_loss,
 )
+from panoptic.heads.semantic import box_target_crops, semantic_loss
 
 C_FPN = 16
 

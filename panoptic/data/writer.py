@@ -30,12 +30,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..atomic import AtomicFiles, atomic_write_bytes
+from ..atomic import AtomicFiles
 from ..categories import CategoryTable
 from ..formats import to_coco
 from ..structures import PanopticResult
 
-__all__ = ["CocoPanopticWriter", "atomic_write_bytes", "encode_png", "write_coco_predictions"]
+__all__ = [
+    "CocoPanopticWriter",
+    "write_coco_predictions",
+]
 
 
 def encode_png(array: np.ndarray) -> bytes:

@@ -39,8 +39,10 @@ from torchvision.ops import DeformConv2d, roi_align
 from ..constants import IGNORE_INDEX
 from .deform import deform_conv2d_sampled
 
-__all__ = ["SemanticHead", "SemanticHeadConfig", "SemanticOutput", "box_target_crops", "nearest_resize_labels",
-           "semantic_loss"]
+__all__ = [
+    "SemanticHead",
+    "SemanticHeadConfig",
+]
 
 
 

@@ -21,9 +21,6 @@ from .registry import register_model
 from .types import LossWeights
 from .upsnet import UPSNet
 
-__all__ = ["SMALL_BACKBONE", "SMALL_FPN_CHANNELS", "mrcnn_psp", "mrcnn_psp_cpu_small", "upsnet_c",
-           "upsnet_c_cpu_small", "upsnet_cp", "upsnet_cp_cpu_small", "upsnet_cpu_small", "upsnet_r50_fpn"]
-
 SMALL_BACKBONE = "resnet18"
 SMALL_FPN_CHANNELS = 64
 
