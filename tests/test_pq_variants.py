@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from panoptic import CategoryTable
 from panoptic.evaluation import MetricConfig, PanopticQuality
-from panoptic.evaluation import boundary as boundary_module
+from panoptic.evaluation import _boundary as boundary_module
 from panoptic.evaluation._boundary import band_width, boundary_mask, boundary_mask_numpy
 from panoptic.formats import from_coco
 

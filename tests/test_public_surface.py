@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 API_DOCS = ROOT / "docs" / "api"
 
 # Measured when the budget was set: 186 names in all, 162 outside the fusion package (panoptic.fusion,
-# panoptic.ops), 117 outside fusion and compare; +2 for the input types announced for structures.py
+# panoptic.ops), 116 outside fusion and compare; +2 for the input types announced for structures.py
 # (Queries, CentreOffsets). The goal is under 120 in all: the fusion and compare parts are trimmed next
 # (docs/design.md, "Public surface"); lower these numbers as they shrink, never raise them silently.
 BUDGET = 188
