@@ -152,3 +152,51 @@ def test_no_function_over_60_lines_without_a_reason():
                 if not REASON.match(lines[first - 2].strip()):
                     long.append(f"{name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert long == [], f"split these into named steps or add a '# Over 60 lines: why' line above: {long}"
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports, lazy (in-function) imports included, ``TYPE_CHECKING`` ones not.
+
+    A package's edges to its own submodules (and theirs to it) are left out: re-exporting is not a cycle.
+    """
+    files = {}
+    for path in (ROOT / "panoptic").rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                       and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+        package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+        deps: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.ImportFrom):
+                base = package[: len(package) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                deps |= {f"{target}.{a.name}" if f"{target}.{a.name}" in files else target for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+        graph[module] = {d for d in deps if d in files and d != module
+                         and not d.startswith(module + ".") and not module.startswith(d + ".")}
+    return graph
+
+
+def test_no_import_cycles():
+    """No module reaches itself through imports (the former structures -> formats -> segments -> structures)."""
+    graph = _import_graph()
+    assert graph["panoptic.formats"] >= {"panoptic.structures", "panoptic.segments"}  # the graph sees imports
+    cycles = []
+    for start in graph:
+        stack, seen = [(start, (start,))], set()
+        while stack:
+            node, path = stack.pop()
+            for dep in graph[node]:
+                if dep == start:
+                    cycles.append(" -> ".join((*path, start)))
+                elif dep not in seen:
+                    seen.add(dep)
+                    stack.append((dep, (*path, dep)))
+    assert cycles == [], f"import cycles (move the shared part into a lower module): {cycles}"
