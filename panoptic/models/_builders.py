@@ -128,7 +128,7 @@ def upsnet_cpu_small(table: CategoryTable, pretrained: bool = False, *, backbone
 
     resnet18 (trainable batch norm: no pretrained statistics to freeze), FPN 64 with GAP context, a 2-layer
     semantic head 64 -> 32 -> 32 (plain 3x3 convs by default, the cheapest on a CPU; ``deformable=True`` restores
-    UPSNet's deformable ones, which run on the CPU through :mod:`panoptic.heads.deform`), light Mask R-CNN heads
+    UPSNet's deformable ones, which run on the CPU through :mod:`panoptic.heads._deform`), light Mask R-CNN heads
     (:meth:`InstanceHeadConfig.light`), semantic loss at 1/4 resolution.
 
     Args:

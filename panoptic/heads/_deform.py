@@ -13,9 +13,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Machinery, not API: imported by other parts of the package, documented nowhere (see docs/design.md).
-__all__: list[str] = []
-
 _TAP_BUFFER_ELEMENTS = 1 << 26
 """Most elements of the channel-mixed taps held at once (256 MB in float32)."""
 
