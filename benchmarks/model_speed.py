@@ -76,7 +76,7 @@ from torch import nn
 
 from panoptic import CategoryTable
 from panoptic.fusion import PanopticFusion
-from panoptic.models import mrcnn_psp, upsnet_r50_fpn
+from panoptic.models._builders import mrcnn_psp, upsnet_r50_fpn
 from panoptic.structures import Instances, PanopticResult
 
 FULL_SIZES = ((512, 1024), (1024, 2048))

@@ -47,7 +47,8 @@ from PIL import Image
 
 from panoptic import CategoryTable
 from panoptic import png as png_module
-from panoptic.evaluation import MetricConfig, PanopticQuality, load_coco_pair, pq_compute
+from panoptic.evaluation import MetricConfig, PanopticQuality, pq_compute
+from panoptic.evaluation.files import load_coco_pair
 from panoptic.formats import id2rgb, segment_bboxes
 
 H, W = 1024, 2048

@@ -31,7 +31,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-__all__ = ["AtomicFiles", "append_line", "atomic_write", "atomic_write_bytes", "atomic_write_text", "fsync_dir"]
+# Machinery, not API: imported by other parts of the package, documented nowhere (see docs/design.md).
+__all__: list[str] = []
 
 Writer = Callable[[BinaryIO], None]
 

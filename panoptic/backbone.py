@@ -27,7 +27,10 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from .constants import SIZE_DIVISOR
 
-__all__ = ["FPN", "BackboneConfig", "FPNBackbone", "freeze_batch_norm", "timm_features"]
+__all__ = [
+    "BackboneConfig",
+    "FPNBackbone",
+]
 
 FPN_STRIDES = (4, 8, 16, 32)
 """Strides of the backbone stages the FPN consumes (C2..C5)."""

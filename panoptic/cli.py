@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from . import __version__
 from .threads import add_threads_argument, applied_threads
 
-__all__ = ["build_parser", "main"]
+__all__ = [
+    "main",
+]
 
 
 def _register_demo(sub: argparse._SubParsersAction) -> None:

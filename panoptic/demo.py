@@ -21,12 +21,16 @@ from .atomic import atomic_write_text
 from .categories import CategoryTable
 from .data.synthetic import SyntheticScene, generate_scene
 from .evaluation import PanopticQuality
+from .formats import to_coco
 from .fusion import build_fusion
 from .simulate import simulate_semantic
 from .structures import Instances, PanopticResult
 from .visualize import colorize, save_png, side_by_side, with_legend
 
-__all__ = ["DemoReport", "run_demo", "simulate_predictions"]
+__all__ = [
+    "run_demo",
+    "simulate_predictions",
+]
 
 
 # Over 60 lines: one simulation recipe (semantic noise, then detections from each segment), read top to bottom.
@@ -143,7 +147,7 @@ def run_demo(out_dir: str | Path = "panoptic-demo", seed: int = 0, size: int = 2
                                   "ground_truth_segments": scene.panoptic.num_segments}
     for name, res in {"ground_truth": scene.panoptic, **results}.items():
         files.append(save_png(colorize(res, table), out / f"{name}.png"))
-        png, info = res.to_coco(table)
+        png, info = to_coco(res, table)
         files.append(save_png(png, out / f"{name}_panoptic.png"))
         seg_json = out / f"{name}_segments.json"
         atomic_write_text(seg_json, json.dumps({"segments_info": info, "categories": table.to_coco()}, indent=1))

@@ -13,7 +13,10 @@ import os
 import sys
 from collections.abc import Callable
 
-__all__ = ["CheckpointError", "Interrupted", "PanopticError", "describe_os_error", "run_command"]
+__all__ = [
+    "CheckpointError",
+    "PanopticError",
+]
 
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
 INTERRUPTED_EXIT = 130

@@ -32,7 +32,6 @@ __all__ = [
     "from_pairs",
     "id2rgb",
     "rgb2id",
-    "segment_bboxes",
     "to_coco",
     "to_label_divisor",
     "to_pairs",

@@ -10,7 +10,7 @@ import torch
 
 from .structures import PanopticResult
 
-__all__ = ["assemble_from_keys", "assemble_result"]
+__all__ = ["assemble_result"]
 
 
 def assemble_result(

@@ -1,7 +1,8 @@
 """Plain-tensor data types: :class:`Instances` (fusion input) and :class:`PanopticResult` (fusion output).
 
 Neither type depends on any model class. Conversions to the label encodings found in the wild live in
-:mod:`panoptic.formats`; :class:`PanopticResult` exposes them as methods.
+:mod:`panoptic.formats` (``to_coco(result, table)``, ``to_label_divisor(result)``, ...), which imports
+this module; this module imports no converter, so the types sit at the bottom of the import graph.
 """
 
 from __future__ import annotations
@@ -9,16 +10,19 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 import torch
 
 if TYPE_CHECKING:
     from .categories import CategoryTable
 
-__all__ = ["PROBABILITY_LOGIT_LIMIT", "Instances", "MaskKind", "MaskSpace", "PanopticResult", "boxes_from_masks",
-           "mask_foreground", "probabilities_to_logits"]
+__all__ = [
+    "Instances",
+    "MaskKind",
+    "MaskSpace",
+    "PanopticResult",
+]
 
 MaskSpace = Literal["roi", "image"]
 #: What the values of ``Instances.mask_logits`` are: logits, probabilities in ``[0, 1]``, or 0/1 (bool) masks.
@@ -369,34 +373,3 @@ class PanopticResult:
                 raise ValueError(f"segment categories must be contiguous ids in 0..{table.num_classes - 1}.")
             if not torch.equal(table.isthing_tensor(self.category.device)[self.category], self.isthing):
                 raise ValueError("segment 'isthing' flags disagree with the category table.")
-
-    # --------------------------------------------------------------------------- format bridges
-    def to_coco(self, table: CategoryTable) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        """COCO-panoptic export: ``(H, W, 3)`` uint8 RGB PNG array and ``segments_info``.
-
-        See :func:`panoptic.formats.to_coco`.
-        """
-        from .formats import to_coco
-
-        return to_coco(self, table)
-
-    @staticmethod
-    def from_coco(png: np.ndarray, segments_info: list[dict[str, Any]], table: CategoryTable) -> PanopticResult:
-        """COCO-panoptic import; see :func:`panoptic.formats.from_coco`."""
-        from .formats import from_coco
-
-        return from_coco(png, segments_info, table)
-
-    def to_label_divisor(self, label_divisor: int = 1000, void: int = -1, unknown: int | None = None,
-                         table: CategoryTable | None = None) -> torch.Tensor:
-        """``category * label_divisor + instance`` map; see :func:`panoptic.formats.to_label_divisor`."""
-        from .formats import to_label_divisor
-
-        return to_label_divisor(self, label_divisor, void, unknown, table)
-
-    def to_pairs(self, void: int = -1, unknown: int | None = None,
-                 table: CategoryTable | None = None) -> torch.Tensor:
-        """``(H, W, 2)`` (category, instance) pairs; see :func:`panoptic.formats.to_pairs`."""
-        from .formats import to_pairs
-
-        return to_pairs(self, void, unknown, table)

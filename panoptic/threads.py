@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SAMPLE_S", "add_threads_argument", "applied_threads", "available_cores", "busy_cores",
-           "default_threads"]
+# Machinery, not API: imported by other parts of the package, documented nowhere (see docs/design.md).
+__all__: list[str] = []
 
 #: How long :func:`busy_cores` watches the CPU counters.
 SAMPLE_S = 0.1

@@ -13,8 +13,14 @@ from PIL import Image, ImageDraw, ImageFont
 from .categories import CategoryTable
 from .structures import PanopticResult
 
-__all__ = ["UNKNOWN_COLOR", "VOID_COLOR", "annotate", "colorize", "legend", "overlay", "save_png", "side_by_side",
-           "with_legend"]
+__all__ = [
+    "annotate",
+    "colorize",
+    "overlay",
+    "save_png",
+    "side_by_side",
+    "with_legend",
+]
 
 VOID_COLOR = (0, 0, 0)
 UNKNOWN_COLOR = (255, 255, 255)
@@ -143,7 +149,6 @@ def legend(table: CategoryTable, category_ids: Sequence[int], width: int, *, unk
     return np.asarray(canvas)
 
 
-# Over 60 lines: one drawing pass (outlines, labels, legend) sharing its layout state.
 def annotate(picture: np.ndarray, result: PanopticResult, table: CategoryTable, *, outlines: bool = True,
              labels: bool = True, show_legend: bool = True, void_in_legend: bool = False,
              min_label_area: float = 0.002) -> np.ndarray:
@@ -181,36 +186,11 @@ def annotate(picture: np.ndarray, result: PanopticResult, table: CategoryTable, 
     things = result.isthing.cpu().numpy().astype(bool)
     colors = table.color_tensor().numpy()
     if outlines and things.any():
-        is_thing = np.concatenate([[False], things])[sm]
-        edge = np.zeros(sm.shape, dtype=bool)
-        edge[:, 1:] |= sm[:, 1:] != sm[:, :-1]
-        edge[:, :-1] |= sm[:, 1:] != sm[:, :-1]
-        edge[1:, :] |= sm[1:, :] != sm[:-1, :]
-        edge[:-1, :] |= sm[1:, :] != sm[:-1, :]
-        edge &= is_thing
-        seg_color = np.concatenate([np.zeros((1, 3), np.uint8), colors[cat]])
-        out[edge] = seg_color[sm[edge]]
+        _draw_outlines(out, sm, things, np.concatenate([np.zeros((1, 3), np.uint8), colors[cat]]))
     canvas = Image.fromarray(np.ascontiguousarray(out))
     text_scale = max(1, max(canvas.size) // 640)  # 11 px text up to 640 px, larger on large pictures
     if labels and len(cat):
-        draw = ImageDraw.Draw(canvas)
-        font = _font(11 * text_scale)
-        area = result.area.cpu().numpy()
-        scores = result.score.cpu().numpy()
-        anchors = _label_anchors(sm, len(cat))
-        for s in np.argsort(-area, kind="stable"):
-            if area[s] < min_label_area * h * w:
-                continue
-            name = table.categories[int(cat[s])].name
-            text = f"{name} {scores[s]:.2f}" if things[s] and np.isfinite(scores[s]) else name
-            y, x = (int(v) for v in anchors[s])
-            left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-            tw, th = right - left + 4, bottom - top + 4
-            x0 = min(max(0, x - tw // 2), canvas.width - tw)
-            y0 = min(max(0, y - th // 2), canvas.height - th)
-            color = tuple(int(v) for v in colors[cat[s]])
-            draw.rectangle((x0, y0, x0 + tw, y0 + th), fill=color, outline=(40, 40, 40))
-            draw.text((x0 + 2 - left, y0 + 2 - top), text, fill=_text_color(color), font=font)
+        _draw_tags(canvas, result, table, sm, min_label_area * h * w, _font(11 * text_scale))
     picture_out = np.asarray(canvas)
     if not show_legend:
         return picture_out
@@ -219,6 +199,42 @@ def annotate(picture: np.ndarray, result: PanopticResult, table: CategoryTable, 
                    void=void_in_legend and bool(((sm == 0) & ~_enlarge(result.unknown_mask, k)).any()),
                    scale=text_scale)
     return np.concatenate([picture_out, strip], axis=0)
+
+
+def _draw_outlines(out: np.ndarray, sm: np.ndarray, things: np.ndarray, seg_color: np.ndarray) -> None:
+    """Colour, in place, the pixels of ``out (H, W, 3)`` on a thing segment's border with ``seg_color (S + 1, 3)``."""
+    edge = np.zeros(sm.shape, dtype=bool)
+    edge[:, 1:] |= sm[:, 1:] != sm[:, :-1]
+    edge[:, :-1] |= sm[:, 1:] != sm[:, :-1]
+    edge[1:, :] |= sm[1:, :] != sm[:-1, :]
+    edge[:-1, :] |= sm[1:, :] != sm[:-1, :]
+    edge &= np.concatenate([[False], things])[sm]
+    out[edge] = seg_color[sm[edge]]
+
+
+def _draw_tags(canvas: Image.Image, result: PanopticResult, table: CategoryTable, sm: np.ndarray,
+               min_area: float, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> None:
+    """Draw a name tag (things with their score) on every segment of ``min_area`` pixels or more, largest first."""
+    draw = ImageDraw.Draw(canvas)
+    cat = result.category.cpu().numpy()
+    things = result.isthing.cpu().numpy().astype(bool)
+    colors = table.color_tensor().numpy()
+    area = result.area.cpu().numpy()
+    scores = result.score.cpu().numpy()
+    anchors = _label_anchors(sm, len(cat))
+    for s in np.argsort(-area, kind="stable"):
+        if area[s] < min_area:
+            continue
+        name = table.categories[int(cat[s])].name
+        text = f"{name} {scores[s]:.2f}" if things[s] and np.isfinite(scores[s]) else name
+        y, x = (int(v) for v in anchors[s])
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left + 4, bottom - top + 4
+        x0 = min(max(0, x - tw // 2), canvas.width - tw)
+        y0 = min(max(0, y - th // 2), canvas.height - th)
+        color = tuple(int(v) for v in colors[cat[s]])
+        draw.rectangle((x0, y0, x0 + tw, y0 + th), fill=color, outline=(40, 40, 40))
+        draw.text((x0 + 2 - left, y0 + 2 - top), text, fill=_text_color(color), font=font)
 
 
 def side_by_side(panels: Sequence[np.ndarray], titles: Sequence[str] | None = None, gap: int = 4,

@@ -17,9 +17,8 @@ from panoptic.heads import (
     PSPNet,
     SemanticHead,
     SemanticHeadConfig,
-    box_target_crops,
-    semantic_loss,
 )
+from panoptic.heads.semantic import box_target_crops, semantic_loss
 
 C_FPN = 16
 
@@ -268,7 +267,7 @@ def test_sampled_deform_conv_equals_torchvision(b, cin, cout, h, w, dilation, sc
     """The CPU path of the semantic head: same values and gradients as torchvision's deform_conv2d."""
     from torchvision.ops import deform_conv2d
 
-    from panoptic.heads.deform import deform_conv2d_sampled
+    from panoptic.heads._deform import deform_conv2d_sampled
 
     g = torch.Generator().manual_seed(b * 100 + h)
     x = torch.randn(b, cin, h, w, dtype=torch.float64, generator=g, requires_grad=True)

@@ -12,16 +12,16 @@ import torch
 from panoptic.data import synthetic_categories, write_synthetic_dataset
 from panoptic.engine import (
     CheckpointError,
-    DistInfo,
     TrainConfig,
-    Trainer,
-    build_named_model,
-    check_table,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
 )
+from panoptic.engine._table_check import check_table
+from panoptic.engine.checkpoint import build_named_model
 from panoptic.engine.cli import main
+from panoptic.engine.distributed import DistInfo
+from panoptic.engine.trainer import Trainer
 
 TABLE = synthetic_categories()
 KW = {"fpn_channels": 8}

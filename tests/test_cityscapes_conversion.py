@@ -16,7 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from panoptic.data import cityscapes_panoptic, cityscapes_panoptic_paths
+from panoptic.data import cityscapes_panoptic
+from panoptic.data.cityscapes import cityscapes_panoptic_paths
 
 
 def _require_converter():

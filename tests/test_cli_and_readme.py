@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from panoptic import CategoryTable, PanopticResult, __version__
+from panoptic import CategoryTable, __version__
 from panoptic.cli import main
+from panoptic.formats import from_coco
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,7 @@ def test_demo_writes_consistent_outputs(tmp_path, capsys):
         meta = json.loads((out / f"{name}_segments.json").read_text())
         table = CategoryTable.from_coco(meta["categories"])
         png = np.asarray(Image.open(out / f"{name}_panoptic.png").convert("RGB"))
-        res = PanopticResult.from_coco(png, meta["segments_info"], table)  # validates PNG <-> JSON
+        res = from_coco(png, meta["segments_info"], table)  # validates PNG <-> JSON
         res.validate(table, one_stuff_segment=name != "ground_truth")
         if name != "ground_truth":
             assert summary[name]["segments"] == res.num_segments

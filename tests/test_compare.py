@@ -19,7 +19,8 @@ from panoptic.compare.intervals import pq_from_stats
 from panoptic.compare.report import checks, to_csv, to_markdown
 from panoptic.compare.rows import ABLATION_FLAGS, Inputs, ablation_rows, gt_boxes, gt_semantic, main_rows
 from panoptic.compare.training import cache_key
-from panoptic.data import build_target, generate_scene
+from panoptic.data import generate_scene
+from panoptic.data.targets import build_target
 from panoptic.engine.config import DataConfig
 from panoptic.evaluation import PanopticQuality
 from panoptic.fusion import HeuristicFusion, UPSNetFusion

@@ -15,19 +15,15 @@ from PIL import Image
 from panoptic.data import (
     CocoPanopticDataset,
     CocoPanopticWriter,
-    PadToMultiple,
     PanopticDataError,
-    RandomHorizontalFlip,
-    ResizeShortSide,
-    Sample,
-    build_target,
     build_transforms,
     collate,
     generate_scene,
     write_coco_predictions,
     write_synthetic_dataset,
 )
-from panoptic.data.transforms import resize_panoptic
+from panoptic.data.targets import build_target
+from panoptic.data.transforms import PadToMultiple, RandomHorizontalFlip, ResizeShortSide, Sample, resize_panoptic
 from panoptic.formats import id2rgb
 
 N, SIZE, SEED = 6, (48, 64), 5

@@ -13,14 +13,12 @@ from panoptic.engine import (
     ConfigError,
     OptimConfig,
     TrainConfig,
-    WarmupStepSchedule,
-    apply_overrides,
-    build_optimizer,
-    build_scheduler,
     read_checkpoint,
     train,
 )
+from panoptic.engine._optim import WarmupStepSchedule, build_optimizer, build_scheduler
 from panoptic.engine.cli import build_config, main
+from panoptic.engine.config import apply_overrides
 from panoptic.engine.data import IterationBatchSampler
 
 TINY_MODEL = {"fpn_channels": 16}

@@ -23,9 +23,9 @@ from panoptic.evaluation import (
     MetricConfig,
     PanopticQuality,
     PngFormatError,
-    load_coco_pair,
     pq_compute,
 )
+from panoptic.evaluation.files import load_coco_pair
 from panoptic.evaluation.shards import merge_stats
 from panoptic.formats import id2rgb
 
@@ -96,7 +96,8 @@ def test_files_with_every_metric_equal_streaming_and_any_worker_count(data):
 
 
 def test_native_and_numpy_file_paths_agree(data, monkeypatch):
-    from panoptic.evaluation import boundary, files
+    from panoptic.evaluation import _boundary as boundary
+    from panoptic.evaluation import files
 
     config = MetricConfig.all(boundary_ratio=0.1)
     native = pq_compute(**data, workers=1, config=config)

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from panoptic import Instances
 from panoptic.data import synthetic_categories
+from panoptic.formats import to_pairs
 from panoptic.fusion import FUSIONS, PanopticFusion, PruningConfig, build_fusion
 from panoptic.fusion.heuristic import _FLAVORS  # the flavors, to give each the contract
 from panoptic.fusion.oracle import oracle_inputs
@@ -131,7 +132,7 @@ def test_oracle_inputs_reproduce_the_ground_truth(name: str, overrides: dict[str
     res = fusion(sem[None], [inst])[0]
     res.validate(TABLE)
     # The same partition into the same categories (segment ids may be numbered in another order).
-    assert torch.equal(res.to_pairs()[..., 0], gt.to_pairs()[..., 0])
+    assert torch.equal(to_pairs(res)[..., 0], to_pairs(gt)[..., 0])
     assert res.num_segments == gt.num_segments
     pairs = torch.unique(torch.stack([res.segment_map.flatten(), gt.segment_map.flatten()]), dim=1)
     assert pairs.shape[1] == gt.num_segments + 1  # a one-to-one map, void included

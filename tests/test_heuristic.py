@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from panoptic import CategoryTable, Instances, PanopticResult
+from panoptic.formats import to_label_divisor
 from panoptic.fusion.heuristic import HeuristicFusion
 from panoptic.fusion.paste import box_regions, paste_masks
 
@@ -63,7 +64,7 @@ def fuse(fusion: HeuristicFusion, sem: str, inst: Instances) -> PanopticResult:
 
 
 def assert_map(res: PanopticResult, expected: str) -> None:
-    got = res.to_label_divisor()
+    got = to_label_divisor(res)
     want = grid(expected, PAN)
     assert torch.equal(got, want), f"\ngot\n{got}\nwant\n{want}"
 
@@ -101,7 +102,7 @@ def test_mmdet_toy(space: str) -> None:
     res = fusion(toy_semantic(), [inst])[0]
     res.validate(table)
     assert torch.equal(to_mmdet(res, table), torch.tensor([[0 + 1 * 1000, 2], [3, 1 + 2 * 1000]]))
-    assert torch.equal(res.to_label_divisor(), torch.tensor([[2001, 0], [1000, 3001]]))
+    assert torch.equal(to_label_divisor(res), torch.tensor([[2001, 0], [1000, 3001]]))
     assert torch.equal(res.segment_map, torch.tensor([[1, 3], [4, 2]], dtype=torch.int32))
     assert res.category.tolist() == [2, 3, 0, 1] and res.isthing.tolist() == [True, True, False, False]
     assert res.source.tolist() == [0, 1, -1, -1] and res.area.tolist() == [1, 1, 1, 1]

@@ -21,10 +21,8 @@ from hypothesis import strategies as st
 from panoptic import CategoryTable, HeuristicFusion, Instances, UPSNetFusion
 from panoptic.fusion.pruning import PruningConfig
 from panoptic.interop import (
-    INSTANCE_OFFSET,
     Detectron2Metadata,
     MMDetClasses,
-    expand_things_channel,
     from_detectron2,
     from_detectron2_panoptic,
     from_mmdet,
@@ -33,6 +31,8 @@ from panoptic.interop import (
     to_detectron2,
     to_mmdet,
 )
+from panoptic.interop.common import expand_things_channel
+from panoptic.interop.mmdet import INSTANCE_OFFSET
 
 # Dataset ids unlike any contiguous id; stuff and things interleaved in the list.
 TABLE = CategoryTable.from_coco([

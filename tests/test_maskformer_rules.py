@@ -14,6 +14,7 @@ from maskformer_refs import CLASS_MAP, TABLE, THING_OF_CLASS, random_scene
 from panoptic import CategoryTable, MaskFormerFusion, PanopticResult, Queries
 from panoptic._ops.queries import assign_queries
 from panoptic.categories import CategoryError
+from panoptic.formats import from_coco, to_coco
 from panoptic.interop import from_detectron2_queries, from_transformers_queries
 
 STUFF = int(torch.nonzero(~THING_OF_CLASS)[0])  # model class of the first stuff category ("sky")
@@ -212,9 +213,9 @@ def test_adapters_and_end_to_end() -> None:
     assert len(a) == 2 and all(x.equal(y) for x, y in zip(a, b, strict=True))
     for r in a:
         r.validate(TABLE)
-        png, info = r.to_coco(TABLE)  # through to the COCO-panoptic export
+        png, info = to_coco(r, TABLE)  # through to the COCO-panoptic export
         assert png.shape == (40, 48, 3) and len(info) == r.num_segments
-        assert PanopticResult.from_coco(png, info, TABLE).equal(r, segmentation_only=True)
+        assert from_coco(png, info, TABLE).equal(r, segmentation_only=True)
     with pytest.raises(ValueError, match="pred_masks"):
         from_detectron2_queries({"pred_logits": cls})
     with pytest.raises(ValueError, match="batch size"):

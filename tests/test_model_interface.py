@@ -24,9 +24,9 @@ from panoptic.models import (
     PanopticModel,
     TrainableModel,
     build_model,
-    dataset_preset,
     register_model,
 )
+from panoptic.models.presets import dataset_preset
 
 TABLE = synthetic_categories()
 SMALL = [name for name in MODELS if name.endswith("cpu_small")]

@@ -9,17 +9,19 @@ import pytest
 import torch
 
 from panoptic import HeuristicFusion, UPSNetFusion
-from panoptic.data import build_target, collate, generate_scene, synthetic_categories
+from panoptic.data import collate, generate_scene, synthetic_categories
+from panoptic.data.targets import build_target
 from panoptic.models import (
     CITYSCAPES,
     COCO,
     MODELS,
     MRCNNPSP,
-    UPSNET_LOSSES,
     LossWeights,
     PanopticPrediction,
     UPSNet,
     build_model,
+)
+from panoptic.models._builders import (
     mrcnn_psp_cpu_small,
     upsnet_c,
     upsnet_c_cpu_small,
@@ -27,6 +29,7 @@ from panoptic.models import (
     upsnet_cpu_small,
     upsnet_r50_fpn,
 )
+from panoptic.models.types import UPSNET_LOSSES
 
 TABLE = synthetic_categories()
 TINY = {"fpn_channels": 16}

@@ -29,7 +29,8 @@ from panopticapi.evaluation import pq_compute_single_core
 from PIL import Image
 
 from panoptic import CategoryTable
-from panoptic.evaluation import PanopticQuality, load_coco_pair, pq_compute
+from panoptic.evaluation import PanopticQuality, pq_compute
+from panoptic.evaluation.files import load_coco_pair
 from panoptic.formats import id2rgb
 
 # JSON order mixes stuff and things, so the table's channel order (stuff first) differs from it.

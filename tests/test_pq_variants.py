@@ -14,8 +14,8 @@ from scipy import ndimage
 
 from panoptic import CategoryTable
 from panoptic.evaluation import MetricConfig, PanopticQuality
-from panoptic.evaluation import boundary as boundary_module
-from panoptic.evaluation.boundary import band_width, boundary_mask, boundary_mask_numpy
+from panoptic.evaluation import _boundary as boundary_module
+from panoptic.evaluation._boundary import band_width, boundary_mask, boundary_mask_numpy
 from panoptic.formats import from_coco
 
 # Dataset ids: stuff 1, 2, 3; things 11, 12, 13.

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from panoptic.data import generate_scene
-from panoptic.engine import TrainConfig, load_checkpoint, predict_image, predict_images, train
+from panoptic.engine import TrainConfig, load_checkpoint, predict_images, train
 from panoptic.engine.cli import main
-from panoptic.engine.predict import collect_images, make_fusion
+from panoptic.engine.predict import collect_images, make_fusion, predict_image
 from panoptic.formats import rgb2id
 from panoptic.fusion import HeuristicFusion, UPSNetFusion
 

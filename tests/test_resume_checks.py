@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from panoptic.cli import main
-from panoptic.engine import TrainConfig, apply_overrides, read_checkpoint, train
+from panoptic.engine import TrainConfig, read_checkpoint, train
 from panoptic.engine.checkpoint import CheckpointError
+from panoptic.engine.config import apply_overrides
 from panoptic.engine.resume import ALLOW_FLAG, check_resume, config_differences
 
 

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from panoptic import Instances, ops
+from panoptic.formats import to_pairs
 from panoptic.fusion import PruningConfig, UPSNetFusion
 from panoptic.fusion.oracle import oracle_inputs
 from panoptic.segments import assemble_result
@@ -168,8 +169,8 @@ def test_oracle_inputs_reproduce_the_ground_truth(seed, n_things):
     for fusion in (upsnet, heuristic):
         res = fusion(sem[None], [inst])[0]
         # Same partition and categories; segment order may differ (stuff first vs things first).
-        pairs_res = res.to_pairs()
-        pairs_gt = gt.to_pairs()
+        pairs_res = to_pairs(res)
+        pairs_gt = to_pairs(gt)
         assert torch.equal(pairs_res[..., 0], pairs_gt[..., 0])
         assert res.num_segments == gt.num_segments
         _, inv_a = torch.unique(res.segment_map, return_inverse=True)

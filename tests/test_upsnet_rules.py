@@ -7,6 +7,7 @@ import torch
 from conftest import BACKENDS, DEVICES, tiny_table
 
 from panoptic import Instances, ops
+from panoptic.formats import to_label_divisor
 from panoptic.fusion import PruningConfig, UPSNetFusion, prune_instances
 
 NO_PRUNE = PruningConfig(score_threshold=-1.0, nms_iou=None, overlap_threshold=None)
@@ -31,13 +32,13 @@ def test_mmdet_toy_2x2(device):
     fusion = UPSNetFusion(table, stuff_area_limit=1)
     res = fusion(sem.to(device), [inst.to(device)])[0]
     # Z at (0,0): A = 5 + 3 = 8 wins; (1,1): B = 8 wins; stuff pixels: stuff logit 5 vs zeros.
-    assert res.to_label_divisor().cpu().tolist() == [[2001, 0], [1000, 3001]]
+    assert to_label_divisor(res).cpu().tolist() == [[2001, 0], [1000, 3001]]
     assert res.segment_map.cpu().tolist() == [[3, 1], [2, 4]]
     assert res.source.cpu().tolist() == [-1, -1, 0, 1]
     assert not res.unknown_mask.any()
     # Empty-instance case: the thing pixels have no instance -> unknown = max thing - 0 = 5 wins -> void.
     res = fusion(sem.to(device), [Instances.empty(device=device)])[0]
-    assert res.to_label_divisor().cpu().tolist() == [[-1, 0], [1000, -1]]
+    assert to_label_divisor(res).cpu().tolist() == [[-1, 0], [1000, -1]]
     assert res.unknown_mask.cpu().tolist() == [[True, False], [False, True]]
 
 

@@ -8,7 +8,7 @@
 * :mod:`~panoptic.data.cityscapes`: the ``cityscapesscripts`` conversion path.
 """
 
-from .cityscapes import cityscapes_image_file, cityscapes_panoptic, cityscapes_panoptic_paths
+from .cityscapes import cityscapes_image_file, cityscapes_panoptic
 from .coco import CocoPanopticDataset, PanopticDataError
 from .synthetic import (
     SceneConfig,
@@ -17,42 +17,23 @@ from .synthetic import (
     synthetic_categories,
     write_synthetic_dataset,
 )
-from .targets import IGNORE_INDEX, PanopticTarget, build_target, masks_to_boxes, pad_target
-from .transforms import (
-    Compose,
-    PadToMultiple,
-    RandomHorizontalFlip,
-    ResizeShortSide,
-    Sample,
-    Transform,
-    build_transforms,
-    collate,
-)
+
+# compare/ imports PanopticTarget from here (kept importable, not API: its home is data.targets).
+from .targets import PanopticTarget  # noqa: F401
+from .transforms import build_transforms, collate
 from .writer import CocoPanopticWriter, write_coco_predictions
 
 __all__ = [
-    "IGNORE_INDEX",
     "CocoPanopticDataset",
     "CocoPanopticWriter",
-    "Compose",
-    "PadToMultiple",
     "PanopticDataError",
-    "PanopticTarget",
-    "RandomHorizontalFlip",
-    "ResizeShortSide",
-    "Sample",
     "SceneConfig",
     "SyntheticScene",
-    "Transform",
-    "build_target",
     "build_transforms",
     "cityscapes_image_file",
     "cityscapes_panoptic",
-    "cityscapes_panoptic_paths",
     "collate",
     "generate_scene",
-    "masks_to_boxes",
-    "pad_target",
     "synthetic_categories",
     "write_coco_predictions",
     "write_synthetic_dataset",

@@ -46,7 +46,10 @@ from typing import Any
 from .coco import CocoPanopticDataset
 from .transforms import Transform
 
-__all__ = ["cityscapes_image_file", "cityscapes_panoptic", "cityscapes_panoptic_paths"]
+__all__ = [
+    "cityscapes_image_file",
+    "cityscapes_panoptic",
+]
 
 
 def cityscapes_image_file(image: Mapping[str, Any]) -> str:

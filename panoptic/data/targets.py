@@ -25,7 +25,7 @@ from ..categories import CategoryTable
 from ..constants import IGNORE_INDEX
 from ..structures import PanopticResult
 
-__all__ = ["IGNORE_INDEX", "PanopticTarget", "build_target", "masks_to_boxes", "pad_target", "thing_targets"]
+__all__ = ["PanopticTarget", "build_target"]
 
 """Value of void (and padding) pixels in ``PanopticTarget.semantic``."""
 

@@ -35,12 +35,6 @@ from ..structures import PanopticResult
 from .targets import PanopticTarget, pad_panoptic, pad_target
 
 __all__ = [
-    "Compose",
-    "PadToMultiple",
-    "RandomHorizontalFlip",
-    "ResizeShortSide",
-    "Sample",
-    "Transform",
     "build_transforms",
     "collate",
 ]

@@ -30,11 +30,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..atomic import AtomicFiles, atomic_write_bytes
+from ..atomic import AtomicFiles
 from ..categories import CategoryTable
+from ..formats import to_coco
 from ..structures import PanopticResult
 
-__all__ = ["CocoPanopticWriter", "atomic_write_bytes", "encode_png", "write_coco_predictions"]
+__all__ = [
+    "CocoPanopticWriter",
+    "write_coco_predictions",
+]
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -110,7 +114,7 @@ class CocoPanopticWriter:
             raise ValueError(f"duplicate image_id {image_id!r}; every result needs its own image_id.")
         if name in self._names:
             raise ValueError(f"duplicate PNG file_name {name!r}; pass distinct file_names.")
-        png, segments_info = result.to_coco(self.table)
+        png, segments_info = to_coco(result, self.table)
         if self.ground_truth:
             for s in segments_info:
                 s.pop("score", None)

@@ -15,53 +15,33 @@ Example:
     >>> outputs = predict_images(model, table, ["photo.jpg"], out_dir="pred")            # doctest: +SKIP
 """
 
-from .checkpoint import (
-    CheckpointError,
-    CheckpointMeta,
-    build_named_model,
-    load_checkpoint,
-    read_checkpoint,
-    save_checkpoint,
-)
-from .config import ConfigError, DataConfig, DistConfig, OptimConfig, TrainConfig, apply_overrides
-from .data import build_datasets, synthetic_benchmark
-from .distributed import DistInfo, init_distributed, resolve_device
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from .config import ConfigError, DataConfig, DistConfig, OptimConfig, TrainConfig
 from .evaluate import evaluate
-from .optim import WarmupStepSchedule, build_optimizer, build_scheduler, param_groups
-from .predict import PredictOutput, images_from_json, predict_image, predict_images
-from .table_check import check_table
-from .trainer import Trainer, TrainResult, model_parts, train
+from .evaluators import DetectionEvaluator, PanopticEvaluator, SemanticEvaluator
+from .inference import DatasetEvaluator, ImageOutput, inference_on_dataset
+from .predict import PredictOutput, predict_images
+from .trainer import TrainResult, train
 
 __all__ = [
     "CheckpointError",
-    "CheckpointMeta",
     "ConfigError",
     "DataConfig",
+    "DatasetEvaluator",
+    "DetectionEvaluator",
     "DistConfig",
-    "DistInfo",
+    "ImageOutput",
     "OptimConfig",
+    "PanopticEvaluator",
     "PredictOutput",
+    "SemanticEvaluator",
     "TrainConfig",
     "TrainResult",
-    "Trainer",
-    "WarmupStepSchedule",
-    "apply_overrides",
-    "build_datasets",
-    "build_named_model",
-    "build_optimizer",
-    "build_scheduler",
-    "check_table",
     "evaluate",
-    "images_from_json",
-    "init_distributed",
+    "inference_on_dataset",
     "load_checkpoint",
-    "model_parts",
-    "param_groups",
-    "predict_image",
     "predict_images",
     "read_checkpoint",
-    "resolve_device",
     "save_checkpoint",
-    "synthetic_benchmark",
     "train",
 ]

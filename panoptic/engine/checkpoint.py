@@ -46,18 +46,14 @@ from .. import __version__
 from ..atomic import atomic_write, atomic_write_bytes
 from ..categories import CategoryTable
 from ..errors import CheckpointError
-from ..models import MODELS, build_model_from_kwargs
-from .rng import unwrap_model
-from .table_check import check_table
+from ..models import MODELS
+from ..models.registry import build_model_from_kwargs
+from ._rng import unwrap_model
+from ._table_check import check_table
 
 __all__ = [
-    "FORMAT",
-    "VERSION",
     "CheckpointError",
-    "CheckpointMeta",
-    "build_named_model",
     "load_checkpoint",
-    "load_state",
     "read_checkpoint",
     "save_checkpoint",
 ]

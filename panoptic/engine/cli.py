@@ -25,7 +25,8 @@ from ..errors import Interrupted, run_command
 from ..threads import add_threads_argument, applied_threads
 from .runlog import add_progress_argument
 
-__all__ = ["main", "register", "run_predict", "run_train"]
+# Machinery, not API: imported by other parts of the package, documented nowhere (see docs/design.md).
+__all__: list[str] = []
 
 # flag dest -> config key
 _TRAIN_KEYS = {
@@ -43,11 +44,14 @@ _TRAIN_KEYS = {
 }
 
 
-# Over 60 lines: the two commands' argparse declarations, a flat list that reads best unsplit.
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` (``func=run_train``) and ``predict`` (``func=run_predict``) subcommands."""
-    from ..models import MODELS
+    _add_train_parser(subparsers)
+    _add_predict_parser(subparsers)
 
+
+def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``panoptic train``: the config file, then the data and run flag groups."""
     t = subparsers.add_parser(
         "train", help="train a panoptic model (default: the small CPU UPSNet on the synthetic benchmark)",
         description="Train with SGD, linear warmup and step decay (UPSNet's schedule), AMP on CUDA, gradient "
@@ -57,7 +61,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                "process; gloo on CPU, nccl on GPU).")
     t.add_argument("--config", type=Path, metavar="JSON", help="JSON config (any subset of TrainConfig's fields)")
     t.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
-    d = t.add_argument_group("data")
+    _add_data_flags(t.add_argument_group("data"))
+    _add_run_flags(t.add_argument_group("run"))
+    t.set_defaults(func=run_train)
+
+
+def _add_data_flags(d: argparse._ArgumentGroup) -> None:
+    """Where the training data is and how it is resized (DataConfig's fields)."""
     d.add_argument("--data", metavar="DIR", help="COCO-panoptic folder (synthetic or COCO-2017 layout); default: the "
                    "synthetic benchmark, cached")
     for flag in ("--train-json", "--val-json", "--image-root", "--panoptic-root", "--val-image-root",
@@ -73,7 +83,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--flip-prob", type=float, metavar="P", help="training flip probability (default 0.5)")
     d.add_argument("--num-workers", type=int, metavar="N", help="DataLoader workers (default: 0 on CPU, 4 on CUDA)")
     d.add_argument("--max-eval-images", type=int, metavar="N")
-    r = t.add_argument_group("run")
+
+
+def _add_run_flags(r: argparse._ArgumentGroup) -> None:
+    """The model, the optimisation schedule and the run's bookkeeping (TrainConfig's other fields)."""
+    from ..models import MODELS
+
     r.add_argument("--model", choices=sorted(MODELS), help="model builder (default upsnet_cpu_small)")
     r.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="builder keyword argument, VALUE parsed as JSON (repeatable), e.g. fpn_channels=32")
@@ -103,8 +118,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_progress_argument(r)
     r.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard events")
     r.add_argument("--debug-rank-digest", action="store_true", help=argparse.SUPPRESS)
-    t.set_defaults(func=run_train)
 
+
+def _add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``panoptic predict``: inputs, checkpoint, output folder and the test-time options."""
     p = subparsers.add_parser(
         "predict", help="panoptic segmentation of images with a trained checkpoint",
         description="Segment images (files or folders) and write OUT/panoptic.json + OUT/panoptic/<id>.png "

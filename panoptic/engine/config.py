@@ -27,7 +27,13 @@ from typing import Any, Literal, TypeVar, Union
 from ..atomic import atomic_write_text
 from ..errors import PanopticError
 
-__all__ = ["ConfigError", "DataConfig", "DistConfig", "OptimConfig", "TrainConfig", "apply_overrides"]
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "DistConfig",
+    "OptimConfig",
+    "TrainConfig",
+]
 
 T = TypeVar("T")
 

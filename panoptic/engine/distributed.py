@@ -24,7 +24,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_gather_objects", "all_reduce_sum", "barrier", "init_distributed", "resolve_device"]
+# Machinery, not API: imported by other parts of the package, documented nowhere (see docs/design.md).
+__all__: list[str] = []
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,9 @@ from .distributed import DistInfo
 from .evaluators import PanopticEvaluator, SemanticEvaluator
 from .inference import inference_on_dataset
 
-__all__ = ["evaluate", "summarize"]
+__all__ = [
+    "evaluate",
+]
 
 
 def summarize(pq: dict[str, Any], sem: dict[str, Any]) -> dict[str, Any]:

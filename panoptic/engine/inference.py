@@ -18,13 +18,18 @@ import torch
 import torch.nn.functional as F
 
 from ..constants import IGNORE_INDEX
-from ..data import CocoPanopticDataset, PanopticTarget
+from ..data import CocoPanopticDataset
+from ..data.targets import PanopticTarget
 from ..data.transforms import resize_panoptic
 from ..models import PanopticModel
 from ..structures import Instances, PanopticResult
 from .distributed import DistInfo
 
-__all__ = ["DatasetEvaluator", "ImageOutput", "InferenceStats", "inference_on_dataset", "single_images"]
+__all__ = [
+    "DatasetEvaluator",
+    "ImageOutput",
+    "inference_on_dataset",
+]
 
 Batch = tuple[torch.Tensor, Sequence[PanopticTarget], Sequence[int]]
 """``(images (B, 3, H, W) in [0, 1], targets, dataset indices)``."""

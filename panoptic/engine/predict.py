@@ -46,8 +46,10 @@ from ..structures import PanopticResult
 from ..visualize import annotate, overlay
 from .config import ConfigError
 
-__all__ = ["IMAGE_SUFFIXES", "MIN_SCALED_SIDE", "PredictOutput", "check_scales", "collect_images", "fusion_note",
-           "images_from_json", "load_image", "make_fusion", "predict_image", "predict_images"]
+__all__ = [
+    "PredictOutput",
+    "predict_images",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 

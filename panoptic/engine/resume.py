@@ -23,7 +23,8 @@ from typing import Any
 
 from .checkpoint import CheckpointError
 
-__all__ = ["ALLOW_FLAG", "NOT_WEIGHTS", "check_resume", "config_differences", "weight_config"]
+# Machinery, not API: imported by other parts of the package, documented nowhere (see docs/design.md).
+__all__: list[str] = []
 
 ALLOW_FLAG = "--allow-config-change"
 

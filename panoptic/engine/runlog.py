@@ -11,7 +11,8 @@ from typing import Any
 
 from ..atomic import append_line
 
-__all__ = ["MetricsLogger", "ProgressBar", "add_progress_argument", "format_eta", "progress_enabled"]
+# Machinery, not API: imported by other parts of the package, documented nowhere (see docs/design.md).
+__all__: list[str] = []
 
 
 def progress_enabled(requested: bool | None) -> bool:

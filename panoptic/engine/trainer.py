@@ -32,20 +32,22 @@ from ..atomic import atomic_write_text
 from ..categories import CategoryTable
 from ..errors import Interrupted
 from ..models import TrainableModel
+from ._interrupt import StopRequest
+from ._optim import build_optimizer, build_scheduler
+from ._rng import capture_rng_state, restore_rng_state
+from ._table_check import check_table
 from .checkpoint import CheckpointError, build_named_model, load_state, read_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import build_datasets, train_loader
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, init_distributed
 from .evaluate import evaluate
-from .interrupt import StopRequest
-from .optim import build_optimizer, build_scheduler
 from .resume import check_resume
-from .rng import capture_rng_state, restore_rng_state
 from .runlog import MetricsLogger, ProgressBar, format_eta
-from .table_check import check_table
 
-__all__ = ["TrainResult", "Trainer", "TrainingInterrupted", "checkpoint_of", "find_resume_checkpoint", "model_parts",
-           "parameter_digest", "train"]
+__all__ = [
+    "TrainResult",
+    "train",
+]
 
 FINAL_NAME = "model_final.pt"
 LAST_FILE = "last_checkpoint"

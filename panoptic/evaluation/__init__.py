@@ -9,13 +9,12 @@
 """
 
 from .detection import DetectionAP
-from .files import EmptyEvaluationError, PngFormatError, evaluate_files, load_coco_pair, pq_compute, read_png_ids
+from .files import EmptyEvaluationError, PngFormatError, evaluate_files, pq_compute
 from .semantic import SemanticIoU
-from .streaming import METRICS, MergeError, MetricConfig, PanopticQuality, match_segments
-from .tables import format_pq_results, format_summary, per_class_table
+from .streaming import MergeError, MetricConfig, PanopticQuality
+from .tables import format_pq_results, per_class_table
 
 __all__ = [
-    "METRICS",
     "DetectionAP",
     "EmptyEvaluationError",
     "MergeError",
@@ -25,10 +24,6 @@ __all__ = [
     "SemanticIoU",
     "evaluate_files",
     "format_pq_results",
-    "format_summary",
-    "load_coco_pair",
-    "match_segments",
     "per_class_table",
     "pq_compute",
-    "read_png_ids",
 ]

@@ -24,7 +24,8 @@ from ..engine.runlog import add_progress_argument, progress_enabled
 from ..errors import run_command
 from ..threads import add_threads_argument
 
-__all__ = ["register", "run"]
+# Machinery, not API: imported by other parts of the package, documented nowhere (see docs/design.md).
+__all__: list[str] = []
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -78,7 +79,7 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _write(path: Path, text: str) -> None:
-    from ..data.writer import atomic_write_bytes
+    from ..atomic import atomic_write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, text.encode())

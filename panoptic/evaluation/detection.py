@@ -92,7 +92,6 @@ class DetectionAP:
                              f"num_stuff), got [{int(lab.min())}, {int(lab.max())}].")
         return [self._cat_ids[i] for i in lab.tolist()]
 
-    # Over 60 lines: one image's conversion to COCO records, predictions and ground truth side by side.
     def update(self, pred: Instances, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
                gt_masks: torch.Tensor | None = None, gt_iscrowd: torch.Tensor | None = None,
                image_size: tuple[int, int] | None = None) -> None:
@@ -107,6 +106,21 @@ class DetectionAP:
             gt_iscrowd: ``(N,)`` bool; default all ``False``.
             image_size: ``(H, W)``; required when ``gt_masks`` is ``None``.
         """
+        size = self._check_gt(gt_boxes, gt_labels, gt_masks, image_size)
+        n = int(gt_boxes.shape[0])
+        crowd = torch.zeros(n, dtype=torch.bool) if gt_iscrowd is None else gt_iscrowd.detach().bool().cpu()
+        if crowd.shape != (n,):
+            raise ValueError(f"gt_iscrowd must be ({n},), got {tuple(crowd.shape)}.")
+        pred.validate(len(self._cat_ids))
+        image_id = len(self._images) + 1
+        self._images.append({"id": image_id, "height": size[0], "width": size[1]})
+        self._add_ground_truth(image_id, gt_boxes, gt_labels, gt_masks, crowd)
+        if len(pred):
+            self._add_detections(image_id, pred, size)
+
+    def _check_gt(self, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, gt_masks: torch.Tensor | None,
+                  image_size: tuple[int, int] | None) -> tuple[int, int]:
+        """The image's ``(H, W)`` after checking the ground-truth shapes; box-only GT turns mask AP off."""
         n = int(gt_boxes.shape[0])
         if gt_boxes.ndim != 2 or gt_boxes.shape[1] != 4:
             raise ValueError(f"gt_boxes must be (N, 4) xyxy, got {tuple(gt_boxes.shape)}.")
@@ -118,23 +132,19 @@ class DetectionAP:
             size = (int(gt_masks.shape[1]), int(gt_masks.shape[2]))
             if image_size is not None and tuple(image_size) != size:
                 raise ValueError(f"image_size {tuple(image_size)} differs from the gt_masks size {size}.")
-        elif image_size is None:
+            return size
+        if image_size is None:
             raise ValueError("pass image_size=(H, W) when gt_masks is None.")
-        else:
-            size = (int(image_size[0]), int(image_size[1]))
-            self._has_masks = False
-        crowd = torch.zeros(n, dtype=torch.bool) if gt_iscrowd is None else gt_iscrowd.detach().bool().cpu()
-        if crowd.shape != (n,):
-            raise ValueError(f"gt_iscrowd must be ({n},), got {tuple(crowd.shape)}.")
-        pred.validate(len(self._cat_ids))
-        image_id = len(self._images) + 1
-        h, w = size
-        self._images.append({"id": image_id, "height": h, "width": w})
+        self._has_masks = False
+        return (int(image_size[0]), int(image_size[1]))
 
+    def _add_ground_truth(self, image_id: int, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
+                          gt_masks: torch.Tensor | None, crowd: torch.Tensor) -> None:
+        """One COCO annotation per ground-truth object (RLE mask and mask area, or the box area)."""
         boxes = _xywh(gt_boxes)
         cats = self._cat(gt_labels, "gt")
         masks = gt_masks.detach().bool().cpu().numpy() if gt_masks is not None else None
-        for i in range(n):
+        for i in range(int(gt_boxes.shape[0])):
             ann: dict[str, Any] = {"id": len(self._gt) + 1, "image_id": image_id, "category_id": cats[i],
                                    "bbox": boxes[i], "iscrowd": int(crowd[i])}
             if masks is not None:
@@ -144,8 +154,8 @@ class DetectionAP:
                 ann["area"] = float(boxes[i][2] * boxes[i][3])
             self._gt.append(ann)
 
-        if len(pred) == 0:
-            return
+    def _add_detections(self, image_id: int, pred: Instances, size: tuple[int, int]) -> None:
+        """The ``max_dets`` best-scored detections as COCO results (boxes, and RLE masks for ``"segm"``)."""
         keep = torch.argsort(pred.scores.detach().cpu(), descending=True, stable=True)[: self.max_dets]
         pred = pred.to("cpu")[keep]
         scores = pred.scores.double().tolist()

@@ -33,7 +33,7 @@ from ..errors import PanopticError
 from ..formats import from_coco
 from ..png import PNG_SIGNATURE, decoder_name, read_png_ids
 from ..structures import PanopticResult
-from .boundary import add_boundary, band_width
+from ._boundary import add_boundary, band_width
 
 try:
     from . import _native
@@ -41,8 +41,12 @@ except ImportError:  # no C compiler at install time: the numpy path below runs 
     _native = None
 from .streaming import ImageRecord, MetricConfig, PanopticQuality, _bincount, image_record
 
-__all__ = ["EmptyEvaluationError", "PngFormatError", "evaluate_files", "gt_fingerprint", "load_coco_pair",
-           "pq_compute", "read_png_ids"]
+__all__ = [
+    "EmptyEvaluationError",
+    "PngFormatError",
+    "evaluate_files",
+    "pq_compute",
+]
 
 
 class PngFormatError(PanopticError, ValueError):

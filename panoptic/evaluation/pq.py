@@ -7,17 +7,13 @@ The evaluator is split by job: the streaming metrics and their mergeable state i
 
 from __future__ import annotations
 
-from .files import load_coco_pair, pq_compute, read_png_ids
-from .streaming import ImageStats, PanopticQuality, intersection_matrix, match_segments
+# The former module's other names stay importable from here for existing code; they are not API.
+from .files import load_coco_pair, pq_compute, read_png_ids  # noqa: F401
+from .streaming import ImageStats, PanopticQuality, intersection_matrix, match_segments  # noqa: F401
 from .tables import format_pq_results
 
 __all__ = [
-    "ImageStats",
     "PanopticQuality",
     "format_pq_results",
-    "intersection_matrix",
-    "load_coco_pair",
-    "match_segments",
     "pq_compute",
-    "read_png_ids",
 ]

@@ -15,11 +15,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_bytes
 from ..categories import CategoryTable
-from ..data.writer import atomic_write_bytes
 from .streaming import MergeError, MetricConfig, PanopticQuality
 
-__all__ = ["FORMAT", "merge_stats", "parse_shard", "read_stats", "write_stats"]
+__all__ = [
+    "merge_stats",
+    "read_stats",
+    "write_stats",
+]
 
 FORMAT = "panoptic-eval-stats/1"
 

@@ -30,7 +30,7 @@ the ground truth no crowd (tested).
 
 **Boundary PQ** (Cheng et al., CVPR 2021; boundary-iou-api's ``coco_panoptic_api``): PQ with every IoU
 replaced by ``min(mask IoU, boundary IoU)``, for matching (``> 0.5``) and in the sums. A segment's
-boundary is its band of width ``d = round(ratio * diagonal)`` (:mod:`panoptic.evaluation.boundary`);
+boundary is its band of width ``d = round(ratio * diagonal)`` (:mod:`panoptic.evaluation._boundary`);
 ``boundary IoU = |Bp ∩ Bg| / (|Bp| + |Bg| - |Bp ∩ Bg| - |Bp ∩ GT-void|)``. FP exemptions use the masks,
 as there. Difference: the reference marks segment interiors with ``max category id + 1``, which breaks a
 segment whose PNG id equals that value; here no id is special.
@@ -63,18 +63,12 @@ import torch
 from ..categories import CategoryTable
 from ..errors import PanopticError
 from ..structures import PanopticResult
-from .boundary import add_boundary, band_width
+from ._boundary import add_boundary, band_width
 
 __all__ = [
-    "METRICS",
-    "ImageRecord",
-    "ImageStats",
     "MergeError",
     "MetricConfig",
     "PanopticQuality",
-    "image_record",
-    "intersection_matrix",
-    "match_segments",
 ]
 
 METRICS = ("pq", "pq_dagger", "boundary_pq", "pc")

@@ -9,7 +9,10 @@ import io
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["format_pq_results", "format_summary", "per_class_rows", "per_class_table"]
+__all__ = [
+    "format_pq_results",
+    "per_class_table",
+]
 
 _ROWS = ("All", "Things", "Stuff")
 _NAMES = {"pq": "PQ", "pq_dagger": "PQ†", "boundary_pq": "Boundary PQ", "pc": "PC"}

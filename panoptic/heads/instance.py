@@ -34,7 +34,10 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from ..structures import Instances
 
-__all__ = ["INSTANCE_LOSSES", "InstanceHead", "InstanceHeadConfig"]
+__all__ = [
+    "InstanceHead",
+    "InstanceHeadConfig",
+]
 
 INSTANCE_LOSSES = ("rpn_objectness", "rpn_box", "box_cls", "box_reg", "mask")
 """Names of the instance head's losses, in order."""

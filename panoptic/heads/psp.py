@@ -23,7 +23,10 @@ from torch import nn
 from ..backbone import freeze_batch_norm, timm_features
 from .semantic import semantic_loss
 
-__all__ = ["PSPConfig", "PSPNet", "PyramidPooling"]
+__all__ = [
+    "PSPConfig",
+    "PSPNet",
+]
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,12 @@ from torch import nn
 from torchvision.ops import DeformConv2d, roi_align
 
 from ..constants import IGNORE_INDEX
-from .deform import deform_conv2d_sampled
+from ._deform import deform_conv2d_sampled
 
-__all__ = ["SemanticHead", "SemanticHeadConfig", "SemanticOutput", "box_target_crops", "nearest_resize_labels",
-           "semantic_loss"]
+__all__ = [
+    "SemanticHead",
+    "SemanticHeadConfig",
+]
 
 
 
@@ -110,7 +112,7 @@ class _ConvLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.offset is None:
             y = self.conv(x)
-        elif x.device.type == "cpu":  # same result, 2-3x faster than torchvision's CPU kernel (see .deform)
+        elif x.device.type == "cpu":  # same result, 2-3x faster than torchvision's CPU kernel (see ._deform)
             y = deform_conv2d_sampled(x, self.offset(x), self.conv.weight, self.conv.bias, padding=1)
         else:
             y = self.conv(x, self.offset(x))

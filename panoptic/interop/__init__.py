@@ -18,12 +18,11 @@ are look-alikes built from tensors. Category ids are mapped through the framewor
 
 from .common import FusionInputs, expand_things_channel
 from .detectron2 import Detectron2Metadata, from_detectron2, from_detectron2_panoptic, to_detectron2
-from .mmdet import INSTANCE_OFFSET, MMDetClasses, from_mmdet, from_mmdet_panoptic, to_mmdet
+from .mmdet import MMDetClasses, from_mmdet, from_mmdet_panoptic, to_mmdet
 from .queries import from_detectron2_queries, from_transformers_queries
 from .torchvision import from_torchvision
 
 __all__ = [
-    "INSTANCE_OFFSET",
     "Detectron2Metadata",
     "FusionInputs",
     "MMDetClasses",

@@ -27,7 +27,12 @@ from ..formats import from_coco
 from ..structures import Instances, PanopticResult
 from .common import FusionInputs, expand_things_channel, map_labels, read, read_optional, tensor, thing_lut
 
-__all__ = ["INSTANCE_OFFSET", "MMDetClasses", "from_mmdet", "from_mmdet_panoptic", "to_mmdet"]
+__all__ = [
+    "MMDetClasses",
+    "from_mmdet",
+    "from_mmdet_panoptic",
+    "to_mmdet",
+]
 
 #: mmdetection's ``mmdet.evaluation.functional.INSTANCE_OFFSET`` (3.x).
 INSTANCE_OFFSET = 1000

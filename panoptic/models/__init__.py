@@ -22,24 +22,15 @@ training engine, inference and ``panoptic compare`` use. Conventions shared by e
 * Eval mode: ``model(images, image_sizes=None)`` returns one :class:`PanopticPrediction` per image.
 
 Layout: ``types`` (shared types), ``protocol`` (the interface), ``upsnet``, ``mrcnn_psp`` (one file per
-architecture), ``presets``, ``registry``, ``builders``.
+architecture), ``presets``, ``registry``, ``_builders`` (the registered builders).
 """
 
-from .builders import (
-    mrcnn_psp,
-    mrcnn_psp_cpu_small,
-    upsnet_c,
-    upsnet_c_cpu_small,
-    upsnet_cp,
-    upsnet_cp_cpu_small,
-    upsnet_cpu_small,
-    upsnet_r50_fpn,
-)
+from . import _builders  # noqa: F401  (importing it registers the builders in MODELS)
 from .mrcnn_psp import MRCNNPSP, MaskRCNN
-from .presets import CITYSCAPES, COCO, CPU_SMALL, DatasetPreset, dataset_preset
+from .presets import CITYSCAPES, COCO, CPU_SMALL, DatasetPreset
 from .protocol import PanopticModel, TrainableModel
-from .registry import MODELS, build_model, build_model_from_kwargs, register_model
-from .types import UPSNET_LOSSES, LossWeights, NetworkOutput, PanopticPrediction, TrainTarget, fuse_outputs
+from .registry import MODELS, build_model, register_model
+from .types import LossWeights, NetworkOutput, PanopticPrediction
 from .upsnet import UPSNet
 
 __all__ = [
@@ -48,27 +39,14 @@ __all__ = [
     "CPU_SMALL",
     "MODELS",
     "MRCNNPSP",
-    "UPSNET_LOSSES",
     "DatasetPreset",
     "LossWeights",
     "MaskRCNN",
     "NetworkOutput",
     "PanopticModel",
     "PanopticPrediction",
-    "TrainTarget",
     "TrainableModel",
     "UPSNet",
     "build_model",
-    "build_model_from_kwargs",
-    "dataset_preset",
-    "fuse_outputs",
-    "mrcnn_psp",
-    "mrcnn_psp_cpu_small",
     "register_model",
-    "upsnet_c",
-    "upsnet_c_cpu_small",
-    "upsnet_cp",
-    "upsnet_cp_cpu_small",
-    "upsnet_cpu_small",
-    "upsnet_r50_fpn",
 ]

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 
 from .types import LossWeights
 
-__all__ = ["CITYSCAPES", "COCO", "CPU_SMALL", "PRESETS", "DatasetPreset", "dataset_preset"]
+__all__ = [
+    "CITYSCAPES",
+    "COCO",
+    "CPU_SMALL",
+    "DatasetPreset",
+]
 
 
 @dataclass(frozen=True)

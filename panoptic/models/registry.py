@@ -18,7 +18,11 @@ from torch import nn
 from ..categories import CategoryTable
 from .types import LossWeights
 
-__all__ = ["MODELS", "build_model", "build_model_from_kwargs", "register_model"]
+__all__ = [
+    "MODELS",
+    "build_model",
+    "register_model",
+]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 """Builder registry for the command line: name -> ``builder(table, pretrained=False, **kwargs)``."""

@@ -11,7 +11,11 @@ import torch
 from ..fusion import PanopticFusion
 from ..structures import Instances, PanopticResult
 
-__all__ = ["UPSNET_LOSSES", "LossWeights", "NetworkOutput", "PanopticPrediction", "TrainTarget", "fuse_outputs"]
+__all__ = [
+    "LossWeights",
+    "NetworkOutput",
+    "PanopticPrediction",
+]
 
 UPSNET_LOSSES = ("rpn_objectness", "rpn_box", "box_cls", "box_reg", "mask", "semantic", "semantic_roi", "panoptic")
 """The eight UPSNet losses, in order."""

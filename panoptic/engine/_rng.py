@@ -10,8 +10,6 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["capture_rng_state", "restore_rng_state", "unwrap_model"]
-
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside a ``DistributedDataParallel`` wrapper, or ``model`` itself."""

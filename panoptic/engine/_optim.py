@@ -22,8 +22,6 @@ from torch import nn
 
 from .config import OptimConfig
 
-__all__ = ["WarmupStepSchedule", "build_optimizer", "build_scheduler", "param_groups"]
-
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 

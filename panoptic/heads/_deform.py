@@ -13,8 +13,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["deform_conv2d_sampled"]
-
 _TAP_BUFFER_ELEMENTS = 1 << 26
 """Most elements of the channel-mixed taps held at once (256 MB in float32)."""
 

@@ -11,8 +11,6 @@ import sys
 import threading
 from types import FrameType, TracebackType
 
-__all__ = ["StopRequest"]
-
 
 class StopRequest:
     """Context manager that turns the first SIGINT into a flag.

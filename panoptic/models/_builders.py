@@ -21,9 +21,6 @@ from .registry import register_model
 from .types import LossWeights
 from .upsnet import UPSNet
 
-__all__ = ["SMALL_BACKBONE", "SMALL_FPN_CHANNELS", "mrcnn_psp", "mrcnn_psp_cpu_small", "upsnet_c",
-           "upsnet_c_cpu_small", "upsnet_cp", "upsnet_cp_cpu_small", "upsnet_cpu_small", "upsnet_r50_fpn"]
-
 SMALL_BACKBONE = "resnet18"
 SMALL_FPN_CHANNELS = 64
 
@@ -131,7 +128,7 @@ def upsnet_cpu_small(table: CategoryTable, pretrained: bool = False, *, backbone
 
     resnet18 (trainable batch norm: no pretrained statistics to freeze), FPN 64 with GAP context, a 2-layer
     semantic head 64 -> 32 -> 32 (plain 3x3 convs by default, the cheapest on a CPU; ``deformable=True`` restores
-    UPSNet's deformable ones, which run on the CPU through :mod:`panoptic.heads.deform`), light Mask R-CNN heads
+    UPSNet's deformable ones, which run on the CPU through :mod:`panoptic.heads._deform`), light Mask R-CNN heads
     (:meth:`InstanceHeadConfig.light`), semantic loss at 1/4 resolution.
 
     Args:

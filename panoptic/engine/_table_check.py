@@ -7,8 +7,6 @@ from typing import Any
 from ..categories import CategoryTable
 from ..errors import CheckpointError
 
-__all__ = ["check_table", "table_differences"]
-
 
 def _describe(c: dict[str, Any]) -> str:
     return f"{c['id']}:{c['name']}({'thing' if c['isthing'] else 'stuff'})"
