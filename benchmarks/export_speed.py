@@ -1,4 +1,4 @@
-"""Eager UPSNetFusion against its exported program (panoptic.export), same inputs, interleaved.
+"""Eager UPSNetFusion or HeuristicFusion against its exported program (panoptic.export), same inputs, interleaved.
 
 The scene is the one of ``benchmarks/fusion_speed.py`` (Cityscapes categories, smooth synthetic logits, ROI
 instances), at a smaller default size: the exported graph is dense over ``(B, N, H, W)``. Prints the median
@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fusion_speed import make_inputs
 
 from panoptic.categories import CategoryTable
-from panoptic.export import export_fusion, pack_upsnet, run_exported
-from panoptic.fusion import UPSNetFusion
+from panoptic.export import export_fusion, pack, run_exported
+from panoptic.fusion import HeuristicFusion, PanopticFusion, UPSNetFusion
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,18 +31,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instances", type=int, default=20, help="detections per image (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=7, help="interleaved repetitions (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the run")
+    p.add_argument("--fusion", choices=["upsnet", "heuristic"], default="upsnet",
+                   help="UPSNetFusion or HeuristicFusion (panopticapi flavor) (default: %(default)s)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     h, w = (int(v) for v in args.size.lower().split("x"))
     table = CategoryTable.cityscapes()
-    fusion = UPSNetFusion(table)
+    fusion: PanopticFusion = UPSNetFusion(table) if args.fusion == "upsnet" else HeuristicFusion(table)
     sem, inst = make_inputs(args.instances, table, seed=0, h=h, w=w)
     t0 = time.perf_counter()
     program = export_fusion(fusion, sem, [inst])
     print(f"export: {time.perf_counter() - t0:.1f} s")
     module = program.module()
-    packed = pack_upsnet(fusion, sem, [inst])
+    packed = pack(fusion, sem, [inst])
     calls = {"eager": lambda: fusion(sem, [inst]), "exported": lambda: run_exported(program, fusion, sem, [inst]),
              "graph only": lambda: module(*packed.args)}
     assert fusion(sem, [inst])[0].equal(run_exported(program, fusion, sem, [inst])[0])
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                 call()
                 times[name].append((time.perf_counter() - t) * 1e3)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{h}x{w}, {args.instances} detections ({int(packed.args[5].sum())} kept), threads "
+    print(f"{args.fusion}, {h}x{w}, {args.instances} detections ({len(packed.keep[0])} kept), threads "
           f"{torch.get_num_threads()}, median of {args.repeats}")
     for name, ms in med.items():
         print(f"  {name:<11} {ms:8.1f} ms  {ms / med['eager']:5.1f}x eager")

@@ -1,10 +1,15 @@
 """Export a fusion's per-pixel path with ``torch.export`` and run the exported program like the eager fusion.
 
 The exported module takes plain padded tensors and returns fixed-shape tensors; the
-:class:`~panoptic.structures.PanopticResult` objects are assembled outside the graph. For
-:class:`~panoptic.fusion.UPSNetFusion` the graph is :class:`~panoptic.fusion.upsnet_graph.UPSNetGraph`; the
-pruning and the box-local mask paste run eagerly in :func:`pack_upsnet` (a documented split, see
-``docs/concepts/ops.md``).
+:class:`~panoptic.structures.PanopticResult` objects are assembled outside the graph. The data-dependent
+selections run eagerly in :func:`pack` (a documented split, see ``docs/concepts/ops.md``):
+
+* :class:`~panoptic.fusion.UPSNetFusion`: graph :class:`~panoptic.fusion.upsnet_graph.UPSNetGraph`; the pruning
+  and the box-local mask paste stay outside.
+* :class:`~panoptic.fusion.HeuristicFusion` (every flavor): graph
+  :class:`~panoptic.fusion.heuristic_graph.HeuristicGraph`; the score filter and the sequential paste in score
+  order (each keep decision depends on the pixels pasted before it, like NMS) stay outside and hand the graph
+  a paint map.
 
 Example:
     >>> from panoptic.categories import CategoryTable
@@ -29,12 +34,14 @@ import torch
 
 from ._ops.threads import fusion_threads
 from .fusion.base import PanopticFusion, check_not_meta, fill_stuff_scores, prepare_instances, prepare_semantic
+from .fusion.heuristic import HeuristicFusion
+from .fusion.heuristic_graph import HeuristicGraph
 from .fusion.pruning import prune_and_paste
 from .fusion.upsnet import UPSNetFusion
 from .fusion.upsnet_graph import UPSNetGraph
 from .structures import Instances, PanopticResult
 
-__all__ = ["PackedBatch", "assemble_results", "export_fusion", "fusion_graph", "pack_upsnet", "run_exported"]
+__all__ = ["PackedBatch", "assemble_results", "export_fusion", "fusion_graph", "pack", "run_exported"]
 
 
 @dataclass
@@ -42,7 +49,8 @@ class PackedBatch:
     """The graph's inputs for a batch, and what maps its slots back to the caller's instances.
 
     Attributes:
-        args: ``(sem, crop, masks, labels, scores, valid)`` as :meth:`UPSNetGraph.forward` takes them.
+        args: The graph's inputs: ``(sem, crop, masks, labels, scores, valid)`` for :meth:`UPSNetGraph.forward`,
+            ``(sem, paint, labels, scores)`` for :meth:`HeuristicGraph.forward`.
         keep: Per image, ``(K_b,)`` int64 indices of the kept instances in the input ``Instances`` (slot order).
     """
 
@@ -50,17 +58,69 @@ class PackedBatch:
     keep: list[torch.Tensor]
 
 
-def fusion_graph(fusion: PanopticFusion) -> UPSNetGraph:
+def fusion_graph(fusion: PanopticFusion) -> UPSNetGraph | HeuristicGraph:
     """The static-shape module of ``fusion``'s per-pixel path.
 
     Raises:
-        ValueError: For fusions without an exportable graph yet (today: only :class:`UPSNetFusion`).
+        ValueError: For fusions without an exportable graph yet (all but :class:`UPSNetFusion` and
+            :class:`HeuristicFusion`).
     """
     if isinstance(fusion, UPSNetFusion):
         return UPSNetGraph(fusion.table.isthing_tensor(), fusion.unknown, fusion.class_assignment,
                            fusion.assignment_threshold, fusion.stuff_area_limit)
-    raise ValueError(f"export supports UPSNetFusion; {type(fusion).__name__} has no static-shape graph yet "
-                     "(run it eagerly).")
+    if isinstance(fusion, HeuristicFusion):
+        return HeuristicGraph(fusion.table.num_stuff, fusion.stuff_area_limit, fusion.stuff_before_paste)
+    raise ValueError(f"export supports UPSNetFusion and HeuristicFusion; {type(fusion).__name__} has no "
+                     "static-shape graph yet (run it eagerly).")
+
+
+def pack(fusion: PanopticFusion, semantic_logits: torch.Tensor, instances: Sequence[Instances],
+         output_size: tuple[int, int] | None = None, min_slots: int = 1) -> PackedBatch:
+    """Validate a batch and run the eager part of ``fusion`` on it: the padded inputs of its graph.
+
+    Args:
+        fusion: A :class:`UPSNetFusion` or :class:`HeuristicFusion`.
+        semantic_logits: ``(B, C, h, w)``, as for ``fusion(...)``.
+        instances: ``B`` :class:`Instances`.
+        output_size: ``(H, W)``; default ``(h, w)``.
+        min_slots: Pad the instance axis to at least this many slots (the graphs need ``N >= 1``).
+
+    Raises:
+        ValueError: For invalid inputs (as the eager fusion) or a fusion without a graph.
+    """
+    if isinstance(fusion, HeuristicFusion):
+        return _pack_heuristic(fusion, semantic_logits, instances, output_size, min_slots)
+    if isinstance(fusion, UPSNetFusion):
+        return pack_upsnet(fusion, semantic_logits, instances, output_size, min_slots)
+    fusion_graph(fusion)  # raises the error that names the supported fusions
+    raise AssertionError("unreachable")
+
+
+def _pack_heuristic(fusion: HeuristicFusion, semantic_logits: torch.Tensor, instances: Sequence[Instances],
+                    output_size: tuple[int, int] | None, min_slots: int) -> PackedBatch:
+    """:func:`pack` for :class:`HeuristicGraph`: score filter and sequential paste, per image."""
+    check_not_meta(semantic_logits, instances)
+    if fusion.semantic_layout == "stuff_first":  # the eager fusion checks finiteness in its own pass
+        sem = prepare_semantic(semantic_logits, fusion.table, len(instances), output_size, check_finite=True)
+    else:
+        sem = fusion.prepare_semantic(semantic_logits, len(instances), output_size)
+    b, _, h, w = sem.shape
+    dev = sem.device
+    keep, paints, kept = [], [], []
+    for inst in instances:
+        inst = prepare_instances(inst, fusion.table, (h, w), dev, fusion.mask_kinds)
+        idx, paint = fusion.paint_instances(inst, (h, w))
+        keep.append(idx)
+        paints.append(paint)
+        kept.append(inst[idx])
+    n = max([len(k) for k in keep] + [min_slots, 1])
+    labels = torch.zeros(b, n, dtype=torch.int64, device=dev)
+    scores = torch.zeros(b, n, dtype=torch.float32, device=dev)
+    for i, inst in enumerate(kept):
+        labels[i, :len(inst)] = inst.labels
+        scores[i, :len(inst)] = inst.scores.float()
+    paint = torch.stack(paints) if paints else torch.zeros(0, h, w, dtype=torch.int64, device=dev)
+    return PackedBatch((sem, paint, labels, scores), keep)
 
 
 def pack_upsnet(fusion: UPSNetFusion, semantic_logits: torch.Tensor, instances: Sequence[Instances],
@@ -110,7 +170,7 @@ def export_fusion(fusion: PanopticFusion, semantic_logits: torch.Tensor,
     """``torch.export`` the per-pixel path of ``fusion`` with dynamic batch, height, width and instance count.
 
     Args:
-        fusion: A :class:`UPSNetFusion`.
+        fusion: A :class:`UPSNetFusion` or :class:`HeuristicFusion`.
         semantic_logits: Example ``(B, C, H, W)`` logits (``H, W >= 2``).
         instances: Example ``B`` :class:`Instances`.
 
@@ -120,14 +180,18 @@ def export_fusion(fusion: PanopticFusion, semantic_logits: torch.Tensor,
     graph = fusion_graph(fusion).eval()
     if semantic_logits.ndim == 4 and semantic_logits.shape[0] == 1:  # a size-1 example dimension specialises
         semantic_logits, instances = semantic_logits.expand(2, -1, -1, -1), list(instances) * 2
-    packed = pack_upsnet(fusion, semantic_logits, instances, min_slots=2)
+    packed = pack(fusion, semantic_logits, instances, min_slots=2)
     if min(packed.args[0].shape[-2:]) < 2:
         raise ValueError("export_fusion needs example logits of at least 2x2 pixels (size-1 dimensions "
                          "cannot be dynamic).")
     dim = torch.export.Dim
     bd, hd, wd, nd = dim("batch", min=1), dim("height", min=1), dim("width", min=1), dim("instances", min=1)
-    shapes = ({0: bd, 2: hd, 3: wd}, {0: bd, 1: nd}, {0: bd, 1: nd, 2: hd, 3: wd}, {0: bd, 1: nd}, {0: bd, 1: nd},
-              {0: bd, 1: nd})
+    if isinstance(graph, HeuristicGraph):  # (sem, paint, labels, scores)
+        shapes: tuple[dict[int, torch.export.Dim], ...] = (
+            {0: bd, 2: hd, 3: wd}, {0: bd, 1: hd, 2: wd}, {0: bd, 1: nd}, {0: bd, 1: nd})
+    else:  # (sem, crop, masks, labels, scores, valid)
+        shapes = ({0: bd, 2: hd, 3: wd}, {0: bd, 1: nd}, {0: bd, 1: nd, 2: hd, 3: wd}, {0: bd, 1: nd},
+                  {0: bd, 1: nd}, {0: bd, 1: nd})
     with torch.no_grad():
         return torch.export.export(graph, packed.args, dynamic_shapes=shapes)
 
@@ -146,9 +210,7 @@ def run_exported(program: torch.export.ExportedProgram | torch.nn.Module, fusion
         instances: ``B`` :class:`Instances`.
         output_size: ``(H, W)``; default ``(h, w)``.
     """
-    if not isinstance(fusion, UPSNetFusion):
-        fusion_graph(fusion)  # raises the error that names the supported fusions
-    packed = pack_upsnet(fusion, semantic_logits, instances, output_size)
+    packed = pack(fusion, semantic_logits, instances, output_size)
     module = program.module() if isinstance(program, torch.export.ExportedProgram) else program
     with torch.no_grad():
         outputs = module(*packed.args)
@@ -161,8 +223,8 @@ def assemble_results(fusion: PanopticFusion, packed: PackedBatch,
 
     Args:
         fusion: The exported fusion.
-        packed: The inputs the outputs were computed from (:func:`pack_upsnet`).
-        outputs: ``(segment_map, unknown_mask, category, score, area, slot)`` of :meth:`UPSNetGraph.forward`.
+        packed: The inputs the outputs were computed from (:func:`pack`).
+        outputs: ``(segment_map, unknown_mask, category, score, area, slot)`` of the graph's ``forward``.
     """
     segment_map, unknown, category, score, area, slot = outputs
     sem = packed.args[0]

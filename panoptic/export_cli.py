@@ -14,16 +14,22 @@ __all__ = ["example_inputs", "register", "run"]
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``export`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
     p = subparsers.add_parser(
-        "export", help="write UPSNetFusion's per-pixel path as a torch.export program (.pt2), optionally ONNX",
-        description="Export UPSNetFusion's per-pixel path (panoptic argmax, class assignment, stuff area, segment "
-                    "ids) with dynamic batch, height, width and instance count. Load the .pt2 with "
-                    "torch.export.load and run it with panoptic.export.run_exported (pruning and mask pasting run "
-                    "outside the graph).")
-    p.add_argument("--out", type=Path, default=Path("upsnet_fusion.pt2"), help="program file (default: %(default)s)")
+        "export", help="write a fusion's per-pixel path as a torch.export program (.pt2), optionally ONNX",
+        description="Export the per-pixel path of UPSNetFusion (panoptic argmax, class assignment, stuff area, "
+                    "segment ids) or HeuristicFusion (semantic argmax, stuff area, segment ids) with dynamic batch, "
+                    "height, width and instance count. Load the .pt2 with torch.export.load and run it with "
+                    "panoptic.export.run_exported (pruning and mask pasting, or the heuristic's sequential paste, "
+                    "run outside the graph).")
+    p.add_argument("--out", type=Path, default=None,
+                   help="program file (default: upsnet_fusion.pt2 or heuristic_fusion.pt2)")
     p.add_argument("--onnx", type=Path, default=None, metavar="FILE",
                    help="also write ONNX (torch.onnx.export(..., dynamo=True); needs the onnx and onnxscript packages)")
     p.add_argument("--categories", type=Path, default=None, metavar="JSON",
                    help="COCO-panoptic JSON with the categories (default: the synthetic dataset's)")
+    p.add_argument("--fusion", choices=("upsnet", "heuristic"), default="upsnet",
+                   help="UPSNetFusion or HeuristicFusion (default: %(default)s)")
+    p.add_argument("--flavor", choices=("panopticapi", "detectron2", "mmdet", "upsnet"), default="panopticapi",
+                   help="HeuristicFusion flavor (default: %(default)s)")
     p.add_argument("--class-assignment", choices=("heuristic", "detector", "semantic"), default="heuristic",
                    help="UPSNetFusion class assignment (default: %(default)s)")
     p.add_argument("--stuff-area-limit", type=int, default=4096, help="default: %(default)s")
@@ -55,14 +61,20 @@ def run(args: argparse.Namespace) -> int:
     from .data import synthetic_categories
     from .engine.config import ConfigError
     from .export import export_fusion
-    from .fusion import UPSNetFusion
+    from .fusion import HeuristicFusion, PanopticFusion, UPSNetFusion
 
     table = CategoryTable.from_json(args.categories) if args.categories else synthetic_categories()
     if not table.num_things:
-        raise ConfigError("the categories have no thing class; UPSNetFusion needs at least one.")
-    fusion = UPSNetFusion(table, unknown=not args.no_unknown, class_assignment=args.class_assignment,
-                          stuff_area_limit=args.stuff_area_limit)
+        raise ConfigError("the categories have no thing class; the fusions need at least one.")
+    fusion: PanopticFusion
+    if args.fusion == "heuristic":
+        fusion = HeuristicFusion(table, args.flavor, stuff_area_limit=args.stuff_area_limit)
+    else:
+        fusion = UPSNetFusion(table, unknown=not args.no_unknown, class_assignment=args.class_assignment,
+                              stuff_area_limit=args.stuff_area_limit)
     program = export_fusion(fusion, *example_inputs(table))
+    if args.out is None:
+        args.out = Path(f"{args.fusion}_fusion.pt2")
     atomic_write(args.out, lambda f: torch.export.save(program, f))
     print(f"wrote {args.out} (torch.export program; run it with panoptic.export.run_exported)")
     if args.onnx is not None:

@@ -1,4 +1,4 @@
-"""The static-shape UPSNet graph and its ``torch.export`` program equal the eager fusion exactly."""
+"""The static-shape UPSNet and heuristic graphs and their ``torch.export`` programs equal the eager fusions exactly."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from panoptic import Instances, ops
 from panoptic.categories import CategoryTable
 from panoptic.data import synthetic_categories
-from panoptic.export import assemble_results, export_fusion, fusion_graph, pack_upsnet, run_exported
+from panoptic.export import assemble_results, export_fusion, fusion_graph, pack, run_exported
 from panoptic.fusion import HeuristicFusion, PruningConfig, UPSNetFusion
 from panoptic.fusion.upsnet_graph import UPSNetGraph
 
@@ -161,12 +161,125 @@ def test_exported_graph_holds_the_whole_per_pixel_path(exported) -> None:
 
 
 def test_export_refuses_other_fusions_with_a_clear_error() -> None:
-    fusion = HeuristicFusion(TABLE)
+    from panoptic import CentreOffsetFusion
+
+    fusion = CentreOffsetFusion(TABLE)
     sem = torch.zeros(1, TABLE.num_classes, 4, 4)
-    with pytest.raises(ValueError, match="export supports UPSNetFusion"):
+    with pytest.raises(ValueError, match="export supports UPSNetFusion and HeuristicFusion"):
         export_fusion(fusion, sem, [Instances.empty()])
-    with ops.backend("torch"), pytest.raises(ValueError, match="export supports UPSNetFusion"):
+    with ops.backend("torch"), pytest.raises(ValueError, match="export supports UPSNetFusion and HeuristicFusion"):
         run_exported(torch.nn.Identity(), fusion, sem, [Instances.empty()])
+
+
+# ----------------------------------------------------------------------------------------- HeuristicFusion
+HEURISTIC = [
+    {"flavor": "panopticapi", "stuff_area_limit": 6},
+    {"flavor": "detectron2", "stuff_area_limit": 0},
+    {"flavor": "mmdet", "stuff_area_limit": 10},
+    {"flavor": "upsnet", "stuff_area_limit": 8},
+    {"flavor": "detectron2", "stuff_area_limit": 4, "semantic_layout": "detectron2"},
+]
+
+
+def test_heuristic_graph_hand_computed() -> None:
+    """2 stuff + 1 thing channel, 2x3 image; slot 0 paints (0, 0) and (0, 1), slot 1 paints nothing.
+
+    Semantic argmax: row 0 = thing, thing, stuff 1; row 1 = stuff 0, stuff 0, thing. With the area limit 2
+    after pasting, stuff 0 (2 pixels) stays, stuff 1 (1 pixel) goes void, (1, 2) is an unpainted thing pixel:
+    void. Measured before pasting ("upsnet"), stuff 1 still has 1 pixel: void too.
+    """
+    from panoptic.fusion.heuristic_graph import HeuristicGraph
+
+    sem = torch.tensor([[[[0.0, 0.0, 0.0], [5.0, 5.0, 0.0]],
+                         [[0.0, 0.0, 5.0], [0.0, 0.0, 0.0]],
+                         [[5.0, 5.0, 0.0], [0.0, 0.0, 5.0]]]])
+    paint = torch.tensor([[[0, 0, -1], [-1, -1, -1]]])
+    labels, scores = torch.tensor([[0, 0]]), torch.tensor([[0.9, 0.8]])
+    for before in (False, True):
+        seg, unk, cat, score, area, slot = HeuristicGraph(2, 2, before)(sem, paint, labels, scores)
+        assert seg.tolist() == [[[1, 1, 0], [2, 2, 0]]] and not unk.any()
+        assert cat.tolist() == [[2, 2, 0, 1]] and area.tolist() == [[2, 0, 2, 0]] and slot.tolist() == [[0, 1, -1, -1]]
+        assert score[0, :2].tolist() == pytest.approx([0.9, 0.8]) and score[0, 2:].isnan().all()
+    # Before pasting stuff 0 counts its painted pixel too (2 pixels, 1 unpainted): limit 2 keeps it only then.
+    paint = torch.tensor([[[-1, -1, -1], [0, -1, -1]]])
+    seg_after = HeuristicGraph(2, 2, False)(sem, paint, labels, scores)[0]
+    seg_before = HeuristicGraph(2, 2, True)(sem, paint, labels, scores)[0]
+    assert seg_after.tolist() == [[[0, 0, 0], [1, 0, 0]]] and seg_before.tolist() == [[[0, 0, 0], [1, 2, 0]]]
+
+
+@pytest.mark.parametrize("cfg", HEURISTIC)
+def test_heuristic_graph_equals_eager_on_random_batches(cfg: dict, ops_backend: str) -> None:
+    """Random batches with unequal N (0 included), ROI and full-image masks, ties in scores and logits."""
+    fusion = HeuristicFusion(TABLE, score_threshold=0.3, **cfg)
+    graph = fusion_graph(fusion)
+    for seed in range(40):
+        sem, inst = _random_batch(seed, roi=seed % 3 != 0)
+        if cfg.get("semantic_layout") == "detectron2":
+            sem = sem[:, :TABLE.num_stuff + 1]
+        _assert_same(fusion(sem, inst), run_exported(graph, fusion, sem, inst))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from(HEURISTIC[:4]))
+def test_heuristic_graph_equals_eager_property(seed: int, cfg: dict) -> None:
+    fusion = HeuristicFusion(TABLE, score_threshold=float("-inf"), **cfg)
+    sem, inst = _random_batch(seed, max_side=10, max_n=8)
+    size = (sem.shape[2] + 1, sem.shape[3])
+    _assert_same(fusion(sem, inst, output_size=size), run_exported(fusion_graph(fusion), fusion, sem, inst, size))
+
+
+def test_heuristic_graph_equals_eager_on_a_large_image() -> None:
+    """300x260: the stuff scores come from a sampled grid (stride 2), read from the same pixels as eager."""
+    g = torch.Generator().manual_seed(3)
+    sem = torch.randn(1, SYNTHETIC.num_classes, 300, 260, generator=g)
+    inst = [_random_instances(g, 6, 300, 260, table=SYNTHETIC)]
+    for flavor in ("panopticapi", "upsnet"):
+        fusion = HeuristicFusion(SYNTHETIC, flavor, stuff_area_limit=16, score_threshold=0.0)
+        _assert_same(fusion(sem, inst), run_exported(fusion_graph(fusion), fusion, sem, inst))
+
+
+def test_heuristic_exported_program_and_onnx_equal_eager() -> None:
+    """One export (and one ONNX conversion, ~30 s on a busy CPU) per run: other batch sizes, image sizes and
+    instance counts than the example's, N = 0 included; ONNX Runtime on integer logits (ties) too."""
+    fusion = HeuristicFusion(SYNTHETIC, "upsnet", stuff_area_limit=16)
+    g = torch.Generator().manual_seed(0)
+    sem = torch.randn(2, SYNTHETIC.num_classes, 24, 32, generator=g)
+    program = export_fusion(fusion, sem, [_random_instances(g, n, 24, 32, table=SYNTHETIC) for n in (3, 5)])
+    ops_used = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert any("argmax" in o for o in ops_used) and any("scatter_add" in o for o in ops_used)
+    assert not any(name in o for o in ops_used for name in ("nonzero", "item", "_local_scalar_dense", "masked_select"))
+    seen = set()
+    for seed in range(15):
+        sem, inst = _random_batch(seed, max_side=24, max_n=9, table=SYNTHETIC)
+        seen.add((sem.shape[0], tuple(sem.shape[2:])))
+        _assert_same(fusion(sem, inst), run_exported(program, fusion, sem, inst))
+    assert len(seen) > 10
+    empty = [Instances.empty(), _random_instances(g, 4, 9, 7, table=SYNTHETIC)]
+    sem = torch.randn(2, SYNTHETIC.num_classes, 9, 7, generator=g)
+    _assert_same(fusion(sem, empty), run_exported(program, fusion, sem, empty))
+    if not importlib.util.find_spec("onnxscript"):
+        return
+    ort = pytest.importorskip("onnxruntime")
+    proto = torch.onnx.export(program, (), dynamo=True, verbose=False).model_proto.SerializeToString()
+    session = ort.InferenceSession(proto, providers=["CPUExecutionProvider"])
+    for seed in range(6):
+        sem, inst = _random_batch(seed, max_side=20, max_n=7, table=SYNTHETIC)
+        packed = pack(fusion, sem, inst)
+        feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), packed.args, strict=True)}
+        outputs = [torch.from_numpy(o) for o in session.run(None, feeds)]
+        _assert_same(fusion(sem, inst), assemble_results(fusion, packed, outputs))
+
+
+def test_export_command_writes_a_heuristic_program(tmp_path) -> None:
+    from panoptic.cli import main
+
+    assert main(["export", "--fusion", "heuristic", "--flavor", "detectron2", "--stuff-area-limit", "8",
+                 "--out", str(tmp_path / "h.pt2")]) == 0
+    program = torch.export.load(str(tmp_path / "h.pt2"))
+    fusion = HeuristicFusion(SYNTHETIC, "detectron2", stuff_area_limit=8)
+    for seed in range(4):
+        sem, inst = _random_batch(seed, max_side=20, max_n=7, table=SYNTHETIC)
+        _assert_same(fusion(sem, inst), run_exported(program, fusion, sem, inst))
 
 
 def test_onnx_file_runs_in_onnxruntime_like_eager(exported) -> None:
@@ -178,7 +291,7 @@ def test_onnx_file_runs_in_onnxruntime_like_eager(exported) -> None:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for seed in range(6):
         sem, inst = _random_batch(seed, max_side=20, max_n=7, table=SYNTHETIC)
-        packed = pack_upsnet(fusion, sem, inst)
+        packed = pack(fusion, sem, inst)
         feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), packed.args, strict=True)}
         outputs = [torch.from_numpy(o) for o in session.run(None, feeds)]
         _assert_same(fusion(sem, inst), assemble_results(fusion, packed, outputs))

@@ -259,6 +259,32 @@ class HeuristicFusion(PanopticFusion):
             return fill_stuff_scores(result, semantic_logits)
         return fill_stuff_scores_sampled(result, samples.reshape(samples.shape[0], -1), stride)
 
+    @property
+    def stuff_before_paste(self) -> bool:
+        """Whether the stuff area is measured on the raw semantic map (``"upsnet"``), not on the unpainted pixels."""
+        return self._rules.stuff_before_paste
+
+    def paint_instances(self, instances: Instances, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sequential part of the rule alone: which instances are visited, and which paints each pixel.
+
+        The exported path (:func:`panoptic.export.run_exported`) runs this eagerly and the rest of the rule in
+        :class:`~panoptic.fusion.heuristic_graph.HeuristicGraph`; :meth:`fuse_image` runs the same steps.
+
+        Args:
+            instances: Validated instances on the logits' device (as :meth:`fuse_image` gets them).
+            size: ``(H, W)``.
+
+        Returns:
+            ``(K,)`` int64 visit order (indices into ``instances`` passing the score test) and the ``(H, W)``
+            int64 map of the visited candidate (a position in that order) that paints each pixel, ``-1`` for none.
+        """
+        idx = self._visit_order(instances)
+        regions, masks = self._local_masks(instances[idx], size)
+        keys = torch.zeros(size, dtype=torch.int32, device=instances.scores.device)
+        with torch.no_grad():
+            self._paint_things(keys, regions, masks, host=keys.device.type == "cpu")
+        return idx, keys.long() // (self.table.num_stuff + 1) - 1
+
     def _visit_order(self, instances: Instances) -> torch.Tensor:
         """``(K,)`` int64 indices of the instances passing the score test, by score descending, equal scores in
         the flavor's reference order."""
