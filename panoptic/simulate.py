@@ -69,9 +69,9 @@ def simulate_queries(scene: SyntheticScene, rng: np.random.Generator, *, num_que
                      confuse_prob: float = 0.1, duplicates: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Class and mask logits of a query-based model (MaskFormer / Mask2Former style).
 
-    One query per ground-truth segment (stuff, crowd and things), a missed one (chance ``miss_prob``) turned into
-    a "no object" query; a confused one (chance ``confuse_prob``) predicts another class of its kind with less
-    confidence; ``duplicates`` extra queries repeat a thing with a weaker score and a shifted mask; the other
+    One query per ground-truth segment (stuff, crowd and things); a missed thing (chance ``miss_prob``) has none
+    (its query predicts "no object"); a confused thing (chance ``confuse_prob``) predicts another thing class with
+    less confidence; ``duplicates`` extra queries repeat a thing with a weaker score and a shifted mask; the other
     queries predict "no object" with random blobs as masks.
 
     Args:
@@ -80,8 +80,8 @@ def simulate_queries(scene: SyntheticScene, rng: np.random.Generator, *, num_que
         num_queries: ``Q``, at least the number of segments plus ``duplicates``.
         mask_stride: Mask logits are at ``1 / mask_stride`` of the image size (rounded up), as query models'.
         margin: Logit scale of the confident predictions.
-        miss_prob: Chance a segment has no query.
-        confuse_prob: Chance a query has the wrong class.
+        miss_prob: Chance a (non-crowd) thing has no query.
+        confuse_prob: Chance a thing's query has the wrong thing class.
         duplicates: Number of duplicate thing queries.
 
     Returns:
@@ -111,11 +111,15 @@ def simulate_queries(scene: SyntheticScene, rng: np.random.Generator, *, num_que
     order = rng.permutation(num_queries)  # queries are in no particular order
     sources = [(i, 0.0) for i in range(s)] + [(int(rng.choice(thing_ids)), 1.0) for _ in range(extra)]
     for q, (seg, shift) in zip(order.tolist(), sources, strict=False):
-        if shift == 0.0 and rng.random() < miss_prob:
+        # misses and confusions hit things only, as in the detections of simulate_predictions: stuff errors come
+        # from the mask noise, so the three families' simulations are equally hard
+        thing = bool(gt.isthing[seg]) and not bool(gt.iscrowd[seg])
+        if thing and shift == 0.0 and rng.random() < miss_prob:
             continue
         label = int(gt.category[seg])
-        first, count = (table.num_stuff, table.num_things) if bool(gt.isthing[seg]) else (0, table.num_stuff)
-        label, wrong = _confused(label, first, count, rng, confuse_prob)
+        wrong = False
+        if thing:
+            label, wrong = _confused(label, table.num_stuff, table.num_things, rng, confuse_prob)
         conf = margin * (0.5 if wrong or shift else 1.0) * float(rng.uniform(0.8, 1.2))
         cls[q] = torch.randn(k + 1, generator=g) - 2.0
         cls[q, label] = conf
