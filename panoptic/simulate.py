@@ -136,9 +136,9 @@ def simulate_centre_offsets(scene: SyntheticScene, rng: np.random.Generator, *, 
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Semantic logits, centre heatmap and offsets of a bottom-up model (Panoptic-DeepLab style).
 
-    Every non-crowd thing gets a Gaussian peak of height in ``(0.5, 1)`` at its centre of mass (a missed one,
-    chance ``miss_prob``, none), every thing pixel an offset pointing to its centre plus noise; ``false_centres``
-    weak spurious peaks are added.
+    Every non-crowd thing gets a Gaussian peak of height in ``(0.5, 1)`` at the pixel nearest its centre of mass
+    (a missed one, chance ``miss_prob``, none), every thing pixel an offset pointing to that pixel plus noise;
+    ``false_centres`` weak spurious peaks are added.
 
     Args:
         scene: The scene.
@@ -164,7 +164,9 @@ def simulate_centre_offsets(scene: SyntheticScene, rng: np.random.Generator, *, 
     for m in scene.masks:
         if not bool(m.any()):
             continue
-        cy, cx = float(yy[m].mean()), float(xx[m].mean())
+        # the centre pixel nearest the centre of mass, as Panoptic-DeepLab's targets: a centre of mass on a pixel
+        # edge would give two equal heatmap maxima, two centres for one thing
+        cy, cx = float(yy[m].mean().round()), float(xx[m].mean().round())
         offsets[0][m] += cy - yy[m]
         offsets[1][m] += cx - xx[m]
         if rng.random() >= miss_prob:
