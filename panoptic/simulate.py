@@ -69,10 +69,9 @@ def simulate_queries(scene: SyntheticScene, rng: np.random.Generator, *, num_que
                      confuse_prob: float = 0.1, duplicates: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Class and mask logits of a query-based model (MaskFormer / Mask2Former style).
 
-    One query per ground-truth segment (stuff, crowd and things); a missed thing (chance ``miss_prob``) has none
-    (its query predicts "no object"); a confused thing (chance ``confuse_prob``) predicts another thing class with
-    less confidence; ``duplicates`` extra queries repeat a thing with a weaker score and a shifted mask; the other
-    queries predict "no object" with random blobs as masks.
+    One query per ground-truth segment, but a missed thing's (chance ``miss_prob``) predicts "no object"; a
+    confused thing's (chance ``confuse_prob``) predicts another thing class with less confidence; ``duplicates``
+    queries repeat a thing, weaker and shifted; the rest predict "no object" with random blobs as masks.
 
     Args:
         scene: The scene.
@@ -111,15 +110,11 @@ def simulate_queries(scene: SyntheticScene, rng: np.random.Generator, *, num_que
     order = rng.permutation(num_queries)  # queries are in no particular order
     sources = [(i, 0.0) for i in range(s)] + [(int(rng.choice(thing_ids)), 1.0) for _ in range(extra)]
     for q, (seg, shift) in zip(order.tolist(), sources, strict=False):
-        # misses and confusions hit things only, as in the detections of simulate_predictions: stuff errors come
-        # from the mask noise, so the three families' simulations are equally hard
-        thing = bool(gt.isthing[seg]) and not bool(gt.iscrowd[seg])
+        thing = seg in thing_ids  # misses and confusions hit things only, as simulate_predictions' detections
         if thing and shift == 0.0 and rng.random() < miss_prob:
             continue
-        label = int(gt.category[seg])
-        wrong = False
-        if thing:
-            label, wrong = _confused(label, table.num_stuff, table.num_things, rng, confuse_prob)
+        label, wrong = (_confused(int(gt.category[seg]), table.num_stuff, table.num_things, rng, confuse_prob)
+                        if thing else (int(gt.category[seg]), False))
         conf = margin * (0.5 if wrong or shift else 1.0) * float(rng.uniform(0.8, 1.2))
         cls[q] = torch.randn(k + 1, generator=g) - 2.0
         cls[q, label] = conf
