@@ -14,10 +14,12 @@ __all__ = [
 
 
 def _register_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run both fusion strategies on a synthetic scene and write a side-by-side PNG",
-                       description="Build a synthetic scene, simulate imperfect semantic + instance head outputs, "
-                                   "fuse them with HeuristicFusion and UPSNetFusion, and write the results "
-                                   "(COCO-panoptic PNG + JSON, coloured maps, side_by_side.png).")
+    p = sub.add_parser("demo", help="run every fusion family on a synthetic scene and write a side-by-side PNG",
+                       description="Build a synthetic scene, simulate imperfect head outputs of each fusion family "
+                                   "(semantic logits + detections, queries, centre offsets), fuse them with "
+                                   "HeuristicFusion, UPSNetFusion, MaskFormerFusion and CentreOffsetFusion, score "
+                                   "each with PQ and write the results (COCO-panoptic PNG + JSON, coloured maps, "
+                                   "side_by_side.png).")
     p.add_argument("--out", default="panoptic-demo", help="output folder (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="scene seed (default: %(default)s)")
     p.add_argument("--size", type=int, default=256, help="image side in pixels, >= 16 (default: %(default)s)")

@@ -1,15 +1,18 @@
-"""`panoptic demo`: both fusion strategies on one synthetic scene, with simulated head outputs.
+"""`panoptic demo`: every fusion family on one synthetic scene, with simulated head outputs.
 
-The "model" here is a simulation of imperfect semantic and instance heads derived from the ground truth
-(spatially coherent semantic noise, jittered boxes, noisy ROI mask logits, missed detections, a class
-confusion and a false positive), so the demo runs in about a second with no training and still shows
-how the strategies differ (for example UPSNet's *unknown* where a detection is missing).
+The "model" here is a simulation of imperfect heads derived from the ground truth, one per family: semantic logits
+and detections (spatially coherent semantic noise, jittered boxes, noisy ROI mask logits, missed detections, a
+class confusion and a false positive) for the heuristic combiner and UPSNet's head, query class and mask logits
+for ``MaskFormerFusion`` and a centre heatmap with offsets for ``CentreOffsetFusion``
+(:mod:`panoptic.simulate`). The demo runs in about a second with no training and still shows how the strategies
+differ (for example UPSNet's *unknown* where a detection is missing).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +22,14 @@ from torchvision.ops import roi_align
 
 from .atomic import atomic_write_text
 from .categories import CategoryTable
+from .centre_offsets import CentreOffsets
 from .data.synthetic import SyntheticScene, generate_scene
 from .evaluation import PanopticQuality
 from .formats import to_coco
-from .fusion import build_fusion
-from .simulate import simulate_semantic
+from .fusion import CentreOffsetFusion, build_fusion
+from .fusion.maskformer import MaskFormerFusion
+from .queries import Queries
+from .simulate import simulate_centre_offsets, simulate_queries, simulate_semantic
 from .structures import Instances, PanopticResult
 from .visualize import colorize, save_png, side_by_side, with_legend
 
@@ -93,6 +99,44 @@ def simulate_predictions(scene: SyntheticScene, rng: np.random.Generator, *, mar
     return sem, inst
 
 
+@dataclass(frozen=True)
+class _Family:
+    """One fusion of the demo: its family, its panel title, and how it runs on its simulated inputs."""
+
+    family: str
+    title: str
+    run: Callable[[], PanopticResult]
+
+
+def _families(scene: SyntheticScene, rng: np.random.Generator,
+              stuff_area_limit: int) -> tuple[dict[str, _Family], int]:
+    """Every fusion family with its inputs simulated from ``scene``, and the number of simulated detections.
+
+    ``rng`` is drawn in a fixed order, detections first, so the first two strategies see what they saw before
+    the other families joined the demo.
+    """
+    table = scene.table
+    sem, inst = simulate_predictions(scene, rng)
+    cls, masks = simulate_queries(scene, rng)
+    centre_sem, heatmap, offsets = simulate_centre_offsets(scene, rng)
+    size = scene.panoptic.image_size
+    heuristic = build_fusion("heuristic", table, flavor="panopticapi", stuff_area_limit=stuff_area_limit)
+    upsnet = build_fusion("upsnet", table, stuff_area_limit=stuff_area_limit)
+    maskformer = MaskFormerFusion(table)
+    centre = CentreOffsetFusion(table, stuff_area=stuff_area_limit)
+    families = {
+        "heuristic": _Family("semantic + instances", "heuristic (panopticapi)",
+                             lambda: heuristic(sem[None], [inst])[0]),
+        "upsnet": _Family("semantic + instances", "UPSNet (white = unknown)",
+                          lambda: upsnet(sem[None], [inst])[0]),
+        "maskformer": _Family("queries", "Mask2Former",
+                              lambda: maskformer(Queries(cls, masks), output_size=size)[0]),
+        "centre": _Family("centre offsets", "Panoptic-DeepLab",
+                          lambda: centre([CentreOffsets(centre_sem, heatmap, offsets)])[0]),
+    }
+    return families, len(inst)
+
+
 @dataclass
 class DemoReport:
     """What :func:`run_demo` produced.
@@ -114,36 +158,35 @@ class DemoReport:
 
 def run_demo(out_dir: str | Path = "panoptic-demo", seed: int = 0, size: int = 256,
              stuff_area_limit: int = 256) -> DemoReport:
-    """Build a synthetic scene, run both fusions on simulated head outputs and write their outputs.
+    """Build a synthetic scene, run every fusion family on simulated head outputs and write their outputs.
 
-    Each strategy is scored against the ground truth with :class:`~panoptic.evaluation.PanopticQuality`.
-    Writes ``image.png``, per strategy a coloured ``<name>.png`` plus its COCO-panoptic
-    ``<name>_panoptic.png`` + ``<name>_segments.json``, the ground truth likewise,
-    ``side_by_side.png`` (image | ground truth | heuristic | UPSNet, titled, with a colour legend) and
+    The families: ``heuristic`` (Kirillov's combiner, panopticapi flavour) and ``upsnet`` (UPSNet's head) on
+    semantic logits + detections, ``maskformer`` (:class:`~panoptic.MaskFormerFusion`, Mask2Former's rule) on
+    query class and mask logits, ``centre`` (:class:`~panoptic.CentreOffsetFusion`, Panoptic-DeepLab) on a
+    centre heatmap and offsets. Each is scored against the ground truth with the same
+    :class:`~panoptic.evaluation.PanopticQuality`. Writes ``image.png``, per strategy a coloured ``<name>.png``
+    plus its COCO-panoptic ``<name>_panoptic.png`` + ``<name>_segments.json``, the ground truth likewise,
+    ``side_by_side.png`` (image | ground truth | one panel per strategy, titled, with a colour legend) and
     ``summary.json``.
 
     Args:
         out_dir: Output folder (created).
         seed: Scene and simulation seed.
         size: Image side in pixels.
-        stuff_area_limit: Stuff area threshold of both fusions (scaled to the small image).
+        stuff_area_limit: Stuff area threshold of the fusions that have one (scaled to the small image).
     """
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     scene = generate_scene(rng, size)
     table: CategoryTable = scene.table
-    sem, inst = simulate_predictions(scene, rng)
-    fusions = {
-        "heuristic": build_fusion("heuristic", table, flavor="panopticapi", stuff_area_limit=stuff_area_limit),
-        "upsnet": build_fusion("upsnet", table, stuff_area_limit=stuff_area_limit),
-    }
+    families, detections = _families(scene, rng, stuff_area_limit)
     results, timings = {}, {}
-    for name, fusion in fusions.items():
+    for name, family in families.items():
         t0 = time.perf_counter()
-        results[name] = fusion(sem[None], [inst])[0]
+        results[name] = family.run()
         timings[name] = (time.perf_counter() - t0) * 1000
     files = [save_png(scene.image, out / "image.png")]
-    summary: dict[str, object] = {"seed": seed, "size": size, "detections": len(inst),
+    summary: dict[str, object] = {"seed": seed, "size": size, "detections": detections,
                                   "ground_truth_segments": scene.panoptic.num_segments}
     for name, res in {"ground_truth": scene.panoptic, **results}.items():
         files.append(save_png(colorize(res, table), out / f"{name}.png"))
@@ -156,14 +199,14 @@ def run_demo(out_dir: str | Path = "panoptic-demo", seed: int = 0, size: int = 2
             pq = PanopticQuality(table)
             pq.update(scene.panoptic, res)
             rows = pq.compute()
-            summary[name] = {"PQ": round(100 * rows["All"]["pq"], 2), "PQ_th": round(100 * rows["Things"]["pq"], 2),
+            summary[name] = {"family": families[name].family, "PQ": round(100 * rows["All"]["pq"], 2),
+                             "PQ_th": round(100 * rows["Things"]["pq"], 2),
                              "PQ_st": round(100 * rows["Stuff"]["pq"], 2),
                              "segments": res.num_segments, "things": int(res.isthing.sum()),
                              "unknown_pixels": int(res.unknown_mask.sum()),
                              "void_pixels": int((res.segment_map == 0).sum()), "ms": round(timings[name], 2)}
-    panel = side_by_side([scene.image, colorize(scene.panoptic, table), colorize(results["heuristic"], table),
-                          colorize(results["upsnet"], table)],
-                         ["image", "ground truth", "heuristic (panopticapi)", "UPSNet (white = unknown)"])
+    pictures = [scene.image, colorize(scene.panoptic, table), *(colorize(r, table) for r in results.values())]
+    panel = side_by_side(pictures, ["image", "ground truth", *(families[name].title for name in results)])
     panel = with_legend(panel, table, [scene.panoptic, *results.values()])
     files.append(save_png(panel, out / "side_by_side.png"))
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))

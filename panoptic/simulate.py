@@ -69,10 +69,9 @@ def simulate_queries(scene: SyntheticScene, rng: np.random.Generator, *, num_que
                      confuse_prob: float = 0.1, duplicates: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Class and mask logits of a query-based model (MaskFormer / Mask2Former style).
 
-    One query per ground-truth segment (stuff, crowd and things), a missed one (chance ``miss_prob``) turned into
-    a "no object" query; a confused one (chance ``confuse_prob``) predicts another class of its kind with less
-    confidence; ``duplicates`` extra queries repeat a thing with a weaker score and a shifted mask; the other
-    queries predict "no object" with random blobs as masks.
+    One query per ground-truth segment, but a missed thing's (chance ``miss_prob``) predicts "no object"; a
+    confused thing's (chance ``confuse_prob``) predicts another thing class with less confidence; ``duplicates``
+    queries repeat a thing, weaker and shifted; the rest predict "no object" with random blobs as masks.
 
     Args:
         scene: The scene.
@@ -80,8 +79,8 @@ def simulate_queries(scene: SyntheticScene, rng: np.random.Generator, *, num_que
         num_queries: ``Q``, at least the number of segments plus ``duplicates``.
         mask_stride: Mask logits are at ``1 / mask_stride`` of the image size (rounded up), as query models'.
         margin: Logit scale of the confident predictions.
-        miss_prob: Chance a segment has no query.
-        confuse_prob: Chance a query has the wrong class.
+        miss_prob: Chance a (non-crowd) thing has no query.
+        confuse_prob: Chance a thing's query has the wrong thing class.
         duplicates: Number of duplicate thing queries.
 
     Returns:
@@ -111,11 +110,11 @@ def simulate_queries(scene: SyntheticScene, rng: np.random.Generator, *, num_que
     order = rng.permutation(num_queries)  # queries are in no particular order
     sources = [(i, 0.0) for i in range(s)] + [(int(rng.choice(thing_ids)), 1.0) for _ in range(extra)]
     for q, (seg, shift) in zip(order.tolist(), sources, strict=False):
-        if shift == 0.0 and rng.random() < miss_prob:
+        thing = seg in thing_ids  # misses and confusions hit things only, as simulate_predictions' detections
+        if thing and shift == 0.0 and rng.random() < miss_prob:
             continue
-        label = int(gt.category[seg])
-        first, count = (table.num_stuff, table.num_things) if bool(gt.isthing[seg]) else (0, table.num_stuff)
-        label, wrong = _confused(label, first, count, rng, confuse_prob)
+        label, wrong = (_confused(int(gt.category[seg]), table.num_stuff, table.num_things, rng, confuse_prob)
+                        if thing else (int(gt.category[seg]), False))
         conf = margin * (0.5 if wrong or shift else 1.0) * float(rng.uniform(0.8, 1.2))
         cls[q] = torch.randn(k + 1, generator=g) - 2.0
         cls[q, label] = conf
@@ -132,9 +131,9 @@ def simulate_centre_offsets(scene: SyntheticScene, rng: np.random.Generator, *, 
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Semantic logits, centre heatmap and offsets of a bottom-up model (Panoptic-DeepLab style).
 
-    Every non-crowd thing gets a Gaussian peak of height in ``(0.5, 1)`` at its centre of mass (a missed one,
-    chance ``miss_prob``, none), every thing pixel an offset pointing to its centre plus noise; ``false_centres``
-    weak spurious peaks are added.
+    Every non-crowd thing gets a Gaussian peak of height in ``(0.5, 1)`` at the pixel nearest its centre of mass
+    (a missed one, chance ``miss_prob``, none), every thing pixel an offset pointing to that pixel plus noise;
+    ``false_centres`` weak spurious peaks are added.
 
     Args:
         scene: The scene.
@@ -160,7 +159,9 @@ def simulate_centre_offsets(scene: SyntheticScene, rng: np.random.Generator, *, 
     for m in scene.masks:
         if not bool(m.any()):
             continue
-        cy, cx = float(yy[m].mean()), float(xx[m].mean())
+        # the centre pixel nearest the centre of mass, as Panoptic-DeepLab's targets: a centre of mass on a pixel
+        # edge would give two equal heatmap maxima, two centres for one thing
+        cy, cx = float(yy[m].mean().round()), float(xx[m].mean().round())
         offsets[0][m] += cy - yy[m]
         offsets[1][m] += cx - xx[m]
         if rng.random() >= miss_prob:

@@ -141,7 +141,7 @@ def _run_bash(block: Block, env: dict[str, str], page: Path) -> str:
 def test_tutorials_exist():
     names = {p.name for p in PAGES}
     for name in ("quickstart.md", "own-model.md", "compare.md", "own-data.md", "custom-fusion.md",
-                 "other-frameworks.md"):
+                 "other-frameworks.md", "fusion-families.md"):
         assert name in names
 
 
