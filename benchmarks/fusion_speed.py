@@ -66,7 +66,8 @@ import torch
 import torch.nn.functional as F
 
 from panoptic import CategoryTable, Instances, ops
-from panoptic.fusion import UPSNetFusion, box_regions, paste_masks, prune_instances
+from panoptic.fusion import UPSNetFusion, box_regions, paste_masks
+from panoptic.fusion.pruning import prune_instances
 
 H, W = 1024, 2048
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["CentreOffsets", "SemanticKind"]
+__all__ = ["CentreOffsets"]
 
 SemanticKind = Literal["logits", "labels"]
 

@@ -34,7 +34,7 @@ from .fusion.upsnet import UPSNetFusion
 from .fusion.upsnet_graph import UPSNetGraph
 from .structures import Instances, PanopticResult
 
-__all__ = ["PackedBatch", "assemble_results", "export_fusion", "fusion_graph", "pack_upsnet", "run_exported"]
+__all__ = ["export_fusion", "run_exported"]
 
 
 @dataclass

@@ -20,13 +20,12 @@ import panoptic
 ROOT = Path(__file__).resolve().parents[1]
 API_DOCS = ROOT / "docs" / "api"
 
-# Measured when the budget was set: 186 names in all, 162 outside the fusion package (panoptic.fusion,
-# panoptic.ops), 116 outside fusion and compare; +2 for the input types announced for structures.py
-# (Queries, CentreOffsets). The goal is under 120 in all: the fusion and compare parts are trimmed next
-# (docs/design.md, "Public surface"); lower these numbers as they shrink, never raise them silently.
-BUDGET = 188
-BUDGET_WITHOUT_FUSION = 164
-BUDGET_CORE = 119  # outside panoptic.fusion, panoptic.ops, panoptic.compare and panoptic.data.synthetic
+# Measured when the budget was set (issue 15): 118 names in all, 109 outside the fusion package (panoptic.fusion,
+# panoptic.ops), 107 outside fusion, compare and the synthetic data. Lower these numbers as the surface shrinks;
+# never raise them silently (a new public name replaces one, or moves machinery out of __all__).
+BUDGET = 118
+BUDGET_WITHOUT_FUSION = 109
+BUDGET_CORE = 107  # outside panoptic.fusion, panoptic.ops, panoptic.compare and panoptic.data.synthetic
 
 
 def public_modules() -> list[str]:

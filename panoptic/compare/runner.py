@@ -33,7 +33,7 @@ from .rows import ABLATION_FLAGS, Row, ablation_rows, main_rows
 from .rule_counts import RULE_COUNTS, RuleCounter, RuleCounts
 from .training import TrainedNetwork, default_cache_dir, train_or_reuse
 
-__all__ = ["CompareResult", "run_compare"]
+__all__ = ["run_compare"]
 
 
 CLAIMS = (("UPSNet beats MR-CNN-PSP (PQ)", "upsnet", "mrcnn_psp"),

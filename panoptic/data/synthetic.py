@@ -41,8 +41,7 @@ from .drawing import hsv_color, shape_mask, shape_window, smooth_noise, texture
 from .targets import IGNORE_INDEX, thing_targets
 from .writer import CocoPanopticWriter, encode_png
 
-__all__ = ["SCENE_PRESETS", "SceneConfig", "SyntheticScene", "generate_scene", "split_counts", "synthetic_categories",
-           "write_synthetic_dataset"]
+__all__ = ["SceneConfig", "generate_scene", "synthetic_categories", "write_synthetic_dataset"]
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from .base import (
 from .paste import BoxRegions, crop_dense, paste_masks_dense
 from .pruning import LocalMasks, PruningConfig, local_mask_logits, prune_and_paste
 
-__all__ = ["PanopticTargets", "UPSNetFusion"]
+__all__ = ["UPSNetFusion"]
 
 ClassAssignment = Literal["heuristic", "detector", "semantic"]
 

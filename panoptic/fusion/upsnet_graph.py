@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["UPSNetGraph"]
+# The traced form of UPSNetFusion that panoptic.export compiles; use export_fusion.
+__all__: list[str] = []
 
 
 class UPSNetGraph(nn.Module):
