@@ -24,15 +24,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ._ops.threads import fusion_threads
 from .fusion.base import PanopticFusion, check_not_meta, fill_stuff_scores, prepare_instances, prepare_semantic
 from .fusion.pruning import prune_and_paste
-from .fusion.upsnet import UPSNetFusion
 from .fusion.upsnet_graph import UPSNetGraph
 from .structures import Instances, PanopticResult
+
+if TYPE_CHECKING:  # panoptic.fusion.upsnet runs its batched mode through this module
+    from .fusion.upsnet import UPSNetFusion
 
 __all__ = ["export_fusion", "run_exported"]
 
@@ -50,15 +53,19 @@ class PackedBatch:
     keep: list[torch.Tensor]
 
 
+def _has_graph(fusion: PanopticFusion) -> bool:
+    """Whether ``fusion`` has a static-shape graph (today :class:`UPSNetFusion`: its ``static_graph`` method)."""
+    return callable(getattr(fusion, "static_graph", None))
+
+
 def fusion_graph(fusion: PanopticFusion) -> UPSNetGraph:
     """The static-shape module of ``fusion``'s per-pixel path.
 
     Raises:
         ValueError: For fusions without an exportable graph yet (today: only :class:`UPSNetFusion`).
     """
-    if isinstance(fusion, UPSNetFusion):
-        return UPSNetGraph(fusion.table.isthing_tensor(), fusion.unknown, fusion.class_assignment,
-                           fusion.assignment_threshold, fusion.stuff_area_limit)
+    if _has_graph(fusion):
+        return fusion.static_graph()
     raise ValueError(f"export supports UPSNetFusion; {type(fusion).__name__} has no static-shape graph yet "
                      "(run it eagerly).")
 
@@ -146,7 +153,7 @@ def run_exported(program: torch.export.ExportedProgram | torch.nn.Module, fusion
         instances: ``B`` :class:`Instances`.
         output_size: ``(H, W)``; default ``(h, w)``.
     """
-    if not isinstance(fusion, UPSNetFusion):
+    if not _has_graph(fusion):
         fusion_graph(fusion)  # raises the error that names the supported fusions
     packed = pack_upsnet(fusion, semantic_logits, instances, output_size)
     module = program.module() if isinstance(program, torch.export.ExportedProgram) else program
