@@ -199,3 +199,21 @@ def test_no_import_cycles():
                     seen.add(dep)
                     stack.append((dep, (*path, dep)))
     assert cycles == [], f"import cycles (move the shared part into a lower module): {cycles}"
+
+
+def test_design_layout_lists_every_module():
+    """docs/design.md's layout tree has one line per module: every ``panoptic/**.py`` and nothing that is gone."""
+    block = (ROOT / "docs" / "design.md").read_text().split("## Layout", 1)[1].split("```", 2)[1]
+    listed: set[str] = set()
+    stack: list[str] = []
+    for line in block.splitlines():
+        match = re.match(r"^( *)(\S+)", line)
+        if match:  # two spaces of indent per level; a folder ends with "/"
+            stack = [*stack[: len(match[1]) // 2], match[2].rstrip("/")]
+            if match[2].endswith(".py"):
+                listed.add("/".join(stack))
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "panoptic").rglob("*.py")
+               if p.name != "__init__.py" or p.parent.name == "panoptic"}  # a sub-package is its folder's line
+    assert modules - listed == set(), f"add these modules to the layout in docs/design.md: {sorted(modules - listed)}"
+    gone = sorted(listed - modules)
+    assert gone == [], f"the layout in docs/design.md lists modules that are gone: {gone}"
