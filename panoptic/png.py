@@ -31,7 +31,9 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
     _deflate = None
 
-__all__ = ["read_png_ids"]
+__all__ = [
+    "read_png_ids",
+]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHECKED: dict[str, bool] = {}
