@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["CentreOffsets", "SemanticKind"]
+__all__ = ["CentreOffsets"]
 
 SemanticKind = Literal["logits", "labels"]
 
@@ -115,6 +115,18 @@ class CentreOffsets:
         if s.device != c.device or o.device != c.device:
             raise ValueError(f"CentreOffsets tensors are on different devices ({s.device}, {c.device}, {o.device}); "
                              "move them with .to(device).")
+        self._validate_semantic(num_classes)
+        from .fusion.base import _all_finite  # here: panoptic.fusion imports this module
+
+        logits = self.semantic_kind == "logits" and check_semantic_finite
+        for name, t in [("centre_heatmap", c), ("offsets", o)] + ([("semantic", s)] if logits else []):
+            if not _all_finite(t):
+                raise ValueError(f"CentreOffsets.{name} contains NaN or inf; check the model output (e.g. "
+                                 "torch.nan_to_num) before fusion.")
+
+    def _validate_semantic(self, num_classes: int) -> None:
+        """Check ``semantic``'s shape, dtype and (for labels) range for its ``semantic_kind``."""
+        s, (h, w) = self.semantic, self.image_size
         if self.semantic_kind == "logits":
             if s.ndim != 3 or tuple(s.shape[1:]) != (h, w):
                 raise ValueError(f"CentreOffsets.semantic must be (C, H, W) logits at the heatmap's size {(h, w)}, "
@@ -138,10 +150,3 @@ class CentreOffsets:
             if lo < 0 or hi >= num_classes:
                 raise ValueError(f"CentreOffsets.semantic labels must be contiguous ids in 0..{num_classes - 1}, got "
                                  f"values in [{lo}, {hi}]; map dataset ids with CategoryTable.to_contiguous.")
-        from .fusion.base import _all_finite  # here: panoptic.fusion imports this module
-
-        logits = self.semantic_kind == "logits" and check_semantic_finite
-        for name, t in [("centre_heatmap", c), ("offsets", o)] + ([("semantic", s)] if logits else []):
-            if not _all_finite(t):
-                raise ValueError(f"CentreOffsets.{name} contains NaN or inf; check the model output (e.g. "
-                                 "torch.nan_to_num) before fusion.")

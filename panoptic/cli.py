@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from . import __version__
 from .threads import add_threads_argument, applied_threads
 
-__all__ = [
-    "main",
-]
+# The console entry point (pyproject's [project.scripts]); nothing here is imported by users.
+__all__: list[str] = []
 
 
 def _register_demo(sub: argparse._SubParsersAction) -> None:

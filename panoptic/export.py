@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -37,11 +38,13 @@ from .fusion.base import PanopticFusion, check_not_meta, fill_stuff_scores, prep
 from .fusion.heuristic import HeuristicFusion
 from .fusion.heuristic_graph import HeuristicGraph
 from .fusion.pruning import prune_and_paste
-from .fusion.upsnet import UPSNetFusion
 from .fusion.upsnet_graph import UPSNetGraph
 from .structures import Instances, PanopticResult
 
-__all__ = ["PackedBatch", "assemble_results", "export_fusion", "fusion_graph", "pack", "run_exported"]
+if TYPE_CHECKING:  # panoptic.fusion.upsnet runs its batched mode through this module
+    from .fusion.upsnet import UPSNetFusion
+
+__all__ = ["export_fusion", "run_exported"]
 
 
 @dataclass
@@ -58,6 +61,11 @@ class PackedBatch:
     keep: list[torch.Tensor]
 
 
+def _has_graph(fusion: PanopticFusion) -> bool:
+    """Whether ``fusion`` has a static-shape graph (its ``static_graph`` method: UPSNetFusion, HeuristicFusion)."""
+    return callable(getattr(fusion, "static_graph", None))
+
+
 def fusion_graph(fusion: PanopticFusion) -> UPSNetGraph | HeuristicGraph:
     """The static-shape module of ``fusion``'s per-pixel path.
 
@@ -65,11 +73,8 @@ def fusion_graph(fusion: PanopticFusion) -> UPSNetGraph | HeuristicGraph:
         ValueError: For fusions without an exportable graph yet (all but :class:`UPSNetFusion` and
             :class:`HeuristicFusion`).
     """
-    if isinstance(fusion, UPSNetFusion):
-        return UPSNetGraph(fusion.table.isthing_tensor(), fusion.unknown, fusion.class_assignment,
-                           fusion.assignment_threshold, fusion.stuff_area_limit)
-    if isinstance(fusion, HeuristicFusion):
-        return HeuristicGraph(fusion.table.num_stuff, fusion.stuff_area_limit, fusion.stuff_before_paste)
+    if _has_graph(fusion):
+        return fusion.static_graph()
     raise ValueError(f"export supports UPSNetFusion and HeuristicFusion; {type(fusion).__name__} has no "
                      "static-shape graph yet (run it eagerly).")
 
@@ -90,8 +95,8 @@ def pack(fusion: PanopticFusion, semantic_logits: torch.Tensor, instances: Seque
     """
     if isinstance(fusion, HeuristicFusion):
         return _pack_heuristic(fusion, semantic_logits, instances, output_size, min_slots)
-    if isinstance(fusion, UPSNetFusion):
-        return pack_upsnet(fusion, semantic_logits, instances, output_size, min_slots)
+    if _has_graph(fusion):
+        return pack_upsnet(fusion, semantic_logits, instances, output_size, min_slots)  # type: ignore[arg-type]
     fusion_graph(fusion)  # raises the error that names the supported fusions
     raise AssertionError("unreachable")
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["example_inputs", "register", "run"]
+# `panoptic export`'s command; the Python API is panoptic.export.
+__all__: list[str] = []
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:

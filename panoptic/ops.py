@@ -6,6 +6,7 @@ Example:
     ...     pass
 """
 
-from ._ops.switch import BackendName, backend, current_backend
+from ._ops.switch import BackendName, backend, current_backend  # noqa: F401
 
-__all__ = ["BackendName", "backend", "current_backend"]
+# Imports marked `noqa: F401` stay importable for existing code but are not API (not in __all__).
+__all__ = ["backend"]

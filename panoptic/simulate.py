@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .constants import IGNORE_INDEX
 from .data.synthetic import SyntheticScene
 
-__all__ = ["simulate_centre_offsets", "simulate_queries", "simulate_semantic"]
+__all__ = ["simulate_centre_offsets", "simulate_queries"]
 
 
 def _smooth_noise(g: torch.Generator, channels: int, size: tuple[int, int], cell: int = 16) -> torch.Tensor:

@@ -17,12 +17,7 @@ import torch
 if TYPE_CHECKING:
     from .categories import CategoryTable
 
-__all__ = [
-    "Instances",
-    "MaskKind",
-    "MaskSpace",
-    "PanopticResult",
-]
+__all__ = ["Instances", "PanopticResult"]
 
 MaskSpace = Literal["roi", "image"]
 #: What the values of ``Instances.mask_logits`` are: logits, probabilities in ``[0, 1]``, or 0/1 (bool) masks.

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from panoptic import CentreOffsetFusion, CentreOffsets
 from panoptic._ops.centre import nearest_centre
-from panoptic.fusion import encode_label_divisor
+from panoptic.fusion.centre_offset import encode_label_divisor
 
 TABLE = tiny_table(2, 3)  # stuff 0, 1; things 2, 3, 4
 THINGS = {2, 3, 4}

@@ -17,16 +17,10 @@ from panoptic import CategoryTable
 from panoptic import atomic as atomic_module
 from panoptic.cli import main as panoptic_main
 from panoptic.errors import PanopticError
-from panoptic.evaluation import (
-    EmptyEvaluationError,
-    MergeError,
-    MetricConfig,
-    PanopticQuality,
-    PngFormatError,
-    pq_compute,
-)
-from panoptic.evaluation.files import load_coco_pair
+from panoptic.evaluation import MetricConfig, PanopticQuality, pq_compute
+from panoptic.evaluation.files import EmptyEvaluationError, PngFormatError, load_coco_pair
 from panoptic.evaluation.shards import merge_stats
+from panoptic.evaluation.streaming import MergeError
 from panoptic.formats import id2rgb
 
 CATS = [{"id": 1, "name": "sky", "isthing": 0}, {"id": 11, "name": "person", "isthing": 1},

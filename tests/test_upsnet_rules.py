@@ -8,7 +8,8 @@ from conftest import BACKENDS, DEVICES, tiny_table
 
 from panoptic import Instances, ops
 from panoptic.formats import to_label_divisor
-from panoptic.fusion import PruningConfig, UPSNetFusion, prune_instances
+from panoptic.fusion import PruningConfig, UPSNetFusion
+from panoptic.fusion.pruning import prune_instances
 
 NO_PRUNE = PruningConfig(score_threshold=-1.0, nms_iou=None, overlap_threshold=None)
 

@@ -45,6 +45,15 @@ def upsnet_keys(sem: torch.Tensor, crop: list[Region], paste: list[Region], mask
         stride: Sampling stride.
         finite: Optional check the logits are handed to.
     """
+    args = (sem, crop, paste, masks, channels, num_stuff, pairs, unknown, out, samples, stride, finite)
+    if not _native_keys(*args):
+        _torch_keys(*args)  # the specification
+
+
+def _native_keys(sem: torch.Tensor, crop: list[Region], paste: list[Region], masks: list[torch.Tensor],
+                 channels: list[int], num_stuff: int, pairs: bool, unknown: bool, out: torch.Tensor,
+                 samples: torch.Tensor | None, stride: int, finite: FiniteCheck | None) -> bool:
+    """:func:`upsnet_keys` with the C kernel; ``False`` (nothing written) where it does not apply."""
     c, h, w = (int(s) for s in sem.shape)
     nst, n = int(num_stuff), len(crop)
     step = nst + 1 if pairs else 1
@@ -62,8 +71,18 @@ def upsnet_keys(sem: torch.Tensor, crop: list[Region], paste: list[Region], mask
                                                                    unk, pairs, unknown, smp, stride, cnt, ch), h)
         if finite is not None:
             finite.add_flag(ok)
-        return
-    # The specification.
+        return True
+    return False
+
+
+def _torch_keys(sem: torch.Tensor, crop: list[Region], paste: list[Region], masks: list[torch.Tensor],
+                channels: list[int], num_stuff: int, pairs: bool, unknown: bool, out: torch.Tensor,
+                samples: torch.Tensor | None, stride: int, finite: FiniteCheck | None) -> None:
+    """:func:`upsnet_keys` in plain torch: the specification the C kernel matches."""
+    c = int(sem.shape[0])
+    nst, n = int(num_stuff), len(crop)
+    step = nst + 1 if pairs else 1
+    unk = nst + n * step
     if finite is not None:
         finite.add(sem)
     if samples is not None:

@@ -11,7 +11,8 @@ from ..engine.runlog import add_progress_argument
 from ..errors import Interrupted
 from ..threads import add_threads_argument, applied_threads
 
-__all__ = ["register", "run"]
+# Machinery of `panoptic compare` (the package exports the API: CompareConfig, run_compare, CompareResult).
+__all__: list[str] = []
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

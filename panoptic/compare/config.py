@@ -15,7 +15,7 @@ from typing import Any, Literal
 from ..engine.config import ConfigError, DataConfig, OptimConfig, TrainConfig
 from .intervals import BootstrapConfig
 
-__all__ = ["BENCHMARK_DATA", "DISPLAY_NAMES", "MODEL_IDS", "CompareConfig", "network_of"]
+__all__ = ["CompareConfig"]
 
 MODEL_IDS = ("mrcnn_psp", "upsnet_c", "upsnet_cp", "upsnet")
 """The compared models, in table order (paper Table 7: the combined method, then UPSNet's variants)."""

@@ -27,7 +27,8 @@ from ..structures import Instances, PanopticResult
 from .intervals import metric_stats
 from .rows import Inputs, Row
 
-__all__ = ["NetworkEvaluation", "RowEvaluation", "evaluate_network", "figure_panels"]
+# Machinery of `panoptic compare` (the package exports the API: CompareConfig, run_compare, CompareResult).
+__all__: list[str] = []
 
 
 @dataclass

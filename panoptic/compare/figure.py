@@ -10,7 +10,8 @@ from ..categories import CategoryTable
 from ..structures import PanopticResult
 from ..visualize import colorize, side_by_side
 
-__all__ = ["comparison_figure"]
+# Machinery of `panoptic compare` (the package exports the API: CompareConfig, run_compare, CompareResult).
+__all__: list[str] = []
 
 
 def comparison_figure(images: Sequence[np.ndarray], ground_truth: Sequence[PanopticResult],

@@ -30,7 +30,8 @@ from typing import Any
 from .. import __version__
 from ..atomic import atomic_write_text
 
-__all__ = ["FileHashes", "code_fingerprint", "data_fingerprint"]
+# Machinery of `panoptic compare` (the package exports the API: CompareConfig, run_compare, CompareResult).
+__all__: list[str] = []
 
 _BLOCK = 1 << 20
 

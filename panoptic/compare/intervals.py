@@ -23,8 +23,8 @@ import numpy as np
 
 from ..evaluation import PanopticQuality
 
-__all__ = ["STAT_FIELDS", "BootstrapConfig", "Interval", "metric_stats", "paired_bootstrap", "pq_from_stats",
-           "seed_spread"]
+# Machinery of `panoptic compare` (the package exports the API: CompareConfig, run_compare, CompareResult).
+__all__: list[str] = []
 
 STAT_FIELDS = ("tp", "fp", "fn", "iou")
 """Order of the last axis of per-image statistics."""

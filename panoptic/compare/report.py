@@ -19,8 +19,8 @@ from .. import __version__
 from .rows import ABLATION_FLAGS
 from .rule_counts import RULE_COUNTS
 
-__all__ = ["ABLATION_COLUMNS", "MAIN_COLUMNS", "RUNTIME_COLUMNS", "checks", "claim_lines", "machine_info",
-           "main_entry", "to_csv", "to_markdown"]
+# Machinery of `panoptic compare` (the package exports the API: CompareConfig, run_compare, CompareResult).
+__all__: list[str] = []
 
 MAIN_COLUMNS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st", "mIoU", "AP_box", "AP_mask",
                 "ms_per_image")

@@ -34,7 +34,8 @@ from ..fusion import PanopticFusion, UPSNetFusion, build_fusion
 from ..fusion.oracle import oracle_inputs
 from ..structures import Instances
 
-__all__ = ["ABLATION_FLAGS", "Inputs", "Row", "ablation_rows", "main_rows"]
+# Machinery of `panoptic compare` (the package exports the API: CompareConfig, run_compare, CompareResult).
+__all__: list[str] = []
 
 ABLATION_FLAGS = ("pano_loss", "ica", "unknown", "gt_box", "gt_ica", "gt_seg")
 """Ablation table columns (paper Table 6: Pano., Our ICA, Unk., GT Box, GT ICA, GT Seg.)."""

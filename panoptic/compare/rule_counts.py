@@ -22,7 +22,8 @@ import torch
 from ..structures import PanopticResult
 from .rows import Row
 
-__all__ = ["RULE_COUNTS", "RuleCounter", "RuleCounts", "class_map"]
+# Machinery of `panoptic compare` (the package exports the API: CompareConfig, run_compare, CompareResult).
+__all__: list[str] = []
 
 RULE_COUNTS = ("changed_px", "unknown_px", "dropped")
 """The counts, in table order."""

@@ -33,7 +33,7 @@ from .rows import ABLATION_FLAGS, Row, ablation_rows, main_rows
 from .rule_counts import RULE_COUNTS, RuleCounter, RuleCounts
 from .training import TrainedNetwork, default_cache_dir, train_or_reuse
 
-__all__ = ["CompareResult", "run_compare"]
+__all__ = ["run_compare"]
 
 
 CLAIMS = (("UPSNet beats MR-CNN-PSP (PQ)", "upsnet", "mrcnn_psp"),
@@ -153,24 +153,8 @@ def _run(config: CompareConfig, log: Callable[[str], None], t_start: float) -> C
     log(f"panoptic compare: {names} on {device} (preset {config.preset}, {config.iterations} iterations x "
         f"{config.batch_size} images)")
 
-    # 1. data
-    t = time.perf_counter()
-    log("[1/4] data" + ("" if config.data.root or config.data.train_json else
-                        f": synthetic benchmark, {config.data.synthetic_n} scenes of {config.data.synthetic_size} px"))
-    if not (config.data.root or config.data.train_json):
-        bar = _Bar(config.data.synthetic_n, "synthetic scenes", config.progress, log, unit="scene")
-        try:
-            synthetic_benchmark(config.data, progress=lambda done, n: bar.update())
-        finally:
-            bar.close()
-    train_set, val_set = build_datasets(config.data, config.seed)
-    if val_set is None or len(val_set) == 0:
-        raise PanopticDataError("panoptic compare needs a held-out split: the data has no validation JSON (give a "
-                                "folder with panoptic_val.json or annotations/panoptic_val2017.json, or pass "
-                                "--val-json).")
+    train_set, val_set = _data(config, log)  # 1. data
     table = train_set.table
-    log(f"      {len(train_set)} training / {len(val_set)} held-out images, {table.num_stuff} stuff + "
-        f"{table.num_things} thing categories ({time.perf_counter() - t:.1f} s)")
 
     # 2. training, 3. evaluation: per seed, so a finished seed is cached before the next starts
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
@@ -218,6 +202,27 @@ def _run(config: CompareConfig, log: Callable[[str], None], t_start: float) -> C
     stats = {row.key: np.stack([run.evals[row.network].rows[row.key].image_stats() for run in runs]) for row in rows}
     files = _write_outputs(results, rows, runs[0].evals, val_set, table, fig_idx, out_dir, stats)
     return CompareResult(results, out_dir, files)
+
+
+def _data(config: CompareConfig, log: Callable[[str], None]) -> tuple[Any, Any]:
+    """The training and held-out datasets (the synthetic benchmark written first when no folder is given)."""
+    t = time.perf_counter()
+    log("[1/4] data" + ("" if config.data.root or config.data.train_json else
+                        f": synthetic benchmark, {config.data.synthetic_n} scenes of {config.data.synthetic_size} px"))
+    if not (config.data.root or config.data.train_json):
+        bar = _Bar(config.data.synthetic_n, "synthetic scenes", config.progress, log, unit="scene")
+        try:
+            synthetic_benchmark(config.data, progress=lambda done, n: bar.update())
+        finally:
+            bar.close()
+    train_set, val_set = build_datasets(config.data, config.seed)
+    if val_set is None or len(val_set) == 0:
+        raise PanopticDataError("panoptic compare needs a held-out split: the data has no validation JSON (give a "
+                                "folder with panoptic_val.json or annotations/panoptic_val2017.json, or pass "
+                                "--val-json).")
+    log(f"      {len(train_set)} training / {len(val_set)} held-out images, {train_set.table.num_stuff} stuff + "
+        f"{train_set.table.num_things} thing categories ({time.perf_counter() - t:.1f} s)")
+    return train_set, val_set
 
 
 def _training_files(train_set: Any, config: CompareConfig) -> list[Path]:

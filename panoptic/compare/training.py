@@ -24,7 +24,8 @@ from ..engine.resume import weight_config
 from ..engine.trainer import FINAL_NAME, LAST_FILE, train
 from .fingerprint import FileHashes, code_fingerprint, data_fingerprint
 
-__all__ = ["TrainedNetwork", "cache_key", "default_cache_dir", "train_or_reuse"]
+# Machinery of `panoptic compare` (the package exports the API: CompareConfig, run_compare, CompareResult).
+__all__: list[str] = []
 
 HASHES_FILE = "file-hashes.json"
 

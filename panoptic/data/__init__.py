@@ -12,7 +12,7 @@ from .cityscapes import cityscapes_image_file, cityscapes_panoptic
 from .coco import CocoPanopticDataset, PanopticDataError
 from .synthetic import (
     SceneConfig,
-    SyntheticScene,
+    SyntheticScene,  # noqa: F401
     generate_scene,
     synthetic_categories,
     write_synthetic_dataset,
@@ -23,12 +23,12 @@ from .targets import PanopticTarget  # noqa: F401
 from .transforms import build_transforms, collate
 from .writer import CocoPanopticWriter, write_coco_predictions
 
+# Imports marked `noqa: F401` stay importable for existing code but are not API (not in __all__).
 __all__ = [
     "CocoPanopticDataset",
     "CocoPanopticWriter",
     "PanopticDataError",
     "SceneConfig",
-    "SyntheticScene",
     "build_transforms",
     "cityscapes_image_file",
     "cityscapes_panoptic",

@@ -22,6 +22,9 @@ Example:
     >>> scene.panoptic.validate(scene.table)
 """
 
+# Over 500 lines: one public recipe (catalogue, painters, scene, dataset writer) around a private canvas; the
+# writer calls generate_scene and is documented here, so moving it out would only re-export it back.
+
 from __future__ import annotations
 
 import io
@@ -29,6 +32,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,8 +45,7 @@ from .drawing import hsv_color, shape_mask, shape_window, smooth_noise, texture
 from .targets import IGNORE_INDEX, thing_targets
 from .writer import CocoPanopticWriter, encode_png
 
-__all__ = ["SCENE_PRESETS", "SceneConfig", "SyntheticScene", "generate_scene", "split_counts", "synthetic_categories",
-           "write_synthetic_dataset"]
+__all__ = ["SceneConfig", "generate_scene", "synthetic_categories", "write_synthetic_dataset"]
 
 
 @dataclass(frozen=True)
@@ -329,14 +332,7 @@ def generate_scene(rng: np.random.Generator, size: int | tuple[int, int], table:
     """
     cfg = config or SceneConfig()
     table = table or synthetic_categories()
-    hw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
-    if min(hw) < 16:
-        raise ValueError(f"scene size {hw} is too small; use at least 16x16.")
-    unknown = [n for n in table.names if n not in _CATALOG]
-    if unknown or table.num_stuff == 0 or table.num_things == 0:
-        raise ValueError(f"generate_scene needs a table of synthetic categories {list(_CATALOG)} with at "
-                         f"least one stuff and one thing; got {list(table.names)}. Use "
-                         "synthetic_categories().")
+    hw = _scene_size(size, table)
     styles = [_CATALOG[n][3] for n in table.names]
     side = min(hw)
     canvas = _Canvas(hw)
@@ -374,12 +370,30 @@ def generate_scene(rng: np.random.Generator, size: int | tuple[int, int], table:
         band = int(rng.integers(1, max(1, side // 64) + 1))
         canvas.labels[:band], canvas.labels[-band:] = -1, -1
         canvas.labels[:, :band], canvas.labels[:, -band:] = -1, -1
-    # Heavily occluded things become void (their few visible pixels are not worth a segment).
+    _void_occluded(canvas, thing_segments, amodal, cfg.min_visible_fraction)
+    return _finish(canvas, table, thing_segments, amodal, thin_of)
+
+
+def _scene_size(size: int | tuple[int, int], table: CategoryTable) -> tuple[int, int]:
+    """``(H, W)`` of a scene; a ``ValueError`` for a size below 16 or a table of non-synthetic categories."""
+    hw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+    if min(hw) < 16:
+        raise ValueError(f"scene size {hw} is too small; use at least 16x16.")
+    unknown = [n for n in table.names if n not in _CATALOG]
+    if unknown or table.num_stuff == 0 or table.num_things == 0:
+        raise ValueError(f"generate_scene needs a table of synthetic categories {list(_CATALOG)} with at "
+                         f"least one stuff and one thing; got {list(table.names)}. Use "
+                         "synthetic_categories().")
+    return hw
+
+
+def _void_occluded(canvas: _Canvas, thing_segments: Sequence[int], amodal: Sequence[np.ndarray],
+                   min_visible_fraction: float) -> None:
+    """Heavily occluded things become void (their few visible pixels are not worth a segment)."""
     counts = np.bincount(canvas.labels.reshape(-1) + 1, minlength=len(canvas.category) + 1)[1:]
     for seg, full in zip(thing_segments, amodal, strict=True):
-        if counts[seg] and counts[seg] < cfg.min_visible_fraction * full.sum():
+        if counts[seg] and counts[seg] < min_visible_fraction * full.sum():
             canvas.labels[canvas.labels == seg] = -1
-    return _finish(canvas, table, thing_segments, amodal, thin_of)
 
 
 def _finish(canvas: _Canvas, table: CategoryTable, thing_segments: Sequence[int],
@@ -444,10 +458,9 @@ def write_synthetic_dataset(out_dir: str | Path, n: int, size: int | tuple[int, 
         out_dir/panoptic/synth_000001.png      id PNGs, id = R + 256 G + 65536 B, void = 0
         out_dir/panoptic_<split>.json          images, annotations, categories
 
-    Scene ``i`` (image id ``i + 1``) is drawn from ``numpy.random.default_rng([seed, i])``, so it does
-    not depend on ``n``; splits take consecutive image ids in the order given. Files of the same
-    name in ``out_dir`` are replaced (each atomically); other files are left alone. Bytes are
-    identical for the same arguments and the same Pillow/zlib versions.
+    Scene ``i`` (image id ``i + 1``) is drawn from ``numpy.random.default_rng([seed, i])``, so it does not depend
+    on ``n``; splits take consecutive image ids in the order given. Files of the same name in ``out_dir`` are
+    replaced (each atomically); other files are left alone. Same arguments, Pillow and zlib: same bytes.
 
     Args:
         out_dir: Output folder (created).
@@ -470,17 +483,11 @@ def write_synthetic_dataset(out_dir: str | Path, n: int, size: int | tuple[int, 
         ...     sorted(p.name for p in paths.values())
         ['panoptic_train.json', 'panoptic_val.json']
     """
-    if image_format not in ("png", "jpg"):
-        raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}.")
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}.")
+    info = _dataset_info(n, size, seed, config, image_format)
     table = table or synthetic_categories()
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     counts = split_counts(n, splits or {"train": 0.8, "val": 0.2})
-    hw = (size, size) if isinstance(size, int) else tuple(size)
-    info = {"description": "panoptic synthetic scenes", "seed": seed, "size": list(hw),
-            "config": asdict(config or SceneConfig())}
     paths: dict[str, Path] = {}
     index = 0
     for split, count in counts.items():
@@ -499,6 +506,18 @@ def write_synthetic_dataset(out_dir: str | Path, n: int, size: int | tuple[int, 
                     progress(index, n)
         paths[split] = writer.out_json
     return paths
+
+
+def _dataset_info(n: int, size: int | tuple[int, int], seed: int, config: SceneConfig | None,
+                  image_format: str) -> dict[str, Any]:
+    """The ``info`` of each split's JSON; a ``ValueError`` for a bad ``n`` or ``image_format``."""
+    if image_format not in ("png", "jpg"):
+        raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}.")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}.")
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    return {"description": "panoptic synthetic scenes", "seed": seed, "size": list(hw),
+            "config": asdict(config or SceneConfig())}
 
 
 def _encode_image(image: np.ndarray, image_format: str) -> bytes:

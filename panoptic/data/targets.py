@@ -25,7 +25,8 @@ from ..categories import CategoryTable
 from ..constants import IGNORE_INDEX
 from ..structures import PanopticResult
 
-__all__ = ["PanopticTarget", "build_target"]
+# Training targets built inside the engine's data pipeline.
+__all__: list[str] = []
 
 """Value of void (and padding) pixels in ``PanopticTarget.semantic``."""
 

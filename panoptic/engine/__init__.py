@@ -15,33 +15,47 @@ Example:
     >>> outputs = predict_images(model, table, ["photo.jpg"], out_dir="pred")            # doctest: +SKIP
 """
 
-from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from .config import ConfigError, DataConfig, DistConfig, OptimConfig, TrainConfig
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint,  # noqa: F401
+    save_checkpoint,
+)
+from .config import (
+    ConfigError,
+    DataConfig,
+    DistConfig,  # noqa: F401
+    OptimConfig,
+    TrainConfig,
+)
 from .evaluate import evaluate
 from .evaluators import DetectionEvaluator, PanopticEvaluator, SemanticEvaluator
 from .inference import DatasetEvaluator, ImageOutput, inference_on_dataset
-from .predict import PredictOutput, predict_images
-from .trainer import TrainResult, train
+from .predict import (
+    PredictOutput,  # noqa: F401
+    predict_images,
+)
+from .trainer import (
+    TrainResult,  # noqa: F401
+    train,
+)
 
+# Imports marked `noqa: F401` stay importable for existing code but are not API (not in __all__).
 __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataConfig",
     "DatasetEvaluator",
     "DetectionEvaluator",
-    "DistConfig",
     "ImageOutput",
     "OptimConfig",
     "PanopticEvaluator",
-    "PredictOutput",
     "SemanticEvaluator",
     "TrainConfig",
-    "TrainResult",
     "evaluate",
     "inference_on_dataset",
     "load_checkpoint",
     "predict_images",
-    "read_checkpoint",
     "save_checkpoint",
     "train",
 ]

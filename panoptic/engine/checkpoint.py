@@ -51,12 +51,7 @@ from ..models.registry import build_model_from_kwargs
 from ._rng import unwrap_model
 from ._table_check import check_table
 
-__all__ = [
-    "CheckpointError",
-    "load_checkpoint",
-    "read_checkpoint",
-    "save_checkpoint",
-]
+__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
 
 FORMAT = "panoptic-checkpoint"
 VERSION = 1

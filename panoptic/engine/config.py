@@ -27,13 +27,7 @@ from typing import Any, Literal, TypeVar, Union
 from ..atomic import atomic_write_text
 from ..errors import PanopticError
 
-__all__ = [
-    "ConfigError",
-    "DataConfig",
-    "DistConfig",
-    "OptimConfig",
-    "TrainConfig",
-]
+__all__ = ["ConfigError", "DataConfig", "OptimConfig", "TrainConfig"]
 
 T = TypeVar("T")
 

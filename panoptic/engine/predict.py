@@ -46,10 +46,7 @@ from ..structures import PanopticResult
 from ..visualize import annotate, overlay
 from .config import ConfigError
 
-__all__ = [
-    "PredictOutput",
-    "predict_images",
-]
+__all__ = ["predict_images"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 

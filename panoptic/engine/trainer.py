@@ -44,10 +44,7 @@ from .evaluate import evaluate
 from .resume import check_resume
 from .runlog import MetricsLogger, ProgressBar, format_eta
 
-__all__ = [
-    "TrainResult",
-    "train",
-]
+__all__ = ["train"]
 
 FINAL_NAME = "model_final.pt"
 LAST_FILE = "last_checkpoint"

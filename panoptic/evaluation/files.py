@@ -41,12 +41,7 @@ except ImportError:  # no C compiler at install time: the numpy path below runs 
     _native = None
 from .streaming import ImageRecord, MetricConfig, PanopticQuality, _bincount, image_record
 
-__all__ = [
-    "EmptyEvaluationError",
-    "PngFormatError",
-    "evaluate_files",
-    "pq_compute",
-]
+__all__ = ["pq_compute"]
 
 
 class PngFormatError(PanopticError, ValueError):

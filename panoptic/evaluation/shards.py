@@ -19,11 +19,8 @@ from ..atomic import atomic_write_bytes
 from ..categories import CategoryTable
 from .streaming import MergeError, MetricConfig, PanopticQuality
 
-__all__ = [
-    "merge_stats",
-    "read_stats",
-    "write_stats",
-]
+# The file format of `panoptic evaluate --stats/--merge`; users run the command.
+__all__: list[str] = []
 
 FORMAT = "panoptic-eval-stats/1"
 

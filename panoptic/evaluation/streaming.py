@@ -65,11 +65,7 @@ from ..errors import PanopticError
 from ..structures import PanopticResult
 from ._boundary import add_boundary, band_width
 
-__all__ = [
-    "MergeError",
-    "MetricConfig",
-    "PanopticQuality",
-]
+__all__ = ["MetricConfig", "PanopticQuality"]
 
 METRICS = ("pq", "pq_dagger", "boundary_pq", "pc")
 ROWS = (("All", None), ("Things", True), ("Stuff", False))

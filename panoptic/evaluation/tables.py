@@ -9,10 +9,7 @@ import io
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = [
-    "format_pq_results",
-    "per_class_table",
-]
+__all__ = ["format_pq_results"]
 
 _ROWS = ("All", "Things", "Stuff")
 _NAMES = {"pq": "PQ", "pq_dagger": "PQ†", "boundary_pq": "Boundary PQ", "pc": "PC"}

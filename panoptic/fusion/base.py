@@ -15,8 +15,7 @@ from torch import nn
 from ..categories import CategoryTable
 from ..structures import Instances, PanopticResult, probabilities_to_logits
 
-__all__ = ["FiniteCheck", "PanopticFusion", "check_not_meta", "fill_stuff_scores", "prepare_instances",
-           "prepare_semantic"]
+__all__ = ["PanopticFusion", "fill_stuff_scores"]
 
 _SCORE_SAMPLES = 1 << 16
 _SCRATCH = threading.local()

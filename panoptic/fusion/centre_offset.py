@@ -22,7 +22,7 @@ from ..segments import assemble_result
 from ..structures import PanopticResult
 from .base import FiniteCheck, PanopticFusion, fill_stuff_scores_sampled, score_stride
 
-__all__ = ["CentreFlavor", "CentreOffsetFusion", "encode_label_divisor"]
+__all__ = ["CentreOffsetFusion"]
 
 CentreFlavor = Literal["detectron2", "deeplab2"]
 _FLAVORS = ("detectron2", "deeplab2")

@@ -36,6 +36,7 @@ from .base import (
     score_stride,
     scratch,
 )
+from .heuristic_graph import HeuristicGraph
 from .paste import box_regions, paste_masks
 from .pruning import reverse_argsort
 
@@ -259,10 +260,10 @@ class HeuristicFusion(PanopticFusion):
             return fill_stuff_scores(result, semantic_logits)
         return fill_stuff_scores_sampled(result, samples.reshape(samples.shape[0], -1), stride)
 
-    @property
-    def stuff_before_paste(self) -> bool:
-        """Whether the stuff area is measured on the raw semantic map (``"upsnet"``), not on the unpainted pixels."""
-        return self._rules.stuff_before_paste
+    def static_graph(self) -> HeuristicGraph:
+        """The static-shape module of the per-pixel path after the paste, which
+        :func:`panoptic.export.export_fusion` traces (see :meth:`paint_instances` for the part before it)."""
+        return HeuristicGraph(self.table.num_stuff, self.stuff_area_limit, self._rules.stuff_before_paste)
 
     def paint_instances(self, instances: Instances, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The sequential part of the rule alone: which instances are visited, and which paints each pixel.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["HeuristicGraph"]
+__all__: list[str] = []  # machinery of panoptic.export (see docs/concepts/ops.md)
 
 
 class HeuristicGraph(nn.Module):

@@ -24,7 +24,7 @@ from ..queries import Queries, as_query_list
 from ..structures import Instances, PanopticResult
 from .base import PanopticFusion
 
-__all__ = ["MaskFormerFusion", "QueryFlavor"]
+__all__ = ["MaskFormerFusion"]
 
 QueryFlavor = Literal["mask2former", "maskformer", "transformers", "kmax"]
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BoxRegions", "box_regions", "crop_dense", "paste_masks", "paste_masks_dense"]
+__all__ = ["box_regions", "paste_masks", "paste_masks_dense"]
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,7 @@ from .._ops import overlap_flags
 from ..structures import Instances
 from .paste import BoxRegions, box_regions, paste_masks
 
-__all__ = ["LocalMasks", "PruningConfig", "local_mask_logits", "prune_and_paste", "prune_instances", "reference_nms",
-           "reverse_argsort"]
+__all__ = ["PruningConfig"]
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,9 @@ from .base import (
 )
 from .paste import BoxRegions, crop_dense, paste_masks_dense
 from .pruning import LocalMasks, PruningConfig, local_mask_logits, prune_and_paste
+from .upsnet_graph import UPSNetGraph
 
-__all__ = ["PanopticTargets", "UPSNetFusion"]
+__all__ = ["UPSNetFusion"]
 
 ClassAssignment = Literal["heuristic", "detector", "semantic"]
 
@@ -152,6 +153,11 @@ class UPSNetFusion(PanopticFusion):
         from ..export import fusion_graph, run_exported  # panoptic.export imports this module
 
         return run_exported(fusion_graph(self), self, semantic_logits, instances, output_size)
+
+    def static_graph(self) -> UPSNetGraph:
+        """The static-shape module of the per-pixel path, which :func:`panoptic.export.export_fusion` traces."""
+        return UPSNetGraph(self.table.isthing_tensor(), self.unknown, self.class_assignment,
+                           self.assignment_threshold, self.stuff_area_limit)
 
     # ================================================================================ inference
     def fuse_image(self, semantic_logits: torch.Tensor, instances: Instances) -> PanopticResult:

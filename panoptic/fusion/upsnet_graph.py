@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["UPSNetGraph"]
+# The traced form of UPSNetFusion that panoptic.export compiles; use export_fusion.
+__all__: list[str] = []
 
 
 class UPSNetGraph(nn.Module):
@@ -58,6 +59,31 @@ class UPSNetGraph(nn.Module):
             slots), ``(B, Nst + N)`` each: ``category`` int64, ``score`` float32 (NaN for stuff),
             ``area`` int64 (0 = no segment) and ``slot`` int64 (the instance slot, -1 for stuff).
         """
+        b, _, h, w = sem.shape
+        n = crop.shape[1]
+        nst = self.num_stuff
+        dev = sem.device
+        unk = nst + n
+        key = self._panoptic_argmax(sem, crop, masks, labels, valid)
+        flat = key.reshape(b, h * w)
+        ch_area = torch.zeros(b, unk + 1, dtype=torch.int64, device=dev).scatter_add_(1, flat, torch.ones_like(flat))
+        category, target, channel_area = self._assign(sem, flat, ch_area, labels)
+        label = self._void_small_stuff(target, channel_area)
+        void = torch.full((b, 1), -1, dtype=torch.int64, device=dev)
+        slot = torch.cat([label, void], 1).gather(1, flat) + 1  # candidate + 1, 0 = void
+        area = torch.zeros(b, unk + 1, dtype=torch.int64, device=dev).scatter_add_(1, slot, torch.ones_like(slot))
+        area = area[:, 1:]
+        keep = (area > 0).long()
+        new_id = torch.cat([torch.zeros(b, 1, dtype=torch.int64, device=dev), torch.cumsum(keep, 1) * keep], 1)
+        segment_map = new_id.gather(1, slot).to(torch.int32).reshape(b, h, w)
+        score = torch.cat([torch.full((b, nst), float("nan"), device=dev), scores.float()], 1)
+        src = torch.cat([torch.full((b, nst), -1, dtype=torch.int64, device=dev),
+                         torch.arange(n, device=dev)[None].expand(b, n)], 1)
+        return segment_map, (key == unk), category, score, area, src
+
+    def _panoptic_argmax(self, sem: torch.Tensor, crop: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
+                         valid: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W)`` int64 channel of each pixel: stuff ``< Nst``, slot ``Nst + i``, unknown ``Nst + N``."""
         b, c, h, w = sem.shape
         n = crop.shape[1]
         nst = self.num_stuff
@@ -78,7 +104,7 @@ class UPSNetGraph(nn.Module):
         first = torch.where(live, z, neg_inf).argmax(1)  # first maximum: the earlier instance wins ties
         any_valid = valid.any(1)[:, None, None]
         ymax = torch.where(any_valid, torch.where(live, y, neg_inf).amax(1), zero)  # N = 0: max over crops is 0
-        unk = nst + n
+        unk = nst + n  # the unknown channel
         key = torch.where(any_valid, nst + first, unk)
         best = ival
         if self.unknown and c > nst:
@@ -88,21 +114,7 @@ class UPSNetGraph(nn.Module):
         if nst:
             smax = sem[:, :nst].amax(1)
             key = torch.where(smax >= best, sem[:, :nst].argmax(1), key)
-        flat = key.reshape(b, h * w)
-        ch_area = torch.zeros(b, unk + 1, dtype=torch.int64, device=dev).scatter_add_(1, flat, torch.ones_like(flat))
-        category, target, channel_area = self._assign(sem, flat, ch_area, labels)
-        label = self._void_small_stuff(target, channel_area)
-        void = torch.full((b, 1), -1, dtype=torch.int64, device=dev)
-        slot = torch.cat([label, void], 1).gather(1, flat) + 1  # candidate + 1, 0 = void
-        area = torch.zeros(b, unk + 1, dtype=torch.int64, device=dev).scatter_add_(1, slot, torch.ones_like(slot))
-        area = area[:, 1:]
-        keep = (area > 0).long()
-        new_id = torch.cat([torch.zeros(b, 1, dtype=torch.int64, device=dev), torch.cumsum(keep, 1) * keep], 1)
-        segment_map = new_id.gather(1, slot).to(torch.int32).reshape(b, h, w)
-        score = torch.cat([torch.full((b, nst), float("nan"), device=dev), scores.float()], 1)
-        src = torch.cat([torch.full((b, nst), -1, dtype=torch.int64, device=dev),
-                         torch.arange(n, device=dev)[None].expand(b, n)], 1)
-        return segment_map, (key == unk), category, score, area, src
+        return key
 
     def _assign(self, sem: torch.Tensor, flat: torch.Tensor, ch_area: torch.Tensor,
                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -16,15 +16,18 @@ are look-alikes built from tensors. Category ids are mapped through the framewor
 * Semantic layouts with one merged "things" channel: :func:`expand_things_channel`.
 """
 
-from .common import FusionInputs, expand_things_channel
+from .common import (
+    FusionInputs,  # noqa: F401
+    expand_things_channel,
+)
 from .detectron2 import Detectron2Metadata, from_detectron2, from_detectron2_panoptic, to_detectron2
 from .mmdet import MMDetClasses, from_mmdet, from_mmdet_panoptic, to_mmdet
 from .queries import from_detectron2_queries, from_transformers_queries
 from .torchvision import from_torchvision
 
+# Imports marked `noqa: F401` stay importable for existing code but are not API (not in __all__).
 __all__ = [
     "Detectron2Metadata",
-    "FusionInputs",
     "MMDetClasses",
     "expand_things_channel",
     "from_detectron2",

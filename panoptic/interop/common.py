@@ -11,10 +11,7 @@ import torch
 from ..categories import CategoryTable
 from ..structures import Instances
 
-__all__ = [
-    "FusionInputs",
-    "expand_things_channel",
-]
+__all__ = ["expand_things_channel"]
 
 
 class FusionInputs(NamedTuple):
