@@ -1,4 +1,4 @@
-"""The per-pixel step of the query fusions: each pixel's query, and each query's areas."""
+"""The per-pixel steps of the query fusions: each pixel's query, each query's areas, masks pasted in order."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["QueryAssignment", "assign_queries"]
+__all__ = ["QueryAssignment", "assign_queries", "kmax_paste_order", "paste_in_order", "paste_in_order_loop"]
 
 
 class QueryAssignment(NamedTuple):
@@ -76,3 +76,102 @@ def assign_queries(prob: torch.Tensor, scores: torch.Tensor, mask_threshold: flo
         owner_foreground[r0:r0 + rows] = fg.gather(0, o[None])[0]
     region_area = torch.bincount(owner.reshape(-1), minlength=n)
     return QueryAssignment(owner, region_area, foreground_area, owner_foreground)
+
+
+@torch.no_grad()
+def paste_in_order_loop(claims: torch.Tensor, allowed: torch.Tensor,
+                        overlap_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The specification of :func:`paste_in_order`: one mask at a time onto a canvas, as deeplab2 does."""
+    n, h, w = (int(v) for v in claims.shape)
+    owner = torch.full((h, w), n, dtype=torch.int64, device=claims.device)
+    pasted = torch.zeros(n, dtype=torch.bool, device=claims.device)
+    t = torch.tensor(overlap_threshold, dtype=torch.float32)
+    for k in range(n):
+        free = claims[k] & (owner == n)
+        if bool(allowed[k]) and float(free.sum()) > float(claims[k].sum().float() * t):
+            owner[free] = k
+            pasted[k] = True
+    return owner, pasted
+
+
+@torch.no_grad()
+def paste_in_order(claims: torch.Tensor, allowed: torch.Tensor,
+                   overlap_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste binary masks onto an empty canvas in index order, each onto the pixels still free.
+
+    Mask ``k`` is pasted iff ``allowed[k]`` and its free pixels number ``> overlap_threshold * its pixels`` (in
+    float32, as deeplab2's maskwise rule). Whether a mask is pasted depends on the earlier ones, so the decisions
+    are sequential; they are taken on a small table (the claim sets of the pixels claimed by several masks, with
+    their pixel counts), and each pixel then goes to the first pasted mask claiming it. Equals
+    :func:`paste_in_order_loop`.
+
+    Args:
+        claims: ``(n, H, W)`` bool masks, in paste order; they may overlap.
+        allowed: ``(n,)`` bool: masks that may be pasted at all.
+        overlap_threshold: The fraction of a mask's pixels that must still be free (strict ``>``).
+
+    Returns:
+        ``owner``: ``(H, W)`` int64 pasted mask covering each pixel (``n``: none); ``pasted``: ``(n,)`` bool.
+    """
+    n, h, w = (int(v) for v in claims.shape)
+    dev = claims.device
+    flat = claims.reshape(n, h * w)
+    area = flat.sum(1)
+    limit = (area.float() * torch.tensor(overlap_threshold, dtype=torch.float32)).tolist()  # one host sync
+    count = flat.sum(0, dtype=torch.int32)
+    shared = torch.nonzero(count >= 2)[:, 0]
+    groups: list[list[int]] = []
+    sizes: list[int] = []
+    if shared.numel():
+        dtype = torch.uint8 if n < 255 else torch.int32 if n < 2**31 - 1 else torch.int64
+        rank = torch.arange(n, device=dev, dtype=dtype).view(-1, 1)
+        code = torch.where(flat[:, shared], rank, torch.tensor(n, dtype=dtype, device=dev))  # (n, P)
+        m = int(count.max())  # most masks claiming one pixel: the claim set is its m smallest ranks
+        first = code.long().topk(m, 0, largest=False).values  # (m, P), ascending
+        sets, sizes_t = torch.unique(first, dim=1, return_counts=True)
+        groups = [[r for r in col if r < n] for col in sets.t().tolist()]
+        sizes = sizes_t.tolist()
+    of_mask: list[list[int]] = [[] for _ in range(n)]
+    for g, members in enumerate(groups):
+        for r in members:
+            of_mask[r].append(g)
+    taken = [False] * len(groups)  # a group's pixels are on the canvas once one of its masks is pasted
+    ok = allowed.tolist()
+    areas = area.tolist()
+    pasted_list = [False] * n
+    for k in range(n):  # sequential by nature: a mask's free area depends on which earlier masks were pasted
+        if not ok[k] or areas[k] == 0:
+            continue
+        free = areas[k] - sum(sizes[g] for g in of_mask[k] if taken[g])
+        if free > limit[k]:
+            pasted_list[k] = True
+            for g in of_mask[k]:
+                taken[g] = True
+    pasted = torch.tensor(pasted_list, dtype=torch.bool, device=dev)
+    dtype = torch.uint8 if n < 255 else torch.int64
+    rank = torch.arange(n, device=dev, dtype=dtype).view(-1, 1, 1)
+    owner = torch.where(claims & pasted.view(-1, 1, 1), rank, torch.tensor(n, dtype=dtype, device=dev)).amin(0)
+    return owner.long(), pasted
+
+
+@torch.no_grad()
+def kmax_paste_order(mask_logits: torch.Tensor, class_probability: torch.Tensor, mask_threshold: float,
+                     reorder_weights: tuple[float, float]) -> torch.Tensor:
+    """deeplab2's maskwise order: slots by ``class_probability ** a * mask_score ** b``, descending, stable.
+
+    Args:
+        mask_logits: ``(Q, h, w)`` float32 slot logits at the model's resolution (deeplab2 scores before resizing).
+        class_probability: ``(Q,)`` best class probability ("no object" excluded).
+        mask_threshold: A pixel is in a slot's mask iff the slot's softmax over slots is ``> mask_threshold``.
+        reorder_weights: ``(a, b)``.
+
+    Returns:
+        ``(Q,)`` int64 slot indices, first pasted first.
+    """
+    probs = torch.softmax(mask_logits, 0)
+    inside = probs > mask_threshold
+    total = torch.where(inside, probs, 0.0).sum((1, 2))
+    count = inside.sum((1, 2))
+    mask_score = torch.where(count > 0, total / count.clamp(min=1).float(), 0.0)  # deeplab2's divide_no_nan
+    a, b = reorder_weights
+    return torch.argsort(class_probability ** a * mask_score ** b, descending=True, stable=True)
