@@ -196,3 +196,18 @@ def reference_kmax_maskwise(cls: torch.Tensor, masks: torch.Tensor, size: tuple[
         confident = confident + new
     mask_id = (canvas - 1).clamp(min=0).long()
     return deeplab2_merge(mask_id, pred[mask_id], confident, thing_limit, stuff_limit, label_divisor), order
+
+
+def paste_loop(claims: torch.Tensor, allowed: torch.Tensor,
+                        overlap_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``panoptic._ops.queries.paste_in_order`` as deeplab2 computes it: one mask at a time onto a canvas."""
+    n, h, w = (int(v) for v in claims.shape)
+    owner = torch.full((h, w), n, dtype=torch.int64, device=claims.device)
+    pasted = torch.zeros(n, dtype=torch.bool, device=claims.device)
+    t = torch.tensor(overlap_threshold, dtype=torch.float32)
+    for k in range(n):
+        free = claims[k] & (owner == n)
+        if bool(allowed[k]) and float(free.sum()) > float(claims[k].sum().float() * t):
+            owner[free] = k
+            pasted[k] = True
+    return owner, pasted

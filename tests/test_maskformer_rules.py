@@ -9,10 +9,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from maskformer_refs import CLASS_MAP, TABLE, THING_OF_CLASS, random_scene
+from maskformer_refs import CLASS_MAP, TABLE, THING_OF_CLASS, paste_loop, random_scene
 
 from panoptic import CategoryTable, MaskFormerFusion, PanopticResult, Queries
-from panoptic._ops.queries import assign_queries, paste_in_order, paste_in_order_loop
+from panoptic._ops.queries import assign_queries, paste_in_order
 from panoptic.categories import CategoryError
 from panoptic.formats import from_coco, to_coco
 from panoptic.interop import from_detectron2_queries, from_transformers_queries
@@ -185,7 +185,7 @@ def test_paste_in_order_equals_the_loop(seed: int, n: int, density: float, thres
     claims = torch.rand(n, 5, 7, generator=g) < density
     allowed = torch.rand(n, generator=g) < 0.8
     owner, pasted = paste_in_order(claims, allowed, threshold)
-    ref_owner, ref_pasted = paste_in_order_loop(claims, allowed, threshold)
+    ref_owner, ref_pasted = paste_loop(claims, allowed, threshold)
     assert torch.equal(owner, ref_owner) and torch.equal(pasted, ref_pasted)
     # the rule itself: a pixel's owner claims it and no earlier pasted mask does; pasted masks keep > t of theirs
     on = owner < n

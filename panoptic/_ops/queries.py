@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["QueryAssignment", "assign_queries", "kmax_paste_order", "paste_in_order", "paste_in_order_loop"]
+__all__ = ["QueryAssignment", "assign_queries", "kmax_paste_order", "paste_in_order"]
 
 
 class QueryAssignment(NamedTuple):
@@ -79,22 +79,6 @@ def assign_queries(prob: torch.Tensor, scores: torch.Tensor, mask_threshold: flo
 
 
 @torch.no_grad()
-def paste_in_order_loop(claims: torch.Tensor, allowed: torch.Tensor,
-                        overlap_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The specification of :func:`paste_in_order`: one mask at a time onto a canvas, as deeplab2 does."""
-    n, h, w = (int(v) for v in claims.shape)
-    owner = torch.full((h, w), n, dtype=torch.int64, device=claims.device)
-    pasted = torch.zeros(n, dtype=torch.bool, device=claims.device)
-    t = torch.tensor(overlap_threshold, dtype=torch.float32)
-    for k in range(n):
-        free = claims[k] & (owner == n)
-        if bool(allowed[k]) and float(free.sum()) > float(claims[k].sum().float() * t):
-            owner[free] = k
-            pasted[k] = True
-    return owner, pasted
-
-
-@torch.no_grad()
 def paste_in_order(claims: torch.Tensor, allowed: torch.Tensor,
                    overlap_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Paste binary masks onto an empty canvas in index order, each onto the pixels still free.
@@ -102,8 +86,8 @@ def paste_in_order(claims: torch.Tensor, allowed: torch.Tensor,
     Mask ``k`` is pasted iff ``allowed[k]`` and its free pixels number ``> overlap_threshold * its pixels`` (in
     float32, as deeplab2's maskwise rule). Whether a mask is pasted depends on the earlier ones, so the decisions
     are sequential; they are taken on a small table (the claim sets of the pixels claimed by several masks, with
-    their pixel counts), and each pixel then goes to the first pasted mask claiming it. Equals
-    :func:`paste_in_order_loop`.
+    their pixel counts), and each pixel then goes to the first pasted mask claiming it. The tests compare
+    it with deeplab2's canvas loop (``tests/maskformer_refs.py::paste_loop``).
 
     Args:
         claims: ``(n, H, W)`` bool masks, in paste order; they may overlap.
