@@ -197,6 +197,18 @@ def test_paste_in_order_equals_the_loop(seed: int, n: int, density: float, thres
     assert bool((kept[pasted] > area[pasted]).all()) and not bool((allowed[~pasted] & (kept[~pasted] > 0)).any())
 
 
+def test_paste_in_order_many_masks() -> None:
+    # 300 masks: per-pixel counts and codes no longer fit in a byte (the int path)
+    g = torch.Generator().manual_seed(2)
+    for density in (0.005, 0.05, 0.5):
+        claims = torch.rand(300, 3, 4, generator=g) < density
+        allowed = torch.rand(300, generator=g) < 0.9
+        for threshold in (0.0, 0.5):
+            owner, pasted = paste_in_order(claims, allowed, threshold)
+            ref_owner, ref_pasted = paste_loop(claims, allowed, threshold)
+            assert torch.equal(owner, ref_owner) and torch.equal(pasted, ref_pasted)
+
+
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1))
 def test_kmax_maskwise_invariants(seed: int) -> None:

@@ -99,19 +99,19 @@ def paste_in_order(claims: torch.Tensor, allowed: torch.Tensor,
     """
     n, h, w = (int(v) for v in claims.shape)
     dev = claims.device
-    flat = claims.reshape(n, h * w)
-    area = flat.sum(1)
+    flat = claims.reshape(n, h * w).contiguous().view(torch.uint8)  # 0 / 1 bytes: no widening copies below
+    narrow = n < 255  # per-pixel counts and codes fit in a byte
+    area = _count_rows(flat)
     limit = (area.float() * torch.tensor(overlap_threshold, dtype=torch.float32)).tolist()  # one host sync
-    count = flat.sum(0, dtype=torch.int32)
+    count = flat.sum(0, dtype=torch.uint8) if narrow else flat.sum(0, dtype=torch.int32)
     shared = torch.nonzero(count >= 2)[:, 0]
     groups: list[list[int]] = []
     sizes: list[int] = []
     if shared.numel():
-        dtype = torch.uint8 if n < 255 else torch.int32 if n < 2**31 - 1 else torch.int64
-        rank = torch.arange(n, device=dev, dtype=dtype).view(-1, 1)
-        code = torch.where(flat[:, shared], rank, torch.tensor(n, dtype=dtype, device=dev))  # (n, P)
+        rank = torch.arange(n, device=dev).view(-1, 1)
+        code = torch.where(flat[:, shared].bool(), rank, n)  # (n, P): the ranks claiming each shared pixel
         m = int(count.max())  # most masks claiming one pixel: the claim set is its m smallest ranks
-        first = code.long().topk(m, 0, largest=False).values  # (m, P), ascending
+        first = code.topk(m, 0, largest=False).values  # (m, P), ascending
         sets, sizes_t = torch.unique(first, dim=1, return_counts=True)
         groups = [[r for r in col if r < n] for col in sets.t().tolist()]
         sizes = sizes_t.tolist()
@@ -132,10 +132,25 @@ def paste_in_order(claims: torch.Tensor, allowed: torch.Tensor,
             for g in of_mask[k]:
                 taken[g] = True
     pasted = torch.tensor(pasted_list, dtype=torch.bool, device=dev)
-    dtype = torch.uint8 if n < 255 else torch.int64
-    rank = torch.arange(n, device=dev, dtype=dtype).view(-1, 1, 1)
-    owner = torch.where(claims & pasted.view(-1, 1, 1), rank, torch.tensor(n, dtype=dtype, device=dev)).amin(0)
-    return owner.long(), pasted
+    # the first pasted claimant: weight n - k for a pasted mask k, 0 otherwise; the largest weight claiming wins
+    weight = torch.where(pasted, torch.arange(n, 0, -1, device=dev), 0).view(-1, 1)
+    if narrow:
+        top = (flat * weight.to(torch.uint8)).amax(0).long()
+    else:
+        top = (flat.long() * weight).amax(0)
+    owner = torch.where(top == 0, n, n - top).view(h, w)
+    return owner, pasted
+
+
+def _count_rows(x: torch.Tensor) -> torch.Tensor:
+    """``(n,)`` int64 row sums of an ``(n, L)`` 0 / 1 uint8 tensor: byte sums over blocks of 255 (no overflow, no
+    widened copy of ``x``), then the blocks in int64."""
+    n, length = (int(v) for v in x.shape)
+    blocks = length // 255
+    out = x[:, blocks * 255:].sum(1, dtype=torch.int64)
+    if blocks:
+        out += x[:, :blocks * 255].reshape(n, blocks, 255).sum(2, dtype=torch.uint8).sum(1, dtype=torch.int64)
+    return out
 
 
 @torch.no_grad()

@@ -307,11 +307,14 @@ class MaskFormerFusion(PanopticFusion):
         order = kmax_paste_order(logits, conf, self.mask_threshold, self.reorder_weights)
         if tuple(logits.shape[1:]) != size:
             logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=True)[0]
-        claims = (torch.softmax(logits, 0) > self.mask_threshold)[order]
-        owner, _ = paste_in_order(claims, allowed[order], self.overlap_threshold)
-        category, thing = category[order], thing[order]
+        probs = torch.softmax(logits, 0)  # over all slots: rejected slots take their share too
+        paste = order[allowed[order]]  # a slot that may not be pasted changes nothing: leave its mask out
+        if int(paste.numel()) == 0:
+            return _empty(size, logits.device)
+        owner, _ = paste_in_order(probs[paste] > self.mask_threshold, allowed[paste], self.overlap_threshold)
+        category, thing = category[paste], thing[paste]
         ok = self._kmax_area_limits(owner, category, thing)
-        return self._assemble(owner, ok, order, category, ~thing, conf[order], size)
+        return self._assemble(owner, ok, paste, category, ~thing, conf[paste], size)
 
     def _kmax_area_limits(self, owner: torch.Tensor, category: torch.Tensor, thing: torch.Tensor) -> torch.Tensor:
         """``(n,)`` bool: slot ``k`` has pixels and passes deeplab2's area limits (stuff: its category's area).
