@@ -68,12 +68,16 @@ def assign_queries(prob: torch.Tensor, scores: torch.Tensor, mask_threshold: flo
         p.mul_(sc)
         if foreground_of_weighted:
             fg = p >= mask_threshold
-        foreground_area += fg.view(torch.uint8).sum((1, 2), dtype=torch.int64)
-        at_max = torch.eq(p, p.amax(0))
+        foreground_area += _count_rows(fg.view(torch.uint8).reshape(n, -1))  # no widened copy of the chunk
+        top = p.amax(0)
+        at_max = torch.eq(p, top)
         code = (at_max.view(torch.uint8) if dtype == torch.uint8 else at_max.to(dtype)).mul_(reverse)
         o = owner[r0:r0 + rows]
         o.copy_(code.amax(0)).neg_().add_(n - 1)
-        owner_foreground[r0:r0 + rows] = fg.gather(0, o[None])[0]
+        if foreground_of_weighted:  # the owner's weighted value is the maximum itself
+            owner_foreground[r0:r0 + rows] = top >= mask_threshold
+        else:
+            owner_foreground[r0:r0 + rows] = fg.gather(0, o[None])[0]
     region_area = torch.bincount(owner.reshape(-1), minlength=n)
     return QueryAssignment(owner, region_area, foreground_area, owner_foreground)
 
