@@ -64,7 +64,8 @@ class MaskFormerFusion(PanopticFusion):
     """Queries (class logits + mask logits) -> one :class:`PanopticResult` per image.
 
     Segment ``source`` is the query index (the first query of a merged stuff segment), ``score`` its class
-    probability. Segments are numbered in query order.
+    probability. Segments are numbered in query order (``"kmax_maskwise"``: in paste order, ``source`` the first
+    pasted slot).
 
     Args:
         table: Category table.
