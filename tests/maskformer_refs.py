@@ -120,7 +120,13 @@ def reference_kmax(cls: torch.Tensor, masks: torch.Tensor, size: tuple[int, int]
     confident = (F.softmax(detected, 0).amax(0) > pixel_threshold).float()
     confident = confident * (logits.amax(0) == detected.amax(0)).float()
     mask_id = detected.argmax(0)
-    semantic = pred[mask_id]
+    return deeplab2_merge(mask_id, pred[mask_id], confident, thing_limit, stuff_limit, label_divisor)
+
+
+def deeplab2_merge(mask_id: torch.Tensor, semantic: torch.Tensor, confident: torch.Tensor, thing_limit: int,
+                   stuff_limit: int, label_divisor: int) -> torch.Tensor:
+    """deeplab2's ``_merge_mask_id_and_semantic_maps`` (with the thing / stuff masks of
+    ``_get_mask_id_and_semantic_maps``): ``(H, W)`` slot, model class and 0/1 confident maps -> panoptic codes."""
     is_thing = THING_OF_CLASS[semantic].float()
     thing_mask, stuff_mask = is_thing * confident, (1 - is_thing) * confident
     thing_ids = (mask_id + 1).float() * thing_mask
@@ -141,3 +147,67 @@ def reference_kmax(cls: torch.Tensor, masks: torch.Tensor, size: tuple[int, int]
     sem = thing_sem + stuff_sem - 1.0
     sem = (sem < -0.5).float() * 0.0 + sem  # void_label -1: (void + 1) = 0 is added where void
     return (sem * label_divisor + thing_ids).round().long()
+
+
+def reference_kmax_maskwise(cls: torch.Tensor, masks: torch.Tensor, size: tuple[int, int],
+                            thing_threshold: float = 0.7, stuff_threshold: float = 0.5,
+                            pixel_threshold: float = 0.4, overlapping_threshold: float = 0.8,
+                            reorder: tuple[float, float] = (1.0, 1.0), thing_limit: int = 0, stuff_limit: int = 0,
+                            label_divisor: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """deeplab2 ``max_deeplab.py`` maskwise post-processing (one frame, one piece), in its op order: slot scores
+    from the un-resized logits, a stable descending argsort, then a canvas pasted slot by slot with float masks.
+
+    Returns:
+        The panoptic codes (as :func:`reference_kmax`) and the ``(Q,)`` paste order (code ``% divisor - 1`` is a
+        position in it).
+    """
+    probs = F.softmax(cls.float(), -1)[:, :-1]
+    pred = probs.argmax(-1)
+    confidence = probs.amax(-1)
+    thresholded_thing = (confidence >= thing_threshold).float()
+    thresholded_stuff = (confidence >= stuff_threshold).float()
+    num_detections = int(((thresholded_thing + thresholded_stuff) > 0.5).sum())
+    q = int(masks.shape[0])
+    # the mask confidence: mean probability over the slot's detected pixels, before resizing
+    mask_probs = F.softmax(masks.float(), 0)
+    detected_flat = (mask_probs > pixel_threshold).float().reshape(q, -1)
+    score_sum = (mask_probs.reshape(q, -1) * detected_flat).sum(1)
+    pixel_count = detected_flat.sum(1)
+    mask_scores = torch.where(pixel_count > 0, score_sum / pixel_count, torch.zeros(()))  # divide_no_nan
+    reorder_score = confidence ** reorder[0] * mask_scores ** reorder[1]
+    order = torch.argsort(reorder_score, descending=True, stable=True)
+    pred, confidence = pred[order], confidence[order]
+    if num_detections == 0:
+        return torch.full(size, -1, dtype=torch.int64), order
+    logits = F.interpolate(masks[None].float(), size=size, mode="bilinear", align_corners=True)[0]
+    detected = (F.softmax(logits, 0) > pixel_threshold).float()[order]
+    canvas = torch.zeros(size)
+    confident = torch.zeros(size)
+    for idx in range(q):
+        current = detected[idx]
+        is_thing = float(THING_OF_CLASS[pred[idx]])
+        is_confident = (float(confidence[idx] >= thing_threshold) * is_thing
+                        + float(confidence[idx] >= stuff_threshold) * (1 - is_thing))
+        original = current.sum()
+        new = current * (canvas == 0).float()
+        not_overlap_too_much = float(new.sum() > original * overlapping_threshold)
+        new = new * is_confident * not_overlap_too_much
+        canvas = canvas + new * float(idx + 1)
+        confident = confident + new
+    mask_id = (canvas - 1).clamp(min=0).long()
+    return deeplab2_merge(mask_id, pred[mask_id], confident, thing_limit, stuff_limit, label_divisor), order
+
+
+def paste_loop(claims: torch.Tensor, allowed: torch.Tensor,
+                        overlap_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``panoptic._ops.queries.paste_in_order`` as deeplab2 computes it: one mask at a time onto a canvas."""
+    n, h, w = (int(v) for v in claims.shape)
+    owner = torch.full((h, w), n, dtype=torch.int64, device=claims.device)
+    pasted = torch.zeros(n, dtype=torch.bool, device=claims.device)
+    t = torch.tensor(overlap_threshold, dtype=torch.float32)
+    for k in range(n):
+        free = claims[k] & (owner == n)
+        if bool(allowed[k]) and float(free.sum()) > float(claims[k].sum().float() * t):
+            owner[free] = k
+            pasted[k] = True
+    return owner, pasted

@@ -26,6 +26,7 @@ from maskformer_refs import (
     assert_same_partition,
     random_scene,
     reference_kmax,
+    reference_kmax_maskwise,
     reference_rule,
 )
 
@@ -78,6 +79,41 @@ def test_kmax_matches_deeplab2_pixelwise(limits: tuple[int, int]) -> None:
                 assert int(result.category[ours - 1]) == int(CLASS_MAP[(theirs - 1) // 1000])
         segments += result.num_segments
     assert segments > CASES // 4
+
+
+# (thing, stuff, pixel, overlapping thresholds, reorder weights, thing / stuff area limits), deeplab2's defaults first
+MASKWISE_SETTINGS = [(0.7, 0.5, 0.4, 0.8, (1.0, 1.0), 0, 0), (0.7, 0.7, 0.4, 0.5, (1.0, 0.0), 0, 0),
+                     (0.5, 0.3, 0.2, 0.6, (2.0, 1.0), 2, 10), (0.6, 0.6, 0.3, 0.0, (0.0, 1.0), 0, 0)]
+
+
+@pytest.mark.parametrize("setting", range(len(MASKWISE_SETTINGS)))
+def test_kmax_maskwise_matches_deeplab2(setting: int) -> None:
+    thing_t, stuff_t, pixel_t, overlap_t, weights, thing_limit, stuff_limit = MASKWISE_SETTINGS[setting]
+    fusion = MaskFormerFusion(TABLE, flavor="kmax_maskwise", class_map=CLASS_MAP, object_mask_threshold=thing_t,
+                              stuff_object_mask_threshold=stuff_t, mask_threshold=pixel_t,
+                              overlap_threshold=overlap_t, reorder_weights=weights, thing_area_limit=thing_limit,
+                              stuff_area_limit=stuff_limit)
+    g = torch.Generator().manual_seed(41 + setting)
+    segments = partial = 0
+    for _ in range(CASES if setting == 0 else CASES // 4):
+        cls, masks, size = random_scene(g)
+        masks = masks / 4  # slot logits compete through a softmax: masks overlap where two slots pass the threshold
+        ref, order = reference_kmax_maskwise(cls, masks, size, thing_t, stuff_t, pixel_t, overlap_t, weights,
+                                             thing_limit, stuff_limit)
+        result = fusion(Queries(cls, masks), output_size=size)[0]
+        result.validate(TABLE)
+        relabel = assert_same_partition(result.segment_map, torch.where(ref < 0, 0, ref + 1))  # void -> 0
+        for ours, theirs in relabel.items():
+            if ours == 0:
+                continue
+            code = theirs - 1
+            assert int(result.category[ours - 1]) == int(CLASS_MAP[code // 1000])
+            if code % 1000:  # a thing: the slot deeplab2 pasted
+                assert int(result.source[ours - 1]) == int(order[code % 1000 - 1])
+        segments += result.num_segments
+        slots = torch.softmax(cls, -1)[:, :-1].amax(-1) >= min(thing_t, stuff_t)
+        partial += int(slots.sum()) > result.num_segments  # some slot lost to the overlap or the limits
+    assert segments > CASES // 4 and partial > 0
 
 
 def import_oracle(require: bool) -> ModuleType:

@@ -9,10 +9,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from maskformer_refs import CLASS_MAP, TABLE, THING_OF_CLASS, random_scene
+from maskformer_refs import CLASS_MAP, TABLE, THING_OF_CLASS, paste_loop, random_scene
 
 from panoptic import CategoryTable, MaskFormerFusion, PanopticResult, Queries
-from panoptic._ops.queries import assign_queries
+from panoptic._ops.queries import assign_queries, paste_in_order
 from panoptic.categories import CategoryError
 from panoptic.formats import from_coco, to_coco
 from panoptic.interop import from_detectron2_queries, from_transformers_queries
@@ -110,13 +110,131 @@ def test_kmax_pixelwise_rule() -> None:
     assert fuse("mask2former", veto.log(), masks, object_mask_threshold=0.3).source.tolist() == [1]
 
 
+def slot_rows(*rows: tuple[float, ...]) -> torch.Tensor:
+    """``(Q, 1, W)`` slot logits ``log p`` from per-slot probability rows (columns sum to 1: softmax gives p back)."""
+    return torch.tensor(rows).log()[:, None, :]
+
+
+def class_probs(*rows: tuple[int, float]) -> torch.Tensor:
+    """Class logits ``log p``: the best model class with probability p, "no object" the rest but 0.001 per class."""
+    probs = torch.full((len(rows), K + 1), 0.001)
+    for i, (c, v) in enumerate(rows):
+        probs[i, c], probs[i, K] = v, 1.0 - v - 0.001 * (K - 1)
+    return probs.log()
+
+
+def tie(first: int, second: int) -> torch.Tensor:
+    """Class logits row with probability exactly 0.5 for two classes (``first`` wins the argmax)."""
+    row = torch.full((K + 1,), -200.0)  # exp underflows to 0 in float32
+    row[first] = row[second] = 0.0
+    return row
+
+
+def test_kmax_maskwise_order_and_overlap() -> None:
+    # 1x3, slot 0 claims pixels {0, 1}, slot 1 {0, 2}, slot 2 (rejected class) nothing (0.35 is not > 0.4)
+    masks = slot_rows((0.5, 0.98, 0.01), (0.49, 0.01, 0.64), (0.01, 0.01, 0.35))
+    cls = class_probs((THING, 0.9), (THING, 0.9), (THING, 0.3))
+    # mask scores 0.74 and 0.565: slot 0 first; slot 1 keeps 1 of its 2 pixels: 1 > 0.8 * 2 fails
+    r = fuse("kmax_maskwise", cls, masks)
+    assert r.segment_map.tolist() == [[1, 1, 0]] and r.source.tolist() == [0]
+    assert fuse("kmax_maskwise", cls, masks, overlap_threshold=0.4).segment_map.tolist() == [[1, 1, 2]]
+    assert fuse("kmax_maskwise", cls, masks, overlap_threshold=0.5).segment_map.tolist() == [[1, 1, 0]]  # 1 > 1
+    # class^a * mask^b: 0.72 * 0.74 = 0.533 < 0.99 * 0.565 = 0.559, so slot 1 goes first and slot 0 keeps 1 / 2
+    cls = class_probs((THING, 0.72), (THING, 0.99), (THING, 0.3))
+    r = fuse("kmax_maskwise", cls, masks)
+    assert r.segment_map.tolist() == [[1, 0, 1]] and r.source.tolist() == [1]
+    assert fuse("kmax_maskwise", cls, masks, reorder_weights=(0.0, 1.0)).source.tolist() == [0]  # mask score only
+    # equal scores (weights 0, 0): the stable order keeps slot order
+    assert fuse("kmax_maskwise", cls, masks, reorder_weights=(0.0, 0.0)).source.tolist() == [0]
+
+
+def test_kmax_maskwise_thresholds_merging_and_limits() -> None:
+    # 1x5: slot 0 sky {0, 1} (class exactly 0.5), slot 1 sky {4}, slot 2 person {2} (exactly 0.5), slot 3 car {3}
+    masks = slot_rows((0.98, 0.98, 0.01, 0.01, 0.01), (0.005, 0.005, 0.01, 0.01, 0.98),
+                      (0.005, 0.005, 0.97, 0.01, 0.005), (0.01, 0.01, 0.01, 0.97, 0.005))
+    car = int(torch.nonzero(THING_OF_CLASS)[1])
+    cls = torch.cat([tie(STUFF, STUFF + 2)[None], class_probs((STUFF, 0.9)), tie(THING, car + 2)[None],
+                     class_probs((car, 0.9))])
+    # order: slot 1 (0.882), slot 3 (0.873), slot 0 (0.49), slot 2 (0.485); stuff 0.5 >= 0.5 passes, the thing
+    # threshold 0.7 stops slot 2; the two sky slots are one segment, numbered by the first pasted
+    r = fuse("kmax_maskwise", cls, masks)
+    assert r.segment_map.tolist() == [[1, 1, 0, 2, 1]] and r.source.tolist() == [1, 3]
+    assert r.category.tolist() == [int(CLASS_MAP[STUFF]), int(CLASS_MAP[car])] and r.area.tolist() == [3, 1]
+    assert fuse("kmax_maskwise", cls, masks, stuff_object_mask_threshold=0.51).segment_map.tolist() == [
+        [0, 0, 0, 2, 1]]
+    r = fuse("kmax_maskwise", cls, masks, object_mask_threshold=0.5)  # things: 0.5 >= 0.5
+    assert r.segment_map.tolist() == [[1, 1, 3, 2, 1]] and r.source.tolist() == [1, 3, 2]
+    assert fuse("kmax_maskwise", cls, masks, thing_area_limit=2).segment_map.tolist() == [[1, 1, 0, 0, 1]]
+    assert fuse("kmax_maskwise", cls, masks, stuff_area_limit=3).segment_map.tolist() == [[1, 1, 0, 2, 1]]
+    assert fuse("kmax_maskwise", cls, masks, stuff_area_limit=4).segment_map.tolist() == [[0, 0, 0, 1, 0]]
+
+
+def test_kmax_maskwise_no_object_and_empty() -> None:
+    masks = torch.zeros(1, 2, 2)  # one slot: softmax 1 everywhere
+    cls = class_probs((STUFF, 0.35))  # "no object" has 0.645: excluded, it never vetoes
+    assert fuse("kmax_maskwise", cls, masks, stuff_object_mask_threshold=0.3).segment_map.tolist() == [[1, 1],
+                                                                                                        [1, 1]]
+    assert fuse("kmax_maskwise", cls, masks).num_segments == 0  # 0.35 < 0.5: nothing pasted, all void
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 12), density=st.floats(0.0, 1.0),
+       threshold=st.floats(0.0, 1.0))
+def test_paste_in_order_equals_the_loop(seed: int, n: int, density: float, threshold: float) -> None:
+    g = torch.Generator().manual_seed(seed)
+    claims = torch.rand(n, 5, 7, generator=g) < density
+    allowed = torch.rand(n, generator=g) < 0.8
+    owner, pasted = paste_in_order(claims, allowed, threshold)
+    ref_owner, ref_pasted = paste_loop(claims, allowed, threshold)
+    assert torch.equal(owner, ref_owner) and torch.equal(pasted, ref_pasted)
+    # the rule itself: a pixel's owner claims it and no earlier pasted mask does; pasted masks keep > t of theirs
+    on = owner < n
+    assert bool(claims.gather(0, owner.clamp(max=n - 1)[None])[0][on].all())
+    earlier = torch.arange(n).view(-1, 1, 1) < owner
+    assert not bool((claims & pasted.view(-1, 1, 1) & earlier).any())
+    area = claims.sum((1, 2)).float() * torch.tensor(threshold, dtype=torch.float32)
+    kept = torch.bincount(owner.reshape(-1), minlength=n + 1)[:n]
+    assert bool((kept[pasted] > area[pasted]).all()) and not bool((allowed[~pasted] & (kept[~pasted] > 0)).any())
+
+
+def test_paste_in_order_many_masks() -> None:
+    # 300 masks: per-pixel counts and codes no longer fit in a byte (the int path)
+    g = torch.Generator().manual_seed(2)
+    for density in (0.005, 0.05, 0.5):
+        claims = torch.rand(300, 3, 4, generator=g) < density
+        allowed = torch.rand(300, generator=g) < 0.9
+        for threshold in (0.0, 0.5):
+            owner, pasted = paste_in_order(claims, allowed, threshold)
+            ref_owner, ref_pasted = paste_loop(claims, allowed, threshold)
+            assert torch.equal(owner, ref_owner) and torch.equal(pasted, ref_pasted)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_kmax_maskwise_invariants(seed: int) -> None:
+    cls, masks, size = random_scene(torch.Generator().manual_seed(seed), max_queries=20)
+    fusion = MaskFormerFusion(TABLE, flavor="kmax_maskwise", class_map=CLASS_MAP)
+    r = fusion(Queries(cls / 4, masks / 4), output_size=size)[0]
+    r.validate(TABLE)
+    conf, pred = torch.softmax(cls / 4, -1)[:, :-1].max(-1)
+    src = r.source
+    assert src.unique().numel() == src.numel() and torch.equal(r.category, CLASS_MAP[pred[src]])
+    assert bool((conf[src] >= torch.where(r.isthing, 0.7, 0.5)).all())  # each its thing / stuff threshold
+    logits = torch.nn.functional.interpolate(masks[None] / 4, size=size, mode="bilinear", align_corners=True)[0]
+    claims = torch.softmax(logits, 0) > 0.4
+    for i, q in enumerate(src.tolist()):  # a thing segment is the part of its slot's mask still free, > 0.8 of it
+        if bool(r.isthing[i]):
+            seg = r.segment_map == i + 1
+            assert bool(claims[q][seg].all()) and int(seg.sum()) > 0.8 * int(claims[q].sum())
+
+
 def test_upsampling_and_empty() -> None:
     cls = class_logits((THING, 10.0))
     masks = torch.tensor([[[5.0, -5.0]]])
     r = MaskFormerFusion(TABLE, class_map=CLASS_MAP)(Queries(cls, masks), output_size=(1, 4))[0]
     assert r.segment_map.tolist() == [[1, 1, 0, 0]]  # bilinear logits 5, 2.5, -2.5, -5
-    for flavor in ("mask2former", "kmax"):
-        fusion = MaskFormerFusion(TABLE, flavor, class_map=CLASS_MAP)
+    for flavor in ("mask2former", "kmax", "kmax_maskwise"):
+        fusion = MaskFormerFusion(TABLE, flavor, class_map=CLASS_MAP)  # type: ignore[arg-type]
         empty = fusion(Queries(torch.zeros(0, K + 1), torch.zeros(0, 3, 3)))[0]
         assert empty.num_segments == 0 and empty.segment_map.shape == (3, 3) and not bool(empty.segment_map.any())
     assert MaskFormerFusion(TABLE, class_map=CLASS_MAP)([]) == []
@@ -181,6 +299,14 @@ def test_input_errors_name_the_fix() -> None:
         MaskFormerFusion(TABLE, stuff_area_limit=10)
     with pytest.raises(ValueError, match="overlap_threshold"):
         MaskFormerFusion(TABLE, overlap_threshold=1.5)
+    with pytest.raises(ValueError, match="kmax_maskwise"):
+        MaskFormerFusion(TABLE, flavor="kmax", reorder_weights=(1.0, 1.0))
+    with pytest.raises(ValueError, match="kmax_maskwise"):
+        MaskFormerFusion(TABLE, stuff_object_mask_threshold=0.5)
+    with pytest.raises(ValueError, match="reorder_weights"):
+        MaskFormerFusion(TABLE, flavor="kmax_maskwise", reorder_weights=(1.0, -1.0))
+    with pytest.raises(ValueError, match="stuff_object_mask_threshold"):
+        MaskFormerFusion(TABLE, flavor="kmax_maskwise", stuff_object_mask_threshold=2.0)
     with pytest.raises(TypeError, match="Queries"):
         fusion.fuse_image(torch.zeros(K, 2, 2), None)  # type: ignore[arg-type]
 

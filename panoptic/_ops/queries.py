@@ -1,4 +1,4 @@
-"""The per-pixel step of the query fusions: each pixel's query, and each query's areas."""
+"""The per-pixel steps of the query fusions: each pixel's query, each query's areas, masks pasted in order."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["QueryAssignment", "assign_queries"]
+__all__ = ["QueryAssignment", "assign_queries", "kmax_paste_order", "paste_in_order"]
 
 
 class QueryAssignment(NamedTuple):
@@ -68,11 +68,113 @@ def assign_queries(prob: torch.Tensor, scores: torch.Tensor, mask_threshold: flo
         p.mul_(sc)
         if foreground_of_weighted:
             fg = p >= mask_threshold
-        foreground_area += fg.view(torch.uint8).sum((1, 2), dtype=torch.int64)
-        at_max = torch.eq(p, p.amax(0))
+        foreground_area += _count_rows(fg.view(torch.uint8).reshape(n, -1))  # no widened copy of the chunk
+        top = p.amax(0)
+        at_max = torch.eq(p, top)
         code = (at_max.view(torch.uint8) if dtype == torch.uint8 else at_max.to(dtype)).mul_(reverse)
         o = owner[r0:r0 + rows]
         o.copy_(code.amax(0)).neg_().add_(n - 1)
-        owner_foreground[r0:r0 + rows] = fg.gather(0, o[None])[0]
+        if foreground_of_weighted:  # the owner's weighted value is the maximum itself
+            owner_foreground[r0:r0 + rows] = top >= mask_threshold
+        else:
+            owner_foreground[r0:r0 + rows] = fg.gather(0, o[None])[0]
     region_area = torch.bincount(owner.reshape(-1), minlength=n)
     return QueryAssignment(owner, region_area, foreground_area, owner_foreground)
+
+
+@torch.no_grad()
+def paste_in_order(claims: torch.Tensor, allowed: torch.Tensor,
+                   overlap_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste binary masks onto an empty canvas in index order, each onto the pixels still free.
+
+    Mask ``k`` is pasted iff ``allowed[k]`` and its free pixels number ``> overlap_threshold * its pixels`` (in
+    float32, as deeplab2's maskwise rule). Whether a mask is pasted depends on the earlier ones, so the decisions
+    are sequential; they are taken on a small table (the claim sets of the pixels claimed by several masks, with
+    their pixel counts), and each pixel then goes to the first pasted mask claiming it. The tests compare
+    it with deeplab2's canvas loop (``tests/maskformer_refs.py::paste_loop``).
+
+    Args:
+        claims: ``(n, H, W)`` bool masks, in paste order; they may overlap.
+        allowed: ``(n,)`` bool: masks that may be pasted at all.
+        overlap_threshold: The fraction of a mask's pixels that must still be free (strict ``>``).
+
+    Returns:
+        ``owner``: ``(H, W)`` int64 pasted mask covering each pixel (``n``: none); ``pasted``: ``(n,)`` bool.
+    """
+    n, h, w = (int(v) for v in claims.shape)
+    dev = claims.device
+    flat = claims.reshape(n, h * w).contiguous().view(torch.uint8)  # 0 / 1 bytes: no widening copies below
+    narrow = n < 255  # per-pixel counts and codes fit in a byte
+    area = _count_rows(flat)
+    limit = (area.float() * torch.tensor(overlap_threshold, dtype=torch.float32)).tolist()  # one host sync
+    count = flat.sum(0, dtype=torch.uint8) if narrow else flat.sum(0, dtype=torch.int32)
+    shared = torch.nonzero(count >= 2)[:, 0]
+    groups: list[list[int]] = []
+    sizes: list[int] = []
+    if shared.numel():
+        rank = torch.arange(n, device=dev).view(-1, 1)
+        code = torch.where(flat[:, shared].bool(), rank, n)  # (n, P): the ranks claiming each shared pixel
+        m = int(count.max())  # most masks claiming one pixel: the claim set is its m smallest ranks
+        first = code.topk(m, 0, largest=False).values  # (m, P), ascending
+        sets, sizes_t = torch.unique(first, dim=1, return_counts=True)
+        groups = [[r for r in col if r < n] for col in sets.t().tolist()]
+        sizes = sizes_t.tolist()
+    of_mask: list[list[int]] = [[] for _ in range(n)]
+    for g, members in enumerate(groups):
+        for r in members:
+            of_mask[r].append(g)
+    taken = [False] * len(groups)  # a group's pixels are on the canvas once one of its masks is pasted
+    ok = allowed.tolist()
+    areas = area.tolist()
+    pasted_list = [False] * n
+    for k in range(n):  # sequential by nature: a mask's free area depends on which earlier masks were pasted
+        if not ok[k] or areas[k] == 0:
+            continue
+        free = areas[k] - sum(sizes[g] for g in of_mask[k] if taken[g])
+        if free > limit[k]:
+            pasted_list[k] = True
+            for g in of_mask[k]:
+                taken[g] = True
+    pasted = torch.tensor(pasted_list, dtype=torch.bool, device=dev)
+    # the first pasted claimant: weight n - k for a pasted mask k, 0 otherwise; the largest weight claiming wins
+    weight = torch.where(pasted, torch.arange(n, 0, -1, device=dev), 0).view(-1, 1)
+    if narrow:
+        top = (flat * weight.to(torch.uint8)).amax(0).long()
+    else:
+        top = (flat.long() * weight).amax(0)
+    owner = torch.where(top == 0, n, n - top).view(h, w)
+    return owner, pasted
+
+
+def _count_rows(x: torch.Tensor) -> torch.Tensor:
+    """``(n,)`` int64 row sums of an ``(n, L)`` 0 / 1 uint8 tensor: byte sums over blocks of 255 (no overflow, no
+    widened copy of ``x``), then the blocks in int64."""
+    n, length = (int(v) for v in x.shape)
+    blocks = length // 255
+    out = x[:, blocks * 255:].sum(1, dtype=torch.int64)
+    if blocks:
+        out += x[:, :blocks * 255].reshape(n, blocks, 255).sum(2, dtype=torch.uint8).sum(1, dtype=torch.int64)
+    return out
+
+
+@torch.no_grad()
+def kmax_paste_order(mask_logits: torch.Tensor, class_probability: torch.Tensor, mask_threshold: float,
+                     reorder_weights: tuple[float, float]) -> torch.Tensor:
+    """deeplab2's maskwise order: slots by ``class_probability ** a * mask_score ** b``, descending, stable.
+
+    Args:
+        mask_logits: ``(Q, h, w)`` float32 slot logits at the model's resolution (deeplab2 scores before resizing).
+        class_probability: ``(Q,)`` best class probability ("no object" excluded).
+        mask_threshold: A pixel is in a slot's mask iff the slot's softmax over slots is ``> mask_threshold``.
+        reorder_weights: ``(a, b)``.
+
+    Returns:
+        ``(Q,)`` int64 slot indices, first pasted first.
+    """
+    probs = torch.softmax(mask_logits, 0)
+    inside = probs > mask_threshold
+    total = torch.where(inside, probs, 0.0).sum((1, 2))
+    count = inside.sum((1, 2))
+    mask_score = torch.where(count > 0, total / count.clamp(min=1).float(), 0.0)  # deeplab2's divide_no_nan
+    a, b = reorder_weights
+    return torch.argsort(class_probability ** a * mask_score ** b, descending=True, stable=True)

@@ -5,7 +5,8 @@ The rule (Mask2Former ``panoptic_inference``): softmax the class logits; keep a 
 ``score * sigmoid(mask)``; a query keeps its segment if its argmax area over its own foreground area
 (``sigmoid >= mask_threshold``) passes ``overlap_threshold``; stuff queries of one category merge. The flavours
 differ in what is painted and how the overlap ratio compares (see ``docs/fusion-strategies.md``). ``"kmax"`` is
-deeplab2's pixelwise rule for kMaX-DeepLab (:meth:`MaskFormerFusion.fuse_kmax`).
+deeplab2's pixelwise rule for kMaX-DeepLab (:meth:`MaskFormerFusion.fuse_kmax`), ``"kmax_maskwise"`` its maskwise
+rule (:meth:`MaskFormerFusion.fuse_kmax_maskwise`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .._ops.argmax import first_argmax
-from .._ops.queries import assign_queries
+from .._ops.queries import assign_queries, kmax_paste_order, paste_in_order
 from ..categories import CategoryTable
 from ..queries import Queries, as_query_list
 from ..structures import Instances, PanopticResult
@@ -26,7 +27,7 @@ from .base import PanopticFusion
 
 __all__ = ["MaskFormerFusion"]
 
-QueryFlavor = Literal["mask2former", "maskformer", "transformers", "kmax"]
+QueryFlavor = Literal["mask2former", "maskformer", "transformers", "kmax", "kmax_maskwise"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,12 @@ _RULES: dict[str, _Rule] = {
     "transformers": _Rule(0.5, 0.8, 0.5, False, True, True, True),
     # deeplab2's pixelwise rule has its own path (fuse_kmax); only its thresholds are read from here
     "kmax": _Rule(0.7, 0.0, 0.4, False, False, False, False),
+    # deeplab2's maskwise rule (fuse_kmax_maskwise), kMaX-DeepLab's defaults: thing class 0.7, overlap 0.8, pixel 0.4
+    "kmax_maskwise": _Rule(0.7, 0.8, 0.4, False, False, False, False),
 }
+
+#: deeplab2's slot flavours: area limits apply to them only.
+_KMAX = ("kmax", "kmax_maskwise")
 
 #: deeplab2's logit for rejected slots (``_SMALL_CONSTANT_FOR_SOFTMAX``): their softmax share is 0.
 KMAX_REJECTED_LOGIT = -99999.0
@@ -58,34 +64,45 @@ class MaskFormerFusion(PanopticFusion):
     """Queries (class logits + mask logits) -> one :class:`PanopticResult` per image.
 
     Segment ``source`` is the query index (the first query of a merged stuff segment), ``score`` its class
-    probability. Segments are numbered in query order.
+    probability. Segments are numbered in query order (``"kmax_maskwise"``: in paste order, ``source`` the first
+    pasted slot).
 
     Args:
         table: Category table.
         flavor: ``"mask2former"`` (default; OneFormer's rule is the same), ``"maskformer"``, ``"transformers"``
             (Hugging Face ``post_process_panoptic_segmentation`` of MaskFormer / Mask2Former / OneFormer) or
             ``"kmax"`` (deeplab2's pixelwise rule of kMaX-DeepLab / MaX-DeepLab, static shapes; see
-            :meth:`fuse_kmax`).
+            :meth:`fuse_kmax`) or ``"kmax_maskwise"`` (deeplab2's maskwise rule: slots ordered by
+            ``class^a * mask^b`` and pasted in that order; see :meth:`fuse_kmax_maskwise`).
         class_map: ``(K,)`` contiguous id of each model class (:meth:`CategoryTable.class_index_map`); default
             the identity (the model's classes in the table's stuff-first order).
         object_mask_threshold: Keep a query iff its best class is not "no object" and its softmax score is
             ``> object_mask_threshold`` (float32). Default 0.8, HF's ``threshold`` 0.5. ``"kmax"``: a slot is kept
-            iff its best class other than "no object" has probability ``>= object_mask_threshold`` (default 0.7).
+            iff its best class other than "no object" has probability ``>= object_mask_threshold`` (default 0.7);
+            ``"kmax_maskwise"``: the same for thing slots (default 0.7), see ``stuff_object_mask_threshold``.
         overlap_threshold: Keep a segment iff ``region_area / foreground_area >= overlap_threshold`` in float64
             (``"mask2former"``, ``"maskformer"``) or ``float32(ratio) > overlap_threshold`` (``"transformers"``,
-            its ``overlap_mask_area_threshold``). Default 0.8. Not used by ``"kmax"``.
+            its ``overlap_mask_area_threshold``). Default 0.8. Not used by ``"kmax"``. ``"kmax_maskwise"``: a slot is
+            pasted iff its pixels still free number ``> overlap_threshold * its pixels`` (float32; default 0.8).
         mask_threshold: A pixel is a query's foreground iff ``sigmoid(mask) >= mask_threshold``
             (``"transformers"``: ``score * sigmoid(mask) >= mask_threshold``, as HF does). Default 0.5. ``"kmax"``: a
             pixel is confident iff its largest softmax over kept slots is ``> mask_threshold`` (default 0.4).
+            ``"kmax_maskwise"``: a pixel belongs to a slot's binary mask iff the slot's softmax over all slots is
+            ``> mask_threshold`` (default 0.4; below 0.5 masks may overlap).
         label_ids_to_fuse: Model class indices whose segments merge into one (``"transformers"`` only, as HF's
             argument). Default: the stuff classes (HF's default fuses nothing, which gives several segments per
             stuff category). The other flavours always merge stuff.
         resize_masks_to: ``(h, w)`` every mask logit map is first resized to (bilinear), as HF's Mask2Former
             processor does with ``(384, 384)``; default none.
-        thing_area_limit: ``"kmax"`` only: a thing slot's segment is kept iff its area ``>= thing_area_limit``
-            (deeplab2's ``count > limit - 0.5``); 0 (default) keeps all.
-        stuff_area_limit: ``"kmax"`` only: a stuff category's merged segment is kept iff its area
-            ``>= stuff_area_limit``; 0 (default) keeps all.
+        thing_area_limit: ``"kmax"`` / ``"kmax_maskwise"`` only: a thing slot's segment is kept iff its area
+            ``>= thing_area_limit`` (deeplab2's ``count > limit - 0.5``); 0 (default) keeps all.
+        stuff_area_limit: ``"kmax"`` / ``"kmax_maskwise"`` only: a stuff category's merged segment is kept iff its
+            area ``>= stuff_area_limit``; 0 (default) keeps all.
+        stuff_object_mask_threshold: ``"kmax_maskwise"`` only: a stuff slot may be pasted iff its best class other
+            than "no object" has probability ``>= stuff_object_mask_threshold`` (default 0.5, kMaX-DeepLab's).
+        reorder_weights: ``"kmax_maskwise"`` only: ``(a, b)`` of the paste order, slots sorted (stable) by
+            ``class_probability ** a * mask_score ** b`` descending, the mask score being the mean softmax over the
+            pixels of the slot's binary mask at the input mask resolution (0 for none). Default ``(1.0, 1.0)``.
 
     Example:
         >>> from panoptic.data import synthetic_categories
@@ -105,7 +122,8 @@ class MaskFormerFusion(PanopticFusion):
                  object_mask_threshold: float | None = None, overlap_threshold: float | None = None,
                  mask_threshold: float | None = None, label_ids_to_fuse: Sequence[int] | None = None,
                  resize_masks_to: tuple[int, int] | None = None, thing_area_limit: int = 0,
-                 stuff_area_limit: int = 0) -> None:
+                 stuff_area_limit: int = 0, stuff_object_mask_threshold: float | None = None,
+                 reorder_weights: tuple[float, float] | None = None) -> None:
         super().__init__(table)
         if flavor not in _RULES:
             raise ValueError(f"unknown MaskFormerFusion flavor {flavor!r}; use one of {sorted(_RULES)}.")
@@ -116,13 +134,23 @@ class MaskFormerFusion(PanopticFusion):
                                            else object_mask_threshold)
         self.overlap_threshold = float(rule.overlap_threshold if overlap_threshold is None else overlap_threshold)
         self.mask_threshold = float(rule.mask_threshold if mask_threshold is None else mask_threshold)
-        if (thing_area_limit or stuff_area_limit) and flavor != "kmax":
-            raise ValueError("thing_area_limit and stuff_area_limit are deeplab2's (flavor='kmax'); the other "
-                             "flavours filter segments by overlap_threshold.")
+        if (thing_area_limit or stuff_area_limit) and flavor not in _KMAX:
+            raise ValueError("thing_area_limit and stuff_area_limit are deeplab2's (flavor='kmax' or "
+                             "'kmax_maskwise'); the other flavours filter segments by overlap_threshold.")
+        if (stuff_object_mask_threshold is not None or reorder_weights is not None) and flavor != "kmax_maskwise":
+            raise ValueError("stuff_object_mask_threshold and reorder_weights belong to deeplab2's maskwise rule: "
+                             "use flavor='kmax_maskwise'.")
+        self.stuff_object_mask_threshold = float(0.5 if stuff_object_mask_threshold is None
+                                                 else stuff_object_mask_threshold)
+        weights = (1.0, 1.0) if reorder_weights is None else tuple(float(v) for v in reorder_weights)
+        if len(weights) != 2 or min(weights) < 0 or any(v != v for v in weights):
+            raise ValueError(f"reorder_weights must be (class_weight, mask_weight), two numbers >= 0, got "
+                             f"{reorder_weights!r}.")
+        self.reorder_weights: tuple[float, float] = (weights[0], weights[1])
         if int(thing_area_limit) < 0 or int(stuff_area_limit) < 0:
             raise ValueError("thing_area_limit and stuff_area_limit must be >= 0 pixels.")
         self.thing_area_limit, self.stuff_area_limit = int(thing_area_limit), int(stuff_area_limit)
-        for name in ("object_mask_threshold", "overlap_threshold", "mask_threshold"):
+        for name in ("object_mask_threshold", "overlap_threshold", "mask_threshold", "stuff_object_mask_threshold"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {v}.")
@@ -191,6 +219,8 @@ class MaskFormerFusion(PanopticFusion):
         """Fuse one image's validated queries at output size ``size = (H, W)``."""
         if self.flavor == "kmax":
             return self.fuse_kmax(queries, size)
+        if self.flavor == "kmax_maskwise":
+            return self.fuse_kmax_maskwise(queries, size)
         rule = self.rule
         dev = queries.class_logits.device
         probs = torch.softmax(queries.class_logits.float(), -1)
@@ -253,7 +283,47 @@ class MaskFormerFusion(PanopticFusion):
         category = self.class_map[pred]
         thing = self.table.isthing_tensor(category.device)[category]
         painted = confident & keep.any()  # deeplab2: no kept slot, no segment
-        slot_area = torch.bincount(torch.where(painted, slot, q).reshape(-1), minlength=q + 1)[:q]
+        owner = torch.where(painted, slot, q)
+        ok = self._kmax_area_limits(owner, category, thing)
+        return self._assemble(owner, ok, torch.arange(q, device=ok.device), category, ~thing, conf, size)
+
+    def fuse_kmax_maskwise(self, queries: Queries, size: tuple[int, int]) -> PanopticResult:
+        """deeplab2's maskwise rule (``max_deeplab.py``, ``transformer_post_processing="maskwise"``).
+
+        Slots are sorted (stable, descending) by ``class_probability ** a * mask_score ** b`` (``reorder_weights``);
+        a slot's binary mask is where its softmax over all slots is ``> mask_threshold`` at the output size
+        (``align_corners=True``); in that order, a slot whose class passes its thing / stuff threshold (``>=``) is
+        pasted onto the pixels still free iff they are ``> overlap_threshold`` of its mask; stuff slots of one
+        category merge, then the area limits apply. Segments are numbered in paste order.
+        """
+        probs = torch.softmax(queries.class_logits.float(), -1)[:, :-1]  # "no object" never vetoes
+        conf, pred = probs.max(-1)
+        q = int(conf.numel())
+        if q == 0:
+            return _empty(size, queries.class_logits.device)
+        category = self.class_map[pred]
+        thing = self.table.isthing_tensor(category.device)[category]
+        allowed = torch.where(thing, conf >= self.object_mask_threshold, conf >= self.stuff_object_mask_threshold)
+        logits = queries.mask_logits.float()
+        order = kmax_paste_order(logits, conf, self.mask_threshold, self.reorder_weights)
+        if tuple(logits.shape[1:]) != size:
+            logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=True)[0]
+        probs = torch.softmax(logits, 0)  # over all slots: rejected slots take their share too
+        paste = order[allowed[order]]  # a slot that may not be pasted changes nothing: leave its mask out
+        if int(paste.numel()) == 0:
+            return _empty(size, logits.device)
+        owner, _ = paste_in_order(probs[paste] > self.mask_threshold, allowed[paste], self.overlap_threshold)
+        category, thing = category[paste], thing[paste]
+        ok = self._kmax_area_limits(owner, category, thing)
+        return self._assemble(owner, ok, paste, category, ~thing, conf[paste], size)
+
+    def _kmax_area_limits(self, owner: torch.Tensor, category: torch.Tensor, thing: torch.Tensor) -> torch.Tensor:
+        """``(n,)`` bool: slot ``k`` has pixels and passes deeplab2's area limits (stuff: its category's area).
+
+        ``owner``: ``(H, W)`` slot position at each pixel, ``n`` for none; ``category``, ``thing``: ``(n,)``.
+        """
+        n = int(category.numel())
+        slot_area = torch.bincount(owner.reshape(-1), minlength=n + 1)[:n]
         ok = slot_area > 0
         if self.thing_area_limit > 0:
             ok &= ~thing | (slot_area >= self.thing_area_limit)
@@ -261,8 +331,7 @@ class MaskFormerFusion(PanopticFusion):
             class_area = torch.zeros(self.table.num_classes, dtype=torch.int64, device=slot_area.device)
             class_area.index_add_(0, category, torch.where(thing, 0, slot_area))
             ok &= thing | (class_area[category] >= self.stuff_area_limit)
-        owner = torch.where(painted, slot, q)
-        return self._assemble(owner, ok, torch.arange(q, device=ok.device), category, ~thing, conf, size)
+        return ok
 
     def _assemble(self, owner: torch.Tensor, valid: torch.Tensor, kept: torch.Tensor,
                   category: torch.Tensor, fuse: torch.Tensor, scores: torch.Tensor,
