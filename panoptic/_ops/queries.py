@@ -108,33 +108,8 @@ def paste_in_order(claims: torch.Tensor, allowed: torch.Tensor,
     area = _count_rows(flat)
     limit = (area.float() * torch.tensor(overlap_threshold, dtype=torch.float32)).tolist()  # one host sync
     count = flat.sum(0, dtype=torch.uint8) if narrow else flat.sum(0, dtype=torch.int32)
-    shared = torch.nonzero(count >= 2)[:, 0]
-    groups: list[list[int]] = []
-    sizes: list[int] = []
-    if shared.numel():
-        rank = torch.arange(n, device=dev).view(-1, 1)
-        code = torch.where(flat[:, shared].bool(), rank, n)  # (n, P): the ranks claiming each shared pixel
-        m = int(count.max())  # most masks claiming one pixel: the claim set is its m smallest ranks
-        first = code.topk(m, 0, largest=False).values  # (m, P), ascending
-        sets, sizes_t = torch.unique(first, dim=1, return_counts=True)
-        groups = [[r for r in col if r < n] for col in sets.t().tolist()]
-        sizes = sizes_t.tolist()
-    of_mask: list[list[int]] = [[] for _ in range(n)]
-    for g, members in enumerate(groups):
-        for r in members:
-            of_mask[r].append(g)
-    taken = [False] * len(groups)  # a group's pixels are on the canvas once one of its masks is pasted
-    ok = allowed.tolist()
-    areas = area.tolist()
-    pasted_list = [False] * n
-    for k in range(n):  # sequential by nature: a mask's free area depends on which earlier masks were pasted
-        if not ok[k] or areas[k] == 0:
-            continue
-        free = areas[k] - sum(sizes[g] for g in of_mask[k] if taken[g])
-        if free > limit[k]:
-            pasted_list[k] = True
-            for g in of_mask[k]:
-                taken[g] = True
+    of_mask, sizes = _claim_groups(flat, count)
+    pasted_list = _paste_decisions(allowed.tolist(), area.tolist(), limit, of_mask, sizes)
     pasted = torch.tensor(pasted_list, dtype=torch.bool, device=dev)
     # the first pasted claimant: weight n - k for a pasted mask k, 0 otherwise; the largest weight claiming wins
     weight = torch.where(pasted, torch.arange(n, 0, -1, device=dev), 0).view(-1, 1)
@@ -144,6 +119,50 @@ def paste_in_order(claims: torch.Tensor, allowed: torch.Tensor,
         top = (flat.long() * weight).amax(0)
     owner = torch.where(top == 0, n, n - top).view(h, w)
     return owner, pasted
+
+
+def _claim_groups(flat: torch.Tensor, count: torch.Tensor) -> tuple[list[list[int]], list[int]]:
+    """The pixels claimed by several masks, grouped by their claim set.
+
+    Args:
+        flat: ``(n, L)`` 0 / 1 uint8 masks.
+        count: ``(L,)`` masks claiming each pixel.
+
+    Returns:
+        Per mask, the groups it belongs to, and per group its pixel count.
+    """
+    n = int(flat.shape[0])
+    shared = torch.nonzero(count >= 2)[:, 0]
+    of_mask: list[list[int]] = [[] for _ in range(n)]
+    if not shared.numel():
+        return of_mask, []
+    rank = torch.arange(n, device=flat.device).view(-1, 1)
+    code = torch.where(flat[:, shared].bool(), rank, n)  # (n, P): the ranks claiming each shared pixel
+    m = int(count.max())  # most masks claiming one pixel: the claim set is its m smallest ranks
+    first = code.topk(m, 0, largest=False).values  # (m, P), ascending
+    sets, sizes_t = torch.unique(first, dim=1, return_counts=True)
+    for g, col in enumerate(sets.t().tolist()):
+        for r in col:
+            if r < n:
+                of_mask[r].append(g)
+    return of_mask, sizes_t.tolist()
+
+
+def _paste_decisions(ok: list[bool], areas: list[int], limit: list[float], of_mask: list[list[int]],
+                     sizes: list[int]) -> list[bool]:
+    """Which masks are pasted, in order: sequential by nature, as a mask's free area depends on which earlier
+    masks were pasted (a group's pixels are on the canvas once one of its masks is)."""
+    taken = [False] * len(sizes)
+    pasted = [False] * len(ok)
+    for k in range(len(ok)):
+        if not ok[k] or areas[k] == 0:
+            continue
+        free = areas[k] - sum(sizes[g] for g in of_mask[k] if taken[g])
+        if free > limit[k]:
+            pasted[k] = True
+            for g in of_mask[k]:
+                taken[g] = True
+    return pasted
 
 
 def _count_rows(x: torch.Tensor) -> torch.Tensor:
