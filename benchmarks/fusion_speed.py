@@ -333,11 +333,49 @@ def _run(args: argparse.Namespace) -> int:
         sizes = SIZES[:1] if args.quick else SIZES
         out["sizes"] = thread_table(table, sizes, repeats, args.seed, args.load)
         print_thread_table(out["sizes"])
+    if args.json is not None and not args.quick:
+        out["export"] = export_check(table, args.seed, repeats)
+        print(f"\nexport check: {json.dumps(out['export'])}")
     if args.json is not None:
         tmp_json = args.json.with_name(args.json.name + ".tmp")  # no partial file
         tmp_json.write_text(json.dumps(out, indent=2))
         tmp_json.replace(args.json)
     return 0
+
+
+def export_check(table: CategoryTable, seed: int, repeats: int, size: tuple[int, int] = (256, 512),
+                 n: int = 20) -> dict[str, Any]:
+    """Export UPSNetFusion and HeuristicFusion (``panoptic.export``), check the program equals eager on a batch of
+    two other images, and time eager against ``run_exported`` (median ms, interleaved; CPU, so not a speed-up)."""
+    from panoptic import HeuristicFusion
+    from panoptic.export import export_fusion, run_exported
+
+    h, w = size
+    example = [make_inputs(k, table, seed + k, 64, 128) for k in (3, 5)]
+    sem = torch.cat([example[0][0], example[1][0]])
+    batch = [make_inputs(k, table, seed + 100 + k, h, w) for k in (n, n // 2)]
+    bsem = torch.cat([b[0] for b in batch])
+    binst = [b[1] for b in batch]
+    report: dict[str, Any] = {"size": f"{h}x{w}", "instances": [n, n // 2]}
+    for name, fusion in (("upsnet", UPSNetFusion(table)), ("heuristic", HeuristicFusion(table))):
+        t0 = time.perf_counter()
+        program = export_fusion(fusion, sem, [e[1] for e in example])
+        export_s = time.perf_counter() - t0
+        with torch.inference_mode():
+            eager, exported = fusion(bsem, binst), run_exported(program, fusion, bsem, binst)
+            identical = all(a.equal(b) for a, b in zip(eager, exported, strict=True))
+            times: dict[str, list[float]] = {"eager": [], "exported": []}
+            for _ in range(repeats):
+                for label, fn in (("eager", lambda f=fusion: f(bsem, binst)),
+                                  ("exported", lambda f=fusion, p=program: run_exported(p, f, bsem, binst))):
+                    t1 = time.perf_counter()
+                    fn()
+                    times[label].append(1000 * (time.perf_counter() - t1))
+        report[name] = {"identical": identical, "export_s": round(export_s, 1),
+                        **{f"{k}_ms": round(statistics.median(v), 1) for k, v in times.items()}}
+        if not identical:
+            raise AssertionError(f"{name}: the exported program differs from the eager fusion")
+    return report
 
 
 @contextlib.contextmanager
