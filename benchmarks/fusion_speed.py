@@ -237,10 +237,7 @@ def _run(args: argparse.Namespace) -> int:
         table = CategoryTable.cityscapes()
         res = {"sizes": thread_table(table, SIZES[:1] if args.quick else SIZES, repeats, args.seed, args.load)}
         print_thread_table(res["sizes"])
-        if args.json is not None:
-            tmp_json = args.json.with_name(args.json.name + ".tmp")  # no partial file
-            tmp_json.write_text(json.dumps(res, indent=2))
-            tmp_json.replace(args.json)
+        write_json(args.json, res)
         return 0
     load_start = os.getloadavg()
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 7)
@@ -336,10 +333,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.json is not None and not args.quick:
         out["export"] = export_check(table, args.seed, repeats)
         print(f"\nexport check: {json.dumps(out['export'])}")
-    if args.json is not None:
-        tmp_json = args.json.with_name(args.json.name + ".tmp")  # no partial file
-        tmp_json.write_text(json.dumps(out, indent=2))
-        tmp_json.replace(args.json)
+    write_json(args.json, out)
     return 0
 
 
@@ -376,6 +370,22 @@ def export_check(table: CategoryTable, seed: int, repeats: int, size: tuple[int,
         if not identical:
             raise AssertionError(f"{name}: the exported program differs from the eager fusion")
     return report
+
+
+def machine_info(repeats: int, load_start: tuple[float, float, float]) -> dict[str, Any]:
+    """What a family benchmark's JSON records about the run: cores, torch, threads, repetitions, load averages."""
+    return {"cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "repeats": repeats, "loadavg_start": [round(v, 2) for v in load_start],
+            "loadavg_end": [round(v, 2) for v in os.getloadavg()]}
+
+
+def write_json(path: Path | None, obj: Any) -> None:
+    """Write ``obj`` to ``path`` (if given) through a temporary file: no partial file."""
+    if path is None:
+        return
+    tmp_json = path.with_name(path.name + ".tmp")
+    tmp_json.write_text(json.dumps(obj, indent=2))
+    tmp_json.replace(path)
 
 
 @contextlib.contextmanager
@@ -552,13 +562,8 @@ def query_speed(args: argparse.Namespace) -> int:
         rows[key]["speedup_mask2former"] = None if hf is None else round(hf / med["ours"], 2)
         print(f"| {key} | {hf if hf is not None else 'n/a'} | {med['ours_hf']} | {med['ours']} "
               f"| {rows[key]['speedup_same_rule']} | {rows[key]['speedup_mask2former']} |")
-    rows["machine"] = {"cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                       "repeats": repeats, "loadavg_start": [round(v, 2) for v in load_start],
-                       "loadavg_end": [round(v, 2) for v in os.getloadavg()]}
-    if args.json is not None:
-        tmp_json = args.json.with_name(args.json.name + ".tmp")  # no partial file
-        tmp_json.write_text(json.dumps(rows, indent=2))
-        tmp_json.replace(args.json)
+    rows["machine"] = machine_info(repeats, load_start)
+    write_json(args.json, rows)
     return 0
 
 
@@ -686,13 +691,8 @@ def centre_family(args: argparse.Namespace) -> int:
         r["speedup"] = round(r["reference_ms"] / r["ours_labels_ms"], 1)
         print(f"| {scene} | {r['reference_ms']:.0f} | {r['ours_labels_ms']:.0f} | {r['ours_logits_ms']:.0f} "
               f"| {r['speedup']:.1f}x |")
-    out["machine"] = {"cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "repeats": repeats, "loadavg_start": [round(v, 2) for v in load_start],
-                      "loadavg_end": [round(v, 2) for v in os.getloadavg()]}
-    if args.json is not None:
-        tmp_json = args.json.with_name(args.json.name + ".tmp")  # no partial file
-        tmp_json.write_text(json.dumps(out, indent=2))
-        tmp_json.replace(args.json)
+    out["machine"] = machine_info(repeats, load_start)
+    write_json(args.json, out)
     return 0
 
 

@@ -83,6 +83,16 @@ def _assert_same(eager, other) -> None:
         assert a.equal(b), (a, b)
 
 
+def _assert_onnx_equals_eager(session, fusion) -> None:
+    """ONNX Runtime's outputs, assembled, equal the eager fusion on 6 random batches (integer logits included)."""
+    for seed in range(6):
+        sem, inst = _random_batch(seed, max_side=20, max_n=7, table=SYNTHETIC)
+        packed = pack(fusion, sem, inst)
+        feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), packed.args, strict=True)}
+        outputs = [torch.from_numpy(o) for o in session.run(None, feeds)]
+        _assert_same(fusion(sem, inst), assemble_results(fusion, packed, outputs))
+
+
 FUSIONS = [
     {"class_assignment": "heuristic", "unknown": True, "stuff_area_limit": 6},
     {"class_assignment": "semantic", "unknown": True, "stuff_area_limit": 0},
@@ -262,12 +272,7 @@ def test_heuristic_exported_program_and_onnx_equal_eager() -> None:
     ort = pytest.importorskip("onnxruntime")
     proto = torch.onnx.export(program, (), dynamo=True, verbose=False).model_proto.SerializeToString()
     session = ort.InferenceSession(proto, providers=["CPUExecutionProvider"])
-    for seed in range(6):
-        sem, inst = _random_batch(seed, max_side=20, max_n=7, table=SYNTHETIC)
-        packed = pack(fusion, sem, inst)
-        feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), packed.args, strict=True)}
-        outputs = [torch.from_numpy(o) for o in session.run(None, feeds)]
-        _assert_same(fusion(sem, inst), assemble_results(fusion, packed, outputs))
+    _assert_onnx_equals_eager(session, fusion)
 
 
 def test_export_command_writes_a_heuristic_program(tmp_path) -> None:
@@ -289,12 +294,7 @@ def test_onnx_file_runs_in_onnxruntime_like_eager(exported) -> None:
         pytest.skip("onnxscript is not installed")
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for seed in range(6):
-        sem, inst = _random_batch(seed, max_side=20, max_n=7, table=SYNTHETIC)
-        packed = pack(fusion, sem, inst)
-        feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), packed.args, strict=True)}
-        outputs = [torch.from_numpy(o) for o in session.run(None, feeds)]
-        _assert_same(fusion(sem, inst), assemble_results(fusion, packed, outputs))
+    _assert_onnx_equals_eager(session, fusion)
 
 
 def test_export_command_reports_a_bad_categories_file_in_one_line(tmp_path, capsys) -> None:
