@@ -84,6 +84,32 @@ def test_upsnet_native_equals_torch(case):
     assert torch.equal(a.score.nan_to_num(-1), b.score.nan_to_num(-1))
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_upsnet_torch_path_in_several_row_bands_equals_native_and_dense(seed):
+    from panoptic._ops.rows import row_bands
+
+    g = torch.Generator().manual_seed(seed)
+    table = tiny_table(3, 3)
+    h, w = 300, 700  # 210k pixels: the torch pass runs in two row bands
+    assert len(row_bands(torch.empty(1, h, w))) == 2
+    sem = (torch.randn(6, h, w, generator=g) * 3).round()  # ties on every channel
+    n = 14
+    x1, y1 = torch.rand(n, generator=g) * w, torch.rand(n, generator=g) * h
+    boxes = torch.stack([x1, y1, x1 + torch.rand(n, generator=g) * 300, y1 + torch.rand(n, generator=g) * 250], 1)
+    inst = Instances(boxes, 0.61 + 0.39 * torch.rand(n, generator=g), torch.randint(0, 3, (n,), generator=g),
+                     (torch.randn(n, 7, 7, generator=g) * 3).round())
+    fusion = UPSNetFusion(table, class_assignment="heuristic" if seed % 2 else "semantic")
+    native, ref = _run_both(lambda: (fusion.panoptic_argmax(sem, inst), fusion(sem[None], [inst])[0]))
+    assert torch.equal(native[0], ref[0])
+    assert torch.equal(ref[0], fusion.panoptic_logits(sem, inst).argmax(0))
+    assert torch.equal(native[1].segment_map, ref[1].segment_map)
+    assert torch.equal(native[1].unknown_mask, ref[1].unknown_mask)
+    bad = sem.clone()
+    bad[2, h - 1, w - 1] = float("-inf")  # in the last band only
+    with ops.backend("torch"), pytest.raises(ValueError, match="NaN or inf"):
+        fusion(bad[None], [inst])
+
+
 def test_upsnet_native_path_is_taken_by_two_threads_sharing_a_row_counter(monkeypatch):
     table = tiny_table(2, 2)
     sem = torch.randn(4, 64, 16)

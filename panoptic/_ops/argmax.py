@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..fusion.base import FiniteCheck
-from .rows import as_native, run_rows
+from .rows import as_native, row_bands, run_rows
 from .switch import native_kernels
 
 __all__ = ["first_argmax", "first_argmax_keys", "sample_grid"]
@@ -43,33 +43,39 @@ def first_argmax_keys(logits: torch.Tensor, num_first: int, out: torch.Tensor, s
         if finite is not None:
             finite.add_flag(ok)
         return
-    # The specification.
-    if finite is not None:
-        finite.add(logits)
+    # The specification, band by band (see row_bands).
     if samples is not None:
         sample_grid(logits, samples, stride)
-    if k == 0:
-        out.fill_(0)
-        return
-    out.copy_(first_argmax(logits).clamp_(max=k))
+    for r0, r1 in row_bands(logits):
+        band = logits[:, r0:r1]
+        if finite is not None:
+            finite.add(band)  # while the band is in cache
+        out[r0:r1] = first_argmax(band).clamp_(max=k) if k else 0
 
 
-def first_argmax(x: torch.Tensor) -> torch.Tensor:
+def first_argmax(x: torch.Tensor, x_max: torch.Tensor | None = None) -> torch.Tensor:
     """``x.argmax(0)`` of ``(C, H, W)`` logits (the first maximum on ties) as ``(H, W)`` int64.
 
     ``argmax`` over the leading dimension is not vectorised on the CPU (about 30x a pass of ``amax``), so for up to
     :data:`_EXACT_CHANNELS` channels the index comes from vectorised operations: the channels ``c`` reaching the
-    maximum contribute ``2**-c`` to a sum, and the sum's binary exponent (``frexp``) is ``1 - (first such c)``.
-    Powers of two that fit the float32 significand add exactly in any order, so ties resolve as in ``argmax``.
+    maximum contribute ``2**-c`` to a sum, and the sum's binary exponent is ``-(first such c)``. Powers of two
+    that fit the float32 significand add exactly in any order, so ties resolve as in ``argmax``.
+
+    Args:
+        x: ``(C, H, W)`` logits.
+        x_max: ``x.amax(0)`` if the caller has it already ``(H, W)``.
     """
     c = int(x.shape[0])
     if c > _EXACT_CHANNELS or c == 0:
         return x.argmax(0)
+    if x_max is None:
+        x_max = x.amax(0)
     # 1.0 where a channel reaches the maximum; written as float directly (a bool result and a cast cost 5x more)
-    at_max = torch.eq(x, x.amax(0), out=torch.empty(x.shape, dtype=torch.float32, device=x.device)).reshape(c, -1)
+    at_max = torch.eq(x, x_max, out=torch.empty(x.shape, dtype=torch.float32, device=x.device)).reshape(c, -1)
     weights = torch.pow(2.0, -torch.arange(c, dtype=torch.float32, device=x.device))
     total = (weights @ at_max).reshape(x.shape[1:])
-    return (1 - torch.frexp(total).exponent).long()
+    # The biased exponent field of a float32 in (0, 2) is 127 + its binary exponent (cheaper than frexp).
+    return (127 - torch.bitwise_right_shift(total.view(torch.int32), 23)).long()
 
 
 #: Most channels :func:`first_argmax` sums exactly in float32: ``2**0 .. 2**-23`` fit its 24-bit significand.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..fusion.base import FiniteCheck
+from ..fusion.base import FiniteCheck, scratch
 from .argmax import first_argmax, sample_grid
-from .rows import as_native, run_rows
+from .rows import as_native, row_bands, run_rows
 from .switch import native_kernels
 
 __all__ = ["instance_max", "upsnet_keys"]
@@ -78,63 +78,77 @@ def _native_keys(sem: torch.Tensor, crop: list[Region], paste: list[Region], mas
 def _torch_keys(sem: torch.Tensor, crop: list[Region], paste: list[Region], masks: list[torch.Tensor],
                 channels: list[int], num_stuff: int, pairs: bool, unknown: bool, out: torch.Tensor,
                 samples: torch.Tensor | None, stride: int, finite: FiniteCheck | None) -> None:
-    """:func:`upsnet_keys` in plain torch: the specification the C kernel matches."""
-    c = int(sem.shape[0])
-    nst, n = int(num_stuff), len(crop)
-    step = nst + 1 if pairs else 1
-    unk = nst + n * step
-    if finite is not None:
-        finite.add(sem)
+    """:func:`upsnet_keys` in plain torch: the instance channels reduced box by box over the whole image, then
+    the per-pixel rule band by band (see :func:`row_bands`)."""
     if samples is not None:
         sample_grid(sem, samples, stride)
-    dev = sem.device
+    n = len(crop)
+    unk = num_stuff + n * (num_stuff + 1 if pairs else 1)
+    inst = instance_max(sem, crop, paste, masks, channels) if n else None
+    for r0, r1 in row_bands(sem):
+        if finite is not None:
+            finite.add(sem[:, r0:r1])  # while the band is in cache
+        band = None if inst is None else tuple(t[r0:r1] for t in inst)
+        out[r0:r1] = keys_rule(sem[:, r0:r1], band, n, num_stuff, pairs, unknown, unk)
+
+
+def keys_rule(sem: torch.Tensor, inst: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, n: int,
+              num_stuff: int, pairs: bool, unknown: bool, unk: int) -> torch.Tensor:
+    """The keys of :func:`upsnet_keys` from ``sem`` ``(C, H, W)`` and the instance reduction ``inst`` of
+    :func:`instance_max` (``None`` without instances): the specification the C kernel matches.
+
+    Returns:
+        ``(H, W)`` keys (int32 or int64); ``unk`` is the unknown key.
+    """
+    c, h, w = (int(s) for s in sem.shape)
+    nst = int(num_stuff)
+    step = nst + 1 if pairs else 1
     smax = sidx = tmax = None
     if nst:
-        smax, sidx = sem[:nst].amax(0), first_argmax(sem[:nst])
+        smax = sem[:nst].amax(0)
+        sidx = first_argmax(sem[:nst], smax)
     if c > nst:
         tmax = sem[nst:].amax(0)
-    unk_t = torch.tensor(unk, device=dev)
-    if n == 0:
+    if inst is None:
         if sidx is None:
-            out.fill_(unk)  # only unknown, or no channel at all
-        elif unknown and tmax is not None:
-            out.copy_(torch.where(smax >= tmax, sidx, unk_t))  # U = max thing - 0
-        else:
-            out.copy_(sidx)
-        return
-    ival, first, ymax = instance_max(sem, crop, paste, masks, channels)
+            return torch.full((h, w), unk, dtype=torch.int64, device=sem.device)  # unknown, or no channel at all
+        if unknown and tmax is not None:
+            return torch.where(smax >= tmax, sidx, unk)  # U = max thing - 0
+        return sidx
+    ival, first, ymax = inst
     key = nst + first * step
     if pairs:  # the pixel's semantic class: a stuff class if it is the semantic argmax, else "a thing" (Nst)
         key += torch.where(smax >= tmax, sidx, nst) if smax is not None else nst
     best = ival
     if unknown:
         u = tmax - ymax
-        key = torch.where(ival >= u, key, unk_t)
+        key = torch.where(ival >= u, key, unk)
         best = torch.maximum(ival, u)
     if smax is not None:
         key = torch.where(smax >= best, sidx, key)
-    out.copy_(key)
+    return key
 
 
 def instance_max(sem: torch.Tensor, crop: list[Region], paste: list[Region], masks: list[torch.Tensor],
                  channels: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per pixel, over the ``N >= 1`` instance channels ``Z_i = Y_i + M_i``: the maximum, the first instance
-    reaching it (int64) and ``max_i Y_i``, each ``(H, W)``.
+    reaching it (int32) and ``max_i Y_i``, each ``(H, W)``, in scratch buffers (see
+    :func:`~panoptic.fusion.base.scratch`): use them before the next call.
 
     Box-local. Outside its crop box a channel is 0, and that 0 can raise a pixel's running maximum only where
     every earlier box covered the pixel (elsewhere an earlier channel already gave it a 0): the intersection of
     boxes ``0 .. i-1`` (a rectangle, soon empty) minus box ``i``.
     """
     h, w = int(sem.shape[1]), int(sem.shape[2])
-    ival = sem.new_zeros(h, w)
-    ymax = sem.new_zeros(h, w)
-    first = torch.zeros(h, w, dtype=torch.int64, device=sem.device)
+    ival = scratch("upsnet.ival", (h, w), sem.dtype, sem.device).zero_()
+    ymax = scratch("upsnet.ymax", (h, w), sem.dtype, sem.device).zero_()
+    first = scratch("upsnet.first", (h, w), torch.int32, sem.device).zero_()
     common = (0, h, 0, w)  # pixels covered by the crop boxes of all instances so far
     for i, (cbox, pbox) in enumerate(zip(crop, paste, strict=True)):
         if i:
             for y0, y1, x0, x1 in rect_minus(common, cbox):  # channel i's 0 enters the maximum here
                 iv = ival[y0:y1, x0:x1]
-                first[y0:y1, x0:x1] = torch.where(iv < 0, i, first[y0:y1, x0:x1])
+                first[y0:y1, x0:x1].masked_fill_(iv < 0, i)
                 iv.clamp_(min=0)
                 ymax[y0:y1, x0:x1].clamp_(min=0)
         common = rect_and(common, cbox)
@@ -142,15 +156,18 @@ def instance_max(sem: torch.Tensor, crop: list[Region], paste: list[Region], mas
         if cy1 <= cy0 or cx1 <= cx0:
             continue
         y = sem[channels[i], cy0:cy1, cx0:cx1]
-        z = y.clone()
-        if masks[i].numel():  # the paste box is the crop box's top-left part (round vs trunc at the far edges)
-            z[:pbox[1] - pbox[0], :pbox[3] - pbox[2]] += masks[i]
+        if masks[i].shape == y.shape:
+            z = y + masks[i]
+        else:  # the paste box is the crop box's top-left part (round vs trunc at the far edges), or empty
+            z = y.clone()
+            if masks[i].numel():
+                z[:pbox[1] - pbox[0], :pbox[3] - pbox[2]] += masks[i]
         iv, ym = ival[cy0:cy1, cx0:cx1], ymax[cy0:cy1, cx0:cx1]
         if i == 0:
             iv.copy_(z)
             ym.copy_(y)
             continue
-        first[cy0:cy1, cx0:cx1] = torch.where(z > iv, i, first[cy0:cy1, cx0:cx1])  # strict: first maximum
+        first[cy0:cy1, cx0:cx1].masked_fill_(z > iv, i)  # strict: the first maximum stays
         torch.maximum(iv, z, out=iv)
         torch.maximum(ym, y, out=ym)
     return ival, first, ymax
