@@ -10,6 +10,12 @@ selections run eagerly in :func:`pack` (a documented split, see ``docs/concepts/
   :class:`~panoptic.fusion.heuristic_graph.HeuristicGraph`; the score filter and the sequential paste in score
   order (each keep decision depends on the pixels pasted before it, like NMS) stay outside and hand the graph
   a paint map.
+* :class:`~panoptic.fusion.MaskFormerFusion` (``"mask2former"``, ``"maskformer"``, ``"transformers"``): graph
+  :class:`~panoptic.fusion.maskformer_graph.MaskFormerGraph`; the query filter (``score > object_mask_threshold``)
+  and the mask resize to the output size stay outside, and the kept queries reach the graph padded.
+
+Every function takes the fusion's own inputs: ``(semantic_logits, instances)``, or ``(queries,)`` for the query
+fusion, then ``output_size`` by keyword.
 
 Example:
     >>> from panoptic.categories import CategoryTable
@@ -29,19 +35,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ._ops.threads import fusion_threads
-from .fusion.base import PanopticFusion, check_not_meta, fill_stuff_scores, prepare_instances, prepare_semantic
+from .fusion.base import (
+    PanopticFusion,
+    check_not_meta,
+    checked_output_size,
+    fill_stuff_scores,
+    prepare_instances,
+    prepare_semantic,
+)
 from .fusion.heuristic import HeuristicFusion
 from .fusion.heuristic_graph import HeuristicGraph
+from .fusion.maskformer_graph import MaskFormerGraph
 from .fusion.pruning import prune_and_paste
 from .fusion.upsnet_graph import UPSNetGraph
+from .queries import Queries, as_query_list
 from .structures import Instances, PanopticResult
 
-if TYPE_CHECKING:  # panoptic.fusion.upsnet runs its batched mode through this module
+if TYPE_CHECKING:  # panoptic.fusion.upsnet and .maskformer run their batched modes through this module
+    from .fusion.maskformer import MaskFormerFusion
     from .fusion.upsnet import UPSNetFusion
 
 __all__ = ["export_fusion", "run_exported"]
@@ -53,52 +69,97 @@ class PackedBatch:
 
     Attributes:
         args: The graph's inputs: ``(sem, crop, masks, labels, scores, valid)`` for :meth:`UPSNetGraph.forward`,
-            ``(sem, paint, labels, scores)`` for :meth:`HeuristicGraph.forward`.
-        keep: Per image, ``(K_b,)`` int64 indices of the kept instances in the input ``Instances`` (slot order).
+            ``(sem, paint, labels, scores)`` for :meth:`HeuristicGraph.forward`, ``(masks, scores, category, fuse,
+            valid)`` for :meth:`MaskFormerGraph.forward`.
+        keep: Per image, ``(K_b,)`` int64 indices of the kept instances (queries) in the input (slot order).
+        stuff_scores: Fill the stuff segments' scores from the semantic logits ``args[0]`` when assembling.
     """
 
     args: tuple[torch.Tensor, ...]
     keep: list[torch.Tensor]
+    stuff_scores: bool = True  # fill stuff scores from the semantic logits (args[0]); not for query fusions
 
 
 def _has_graph(fusion: PanopticFusion) -> bool:
-    """Whether ``fusion`` has a static-shape graph (its ``static_graph`` method: UPSNetFusion, HeuristicFusion)."""
+    """Whether ``fusion`` has a static-shape graph (its ``static_graph`` method: UPSNetFusion, HeuristicFusion,
+    MaskFormerFusion)."""
     return callable(getattr(fusion, "static_graph", None))
 
 
-def fusion_graph(fusion: PanopticFusion) -> UPSNetGraph | HeuristicGraph:
+def fusion_graph(fusion: PanopticFusion) -> UPSNetGraph | HeuristicGraph | MaskFormerGraph:
     """The static-shape module of ``fusion``'s per-pixel path.
 
     Raises:
-        ValueError: For fusions without an exportable graph yet (all but :class:`UPSNetFusion` and
-            :class:`HeuristicFusion`).
+        ValueError: For fusions without an exportable graph yet (:class:`~panoptic.fusion.CentreOffsetFusion`,
+            the ``"kmax"`` flavours of :class:`MaskFormerFusion`).
     """
     if _has_graph(fusion):
         return fusion.static_graph()
-    raise ValueError(f"export supports UPSNetFusion and HeuristicFusion; {type(fusion).__name__} has no "
-                     "static-shape graph yet (run it eagerly).")
+    raise ValueError(f"export supports UPSNetFusion, HeuristicFusion and MaskFormerFusion; {type(fusion).__name__} "
+                     "has no static-shape graph yet (run it eagerly).")
 
 
-def pack(fusion: PanopticFusion, semantic_logits: torch.Tensor, instances: Sequence[Instances],
-         output_size: tuple[int, int] | None = None, min_slots: int = 1) -> PackedBatch:
+def pack(fusion: PanopticFusion, *inputs: Any, output_size: tuple[int, int] | None = None,
+         min_slots: int = 1) -> PackedBatch:
     """Validate a batch and run the eager part of ``fusion`` on it: the padded inputs of its graph.
 
     Args:
-        fusion: A :class:`UPSNetFusion` or :class:`HeuristicFusion`.
-        semantic_logits: ``(B, C, h, w)``, as for ``fusion(...)``.
-        instances: ``B`` :class:`Instances`.
-        output_size: ``(H, W)``; default ``(h, w)``.
-        min_slots: Pad the instance axis to at least this many slots (the graphs need ``N >= 1``).
+        fusion: A :class:`UPSNetFusion`, :class:`HeuristicFusion` or :class:`MaskFormerFusion`.
+        *inputs: What ``fusion(...)`` takes: ``semantic_logits`` ``(B, C, h, w)`` and ``B`` :class:`Instances`, or
+            the :class:`Queries` (one per image).
+        output_size: ``(H, W)``; default as the eager fusion.
+        min_slots: Pad the instance (query) axis to at least this many slots (the graphs need ``N >= 1``).
 
     Raises:
         ValueError: For invalid inputs (as the eager fusion) or a fusion without a graph.
     """
+    if callable(getattr(fusion, "kept_queries", None)):  # MaskFormerFusion (not imported here: no cycle)
+        fusion_graph(fusion)  # the kMaX flavours: the error that names the exportable ones
+        return _pack_queries(fusion, *inputs, output_size=output_size, min_slots=min_slots)  # type: ignore[arg-type]
+    if len(inputs) != 2:
+        raise TypeError(f"{type(fusion).__name__} takes (semantic_logits, instances), got {len(inputs)} inputs.")
+    semantic_logits, instances = inputs
     if isinstance(fusion, HeuristicFusion):
         return _pack_heuristic(fusion, semantic_logits, instances, output_size, min_slots)
     if _has_graph(fusion):
         return pack_upsnet(fusion, semantic_logits, instances, output_size, min_slots)  # type: ignore[arg-type]
     fusion_graph(fusion)  # raises the error that names the supported fusions
     raise AssertionError("unreachable")
+
+
+def _pack_queries(fusion: MaskFormerFusion, queries: Queries | Sequence[Queries],
+                  output_size: tuple[int, int] | None, min_slots: int) -> PackedBatch:
+    """:func:`pack` for :class:`MaskFormerGraph`: per image the query filter and the mask resize, then padding."""
+    qs = [q.to(fusion.class_map.device) for q in as_query_list(queries)]
+    output_size = checked_output_size(output_size)
+    sizes = set()
+    for q in qs:
+        q.validate(fusion.num_model_classes)
+        sizes.add(output_size or fusion.resize_masks_to or (int(q.mask_logits.shape[1]), int(q.mask_logits.shape[2])))
+    if len(sizes) > 1:
+        raise ValueError(f"the images of one batch must share the output size, got {sorted(sizes)}; pass "
+                         "output_size=(H, W) (or resize_masks_to) to fuse them as one batch.")
+    dev = fusion.class_map.device
+    h, w = sizes.pop() if sizes else (output_size or (1, 1))
+    selected = [fusion.kept_queries(q, (h, w)) for q in qs]
+    n = max([0 if s is None else int(s[0].numel()) for s in selected] + [min_slots, 1])
+    b = len(qs)
+    masks = torch.zeros(b, n, h, w, dtype=torch.float32, device=dev)
+    scores = torch.zeros(b, n, dtype=torch.float32, device=dev)
+    category = torch.zeros(b, n, dtype=torch.int64, device=dev)
+    fuse = torch.zeros(b, n, dtype=torch.bool, device=dev)
+    valid = torch.zeros(b, n, dtype=torch.bool, device=dev)
+    keep = []
+    for i, sel in enumerate(selected):
+        if sel is None:
+            keep.append(torch.zeros(0, dtype=torch.int64, device=dev))
+            continue
+        kept, sc, labels, m = sel
+        k = int(kept.numel())
+        masks[i, :k], scores[i, :k], valid[i, :k] = m, sc, True
+        category[i, :k], fuse[i, :k] = fusion.class_map[labels], fusion.fuse_class[labels]
+        keep.append(kept)
+    return PackedBatch((masks, scores, category, fuse, valid), keep, stuff_scores=False)
 
 
 def _pack_heuristic(fusion: HeuristicFusion, semantic_logits: torch.Tensor, instances: Sequence[Instances],
@@ -170,30 +231,32 @@ def pack_upsnet(fusion: UPSNetFusion, semantic_logits: torch.Tensor, instances: 
     return PackedBatch((sem, crop, masks, labels, scores, valid), keep)
 
 
-def export_fusion(fusion: PanopticFusion, semantic_logits: torch.Tensor,
-                  instances: Sequence[Instances]) -> torch.export.ExportedProgram:
+def export_fusion(fusion: PanopticFusion, *example: Any,
+                  output_size: tuple[int, int] | None = None) -> torch.export.ExportedProgram:
     """``torch.export`` the per-pixel path of ``fusion`` with dynamic batch, height, width and instance count.
 
     Args:
-        fusion: A :class:`UPSNetFusion` or :class:`HeuristicFusion`.
-        semantic_logits: Example ``(B, C, H, W)`` logits (``H, W >= 2``).
-        instances: Example ``B`` :class:`Instances`.
+        fusion: A :class:`UPSNetFusion`, :class:`HeuristicFusion` or :class:`MaskFormerFusion`.
+        *example: What ``fusion(...)`` takes, as an example: ``(B, C, H, W)`` logits (``H, W >= 2``) and ``B``
+            :class:`Instances`, or the :class:`Queries` of ``B`` images (masks of at least 2x2 pixels).
+        output_size: ``(H, W)`` of the example, as for ``fusion(...)`` (the program's sizes stay dynamic).
 
     Returns:
         The program; run it with :func:`run_exported`.
     """
     graph = fusion_graph(fusion).eval()
-    if semantic_logits.ndim == 4 and semantic_logits.shape[0] == 1:  # a size-1 example dimension specialises
-        semantic_logits, instances = semantic_logits.expand(2, -1, -1, -1), list(instances) * 2
-    packed = pack(fusion, semantic_logits, instances, min_slots=2)
+    example = _two_images(example)  # a size-1 example dimension specialises
+    packed = pack(fusion, *example, output_size=output_size, min_slots=2)
     if min(packed.args[0].shape[-2:]) < 2:
-        raise ValueError("export_fusion needs example logits of at least 2x2 pixels (size-1 dimensions "
+        raise ValueError("export_fusion needs example logits (masks) of at least 2x2 pixels (size-1 dimensions "
                          "cannot be dynamic).")
     dim = torch.export.Dim
     bd, hd, wd, nd = dim("batch", min=1), dim("height", min=1), dim("width", min=1), dim("instances", min=1)
+    shapes: tuple[dict[int, torch.export.Dim], ...]
     if isinstance(graph, HeuristicGraph):  # (sem, paint, labels, scores)
-        shapes: tuple[dict[int, torch.export.Dim], ...] = (
-            {0: bd, 2: hd, 3: wd}, {0: bd, 1: hd, 2: wd}, {0: bd, 1: nd}, {0: bd, 1: nd})
+        shapes = ({0: bd, 2: hd, 3: wd}, {0: bd, 1: hd, 2: wd}, {0: bd, 1: nd}, {0: bd, 1: nd})
+    elif isinstance(graph, MaskFormerGraph):  # (masks, scores, category, fuse, valid)
+        shapes = ({0: bd, 1: nd, 2: hd, 3: wd}, {0: bd, 1: nd}, {0: bd, 1: nd}, {0: bd, 1: nd}, {0: bd, 1: nd})
     else:  # (sem, crop, masks, labels, scores, valid)
         shapes = ({0: bd, 2: hd, 3: wd}, {0: bd, 1: nd}, {0: bd, 1: nd, 2: hd, 3: wd}, {0: bd, 1: nd},
                   {0: bd, 1: nd}, {0: bd, 1: nd})
@@ -201,21 +264,32 @@ def export_fusion(fusion: PanopticFusion, semantic_logits: torch.Tensor,
         return torch.export.export(graph, packed.args, dynamic_shapes=shapes)
 
 
-def run_exported(program: torch.export.ExportedProgram | torch.nn.Module, fusion: PanopticFusion,
-                 semantic_logits: torch.Tensor, instances: Sequence[Instances],
+def _two_images(example: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A one-image example repeated to two images (a size-1 batch dimension would be specialised)."""
+    if len(example) == 2 and isinstance(example[0], torch.Tensor):
+        sem, inst = example
+        if sem.ndim == 4 and sem.shape[0] == 1:
+            return sem.expand(2, -1, -1, -1), list(inst) * 2
+        return example
+    if len(example) == 1:
+        qs = as_query_list(example[0])
+        return (qs * 2,) if len(qs) == 1 else (qs,)
+    return example
+
+
+def run_exported(program: torch.export.ExportedProgram | torch.nn.Module, fusion: PanopticFusion, *inputs: Any,
                  output_size: tuple[int, int] | None = None) -> list[PanopticResult]:
     """Pack the inputs as :func:`export_fusion` did, run ``program`` and assemble one result per image.
 
-    Used exactly like ``fusion(semantic_logits, instances, output_size)``, with the same results.
+    Used exactly like ``fusion(*inputs, output_size=output_size)``, with the same results.
 
     Args:
         program: From :func:`export_fusion`, or the eager module of :func:`fusion_graph` (same results).
-        fusion: The fusion it was exported from (its table and pruning thresholds pack the inputs).
-        semantic_logits: ``(B, C, h, w)``.
-        instances: ``B`` :class:`Instances`.
-        output_size: ``(H, W)``; default ``(h, w)``.
+        fusion: The fusion it was exported from (its table and thresholds pack the inputs).
+        *inputs: ``semantic_logits`` ``(B, C, h, w)`` and ``B`` :class:`Instances`, or the :class:`Queries`.
+        output_size: ``(H, W)``; default as the eager fusion.
     """
-    packed = pack(fusion, semantic_logits, instances, output_size)
+    packed = pack(fusion, *inputs, output_size=output_size)
     module = program.module() if isinstance(program, torch.export.ExportedProgram) else program
     with torch.no_grad():
         outputs = module(*packed.args)
@@ -233,7 +307,7 @@ def assemble_results(fusion: PanopticFusion, packed: PackedBatch,
     """
     segment_map, unknown, category, score, area, slot = outputs
     sem = packed.args[0]
-    isthing = fusion.table.isthing_tensor(sem.device)
+    isthing = fusion.table.isthing_tensor(segment_map.device)
     out = []
     for b, keep in enumerate(packed.keep):
         live = area[b] > 0
@@ -243,6 +317,9 @@ def assemble_results(fusion: PanopticFusion, packed: PackedBatch,
         cat = category[b][live]
         result = PanopticResult(segment_map=segment_map[b], unknown_mask=unknown[b], category=cat,
                                 isthing=isthing[cat], score=score[b][live], area=area[b][live], source=source)
+        if not packed.stuff_scores:
+            out.append(result)
+            continue
         # the eager fusion's thread count: the softmax's vectorised chunks (and so its last bits) follow it
         with fusion_threads(int(sem.shape[2]) * int(sem.shape[3]), sem.device):
             out.append(fill_stuff_scores(result, sem[b]))

@@ -17,20 +17,23 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "export", help="write a fusion's per-pixel path as a torch.export program (.pt2), optionally ONNX",
         description="Export the per-pixel path of UPSNetFusion (panoptic argmax, class assignment, stuff area, "
-                    "segment ids) or HeuristicFusion (semantic argmax, stuff area, segment ids) with dynamic batch, "
-                    "height, width and instance count. Load the .pt2 with torch.export.load and run it with "
-                    "panoptic.export.run_exported (pruning and mask pasting, or the heuristic's sequential paste, "
-                    "run outside the graph).")
+                    "segment ids), HeuristicFusion (semantic argmax, stuff area, segment ids) or MaskFormerFusion "
+                    "(query assignment, overlap test, stuff merge, segment ids) with dynamic batch, height, width "
+                    "and instance (query) count. Load the .pt2 with torch.export.load and run it with "
+                    "panoptic.export.run_exported (pruning and mask pasting, the heuristic's sequential paste, or "
+                    "the query filter and mask resize run outside the graph).")
     p.add_argument("--out", type=Path, default=None,
-                   help="program file (default: upsnet_fusion.pt2 or heuristic_fusion.pt2)")
+                   help="program file (default: <fusion>_fusion.pt2)")
     p.add_argument("--onnx", type=Path, default=None, metavar="FILE",
                    help="also write ONNX (torch.onnx.export(..., dynamo=True); needs the onnx and onnxscript packages)")
     p.add_argument("--categories", type=Path, default=None, metavar="JSON",
                    help="COCO-panoptic JSON with the categories (default: the synthetic dataset's)")
-    p.add_argument("--fusion", choices=("upsnet", "heuristic"), default="upsnet",
-                   help="UPSNetFusion or HeuristicFusion (default: %(default)s)")
+    p.add_argument("--fusion", choices=("upsnet", "heuristic", "maskformer"), default="upsnet",
+                   help="UPSNetFusion, HeuristicFusion or MaskFormerFusion (default: %(default)s)")
     p.add_argument("--flavor", choices=("panopticapi", "detectron2", "mmdet", "upsnet"), default="panopticapi",
                    help="HeuristicFusion flavor (default: %(default)s)")
+    p.add_argument("--query-flavor", choices=("mask2former", "maskformer", "transformers"), default="mask2former",
+                   help="MaskFormerFusion flavor (default: %(default)s)")
     p.add_argument("--class-assignment", choices=("heuristic", "detector", "semantic"), default="heuristic",
                    help="UPSNetFusion class assignment (default: %(default)s)")
     p.add_argument("--stuff-area-limit", type=int, default=4096, help="default: %(default)s")
@@ -55,6 +58,15 @@ def example_inputs(table: Any, seed: int = 0) -> tuple[torch.Tensor, list[Any]]:
     return sem, inst
 
 
+def example_queries(table: Any, seed: int = 0) -> list[Any]:
+    """Random queries of 2 images (3 and 5 queries, 12x16 mask logits) to trace the query program with."""
+    from .queries import Queries
+
+    g = torch.Generator().manual_seed(seed)
+    return [Queries(torch.randn(n, table.num_classes + 1, generator=g) * 4, torch.randn(n, 12, 16, generator=g) * 3)
+            for n in (3, 5)]
+
+
 def run(args: argparse.Namespace) -> int:
     """Export, write the files atomically, print one line per file."""
     from .atomic import atomic_write
@@ -62,18 +74,22 @@ def run(args: argparse.Namespace) -> int:
     from .data import synthetic_categories
     from .engine.config import ConfigError
     from .export import export_fusion
-    from .fusion import HeuristicFusion, PanopticFusion, UPSNetFusion
+    from .fusion import HeuristicFusion, MaskFormerFusion, PanopticFusion, UPSNetFusion
 
     table = CategoryTable.from_json(args.categories) if args.categories else synthetic_categories()
     if not table.num_things:
         raise ConfigError("the categories have no thing class; the fusions need at least one.")
     fusion: PanopticFusion
-    if args.fusion == "heuristic":
-        fusion = HeuristicFusion(table, args.flavor, stuff_area_limit=args.stuff_area_limit)
+    if args.fusion == "maskformer":
+        fusion = MaskFormerFusion(table, args.query_flavor)
+        program = export_fusion(fusion, example_queries(table), output_size=(24, 32))
     else:
-        fusion = UPSNetFusion(table, unknown=not args.no_unknown, class_assignment=args.class_assignment,
-                              stuff_area_limit=args.stuff_area_limit)
-    program = export_fusion(fusion, *example_inputs(table))
+        if args.fusion == "heuristic":
+            fusion = HeuristicFusion(table, args.flavor, stuff_area_limit=args.stuff_area_limit)
+        else:
+            fusion = UPSNetFusion(table, unknown=not args.no_unknown, class_assignment=args.class_assignment,
+                                  stuff_area_limit=args.stuff_area_limit)
+        program = export_fusion(fusion, *example_inputs(table))
     if args.out is None:
         args.out = Path(f"{args.fusion}_fusion.pt2")
     atomic_write(args.out, lambda f: torch.export.save(program, f))

@@ -175,9 +175,9 @@ def test_export_refuses_other_fusions_with_a_clear_error() -> None:
 
     fusion = CentreOffsetFusion(TABLE)
     sem = torch.zeros(1, TABLE.num_classes, 4, 4)
-    with pytest.raises(ValueError, match="export supports UPSNetFusion and HeuristicFusion"):
+    with pytest.raises(ValueError, match="export supports UPSNetFusion, HeuristicFusion and MaskFormerFusion"):
         export_fusion(fusion, sem, [Instances.empty()])
-    with ops.backend("torch"), pytest.raises(ValueError, match="export supports UPSNetFusion and HeuristicFusion"):
+    with ops.backend("torch"), pytest.raises(ValueError, match="export supports UPSNetFusion, HeuristicFusion"):
         run_exported(torch.nn.Identity(), fusion, sem, [Instances.empty()])
 
 
@@ -235,7 +235,8 @@ def test_heuristic_graph_equals_eager_property(seed: int, cfg: dict) -> None:
     fusion = HeuristicFusion(TABLE, score_threshold=float("-inf"), **cfg)
     sem, inst = _random_batch(seed, max_side=10, max_n=8)
     size = (sem.shape[2] + 1, sem.shape[3])
-    _assert_same(fusion(sem, inst, output_size=size), run_exported(fusion_graph(fusion), fusion, sem, inst, size))
+    _assert_same(fusion(sem, inst, output_size=size),
+                 run_exported(fusion_graph(fusion), fusion, sem, inst, output_size=size))
 
 
 def test_heuristic_graph_equals_eager_on_a_large_image() -> None:

@@ -135,16 +135,22 @@ def prepare_semantic(semantic_logits: torch.Tensor, table: CategoryTable, batch:
                          "pass one Instances per image (Instances.empty() for none).")
     if s.shape[2] == 0 or s.shape[3] == 0:
         raise ValueError(f"semantic_logits has an empty spatial size {tuple(s.shape[2:])}.")
-    if output_size is not None:
-        if len(output_size) != 2 or any(int(v) <= 0 for v in output_size):
-            raise ValueError(f"output_size must be (H, W) with positive ints, got {output_size!r}.")
-        output_size = (int(output_size[0]), int(output_size[1]))
+    output_size = checked_output_size(output_size)
     resize = output_size is not None and tuple(s.shape[-2:]) != output_size
     if (check_finite or resize) and not _all_finite(s):
         raise ValueError(_NON_FINITE)
     if resize:
         s = F.interpolate(s.float(), size=output_size, mode="bilinear", align_corners=False)
     return s.float()
+
+
+def checked_output_size(output_size: tuple[int, int] | None) -> tuple[int, int] | None:
+    """``output_size`` as two ints, or ``None``; ``ValueError`` unless both are positive."""
+    if output_size is None:
+        return None
+    if len(output_size) != 2 or any(int(v) <= 0 for v in output_size):
+        raise ValueError(f"output_size must be (H, W) with positive ints, got {output_size!r}.")
+    return int(output_size[0]), int(output_size[1])
 
 
 _NON_FINITE = ("semantic_logits contains NaN or inf; check the model output (e.g. clamp or torch.nan_to_num) "

@@ -23,7 +23,8 @@ from .._ops.queries import assign_queries, kmax_paste_order, paste_in_order
 from ..categories import CategoryTable
 from ..queries import Queries, as_query_list
 from ..structures import Instances, PanopticResult
-from .base import PanopticFusion
+from .base import PanopticFusion, checked_output_size
+from .maskformer_graph import MaskFormerGraph
 
 __all__ = ["MaskFormerFusion"]
 
@@ -103,6 +104,10 @@ class MaskFormerFusion(PanopticFusion):
         reorder_weights: ``"kmax_maskwise"`` only: ``(a, b)`` of the paste order, slots sorted (stable) by
             ``class_probability ** a * mask_score ** b`` descending, the mask score being the mean softmax over the
             pixels of the slot's binary mask at the input mask resolution (0 for none). Default ``(1.0, 1.0)``.
+        batched: :meth:`forward` fuses the batch as padded tensors with the static-shape graph of
+            :func:`panoptic.export.export_fusion` (identical results; the images of a batch share the output
+            size). Dense over ``(B, N, H, W)``: for devices and export checks, not for CPU speed (3-5x the
+            per-image loop at COCO size, see ``docs/concepts/ops.md``). Not for the ``"kmax"`` flavours.
 
     Example:
         >>> from panoptic.data import synthetic_categories
@@ -123,10 +128,14 @@ class MaskFormerFusion(PanopticFusion):
                  mask_threshold: float | None = None, label_ids_to_fuse: Sequence[int] | None = None,
                  resize_masks_to: tuple[int, int] | None = None, thing_area_limit: int = 0,
                  stuff_area_limit: int = 0, stuff_object_mask_threshold: float | None = None,
-                 reorder_weights: tuple[float, float] | None = None) -> None:
+                 reorder_weights: tuple[float, float] | None = None, batched: bool = False) -> None:
         super().__init__(table)
         if flavor not in _RULES:
             raise ValueError(f"unknown MaskFormerFusion flavor {flavor!r}; use one of {sorted(_RULES)}.")
+        if batched and flavor in _KMAX:
+            raise ValueError(f"batched=True runs the static-shape graph, which flavor={flavor!r} does not have yet; "
+                             "use batched=False (or the 'mask2former', 'maskformer' or 'transformers' flavour).")
+        self.batched = bool(batched)
         rule = _RULES[flavor]
         self.flavor = flavor
         self.rule = rule
@@ -162,18 +171,8 @@ class MaskFormerFusion(PanopticFusion):
             raise ValueError(f"class_map values must be contiguous ids in 0..{table.num_classes - 1}; build it "
                              "with table.class_index_map(...).")
         self.register_buffer("class_map", cmap.long(), persistent=False)
-        thing_of_class = table.isthing_tensor()[cmap]
-        if label_ids_to_fuse is not None and flavor != "transformers":
-            raise ValueError("label_ids_to_fuse is HF transformers' argument (flavor='transformers'); the other "
-                             "flavours always merge stuff segments of one category.")
-        fuse = ~thing_of_class
-        if label_ids_to_fuse is not None:
-            ids = torch.as_tensor(list(label_ids_to_fuse), dtype=torch.int64)
-            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= cmap.numel()):
-                raise ValueError(f"label_ids_to_fuse must be model class indices in 0..{cmap.numel() - 1}.")
-            fuse = torch.zeros_like(fuse)
-            fuse[ids] = True
-        self.register_buffer("fuse_class", fuse, persistent=False)
+        self.register_buffer("fuse_class", _fuse_flags(table.isthing_tensor()[cmap], label_ids_to_fuse, flavor),
+                             persistent=False)
         if resize_masks_to is not None and (len(resize_masks_to) != 2 or min(int(v) for v in resize_masks_to) <= 0):
             raise ValueError(f"resize_masks_to must be (h, w) with positive ints, got {resize_masks_to!r}.")
         self.resize_masks_to = None if resize_masks_to is None else (int(resize_masks_to[0]), int(resize_masks_to[1]))
@@ -196,11 +195,12 @@ class MaskFormerFusion(PanopticFusion):
         """
         from .._ops.threads import fusion_threads  # here: panoptic._ops itself imports the fusion package
 
+        if self.batched:
+            from ..export import fusion_graph, run_exported  # panoptic.export imports this module
+
+            return run_exported(fusion_graph(self), self, queries, output_size=output_size)
         qs = as_query_list(queries)
-        if output_size is not None:
-            if len(output_size) != 2 or any(int(v) <= 0 for v in output_size):
-                raise ValueError(f"output_size must be (H, W) with positive ints, got {output_size!r}.")
-            output_size = (int(output_size[0]), int(output_size[1]))
+        output_size = checked_output_size(output_size)
         out = []
         for q in qs:
             q.validate(self.num_model_classes)
@@ -222,26 +222,11 @@ class MaskFormerFusion(PanopticFusion):
         if self.flavor == "kmax_maskwise":
             return self.fuse_kmax_maskwise(queries, size)
         rule = self.rule
-        dev = queries.class_logits.device
-        probs = torch.softmax(queries.class_logits.float(), -1)
-        scores, labels = probs.max(-1)
-        keep = (labels != self.num_model_classes) & (scores > self.object_mask_threshold)
-        kept = torch.nonzero(keep)[:, 0]  # one host sync per image
+        selected = self.kept_queries(queries, size)
+        if selected is None:
+            return _empty(size, queries.class_logits.device)
+        kept, sc, labels, prob = selected
         n = int(kept.numel())
-        if n == 0:
-            return _empty(size, dev)
-        masks = queries.mask_logits[kept].float()  # a copy (index by tensor): the steps below work in place
-        if self.resize_masks_to is not None and tuple(masks.shape[1:]) != self.resize_masks_to:
-            masks = F.interpolate(masks[None], size=self.resize_masks_to, mode="bilinear", align_corners=False)[0]
-        if rule.resize_probabilities:  # HF: sigmoid first, then upsample the probabilities
-            prob = masks.sigmoid_()
-            if tuple(prob.shape[1:]) != size:
-                prob = F.interpolate(prob[None], size=size, mode="bilinear", align_corners=False)[0]
-        else:  # Mask2Former / MaskFormer: upsample the logits; assign_queries takes the sigmoid
-            if tuple(masks.shape[1:]) != size:
-                masks = F.interpolate(masks[None], size=size, mode="bilinear", align_corners=False)[0]
-            prob = masks
-        sc = scores[kept]
         owner, region, fg_area, owner_fg = assign_queries(prob, sc, self.mask_threshold, rule.foreground_of_weighted,
                                                           sigmoid=not rule.resize_probabilities)
         if rule.paint_foreground_only:  # Mask2Former paints the owned pixels that are the owner's foreground
@@ -254,9 +239,50 @@ class MaskFormerFusion(PanopticFusion):
         else:
             ratio_ok = region.double() / fg_area.double() >= self.overlap_threshold
         valid = (region > 0) & (fg_area > 0) & (painted > 0) & ratio_ok
-        cls = labels[kept]
-        category = self.class_map[cls]
-        return self._assemble(painted_owner, valid, kept, category, self.fuse_class[cls], sc, size)
+        category = self.class_map[labels]
+        return self._assemble(painted_owner, valid, kept, category, self.fuse_class[labels], sc, size)
+
+    def kept_queries(self, queries: Queries, size: tuple[int, int]) -> tuple[torch.Tensor, ...] | None:
+        """The query filter and the mask resize of the ``"mask2former"`` / ``"maskformer"`` / ``"transformers"``
+        rule: the data-dependent part that runs before the per-pixel steps (and outside an exported graph).
+
+        A query is kept iff its best class (softmax, ``"no object"`` included) is not ``"no object"`` and its score
+        is ``> object_mask_threshold``.
+
+        Returns:
+            ``None`` if no query is kept, else the kept query indices ``(n,)`` int64, their scores ``(n,)`` float32,
+            their model classes ``(n,)`` int64 and their masks at ``size`` ``(n, H, W)`` float32: logits, or for
+            ``"transformers"`` sigmoid probabilities (HF upsamples probabilities).
+        """
+        probs = torch.softmax(queries.class_logits.float(), -1)
+        scores, labels = probs.max(-1)
+        keep = (labels != self.num_model_classes) & (scores > self.object_mask_threshold)
+        kept = torch.nonzero(keep)[:, 0]  # one host sync per image
+        if int(kept.numel()) == 0:
+            return None
+        masks = queries.mask_logits[kept].float()  # a copy (index by tensor): the steps below work in place
+        if self.resize_masks_to is not None and tuple(masks.shape[1:]) != self.resize_masks_to:
+            masks = F.interpolate(masks[None], size=self.resize_masks_to, mode="bilinear", align_corners=False)[0]
+        if self.rule.resize_probabilities:  # HF: sigmoid first, then upsample the probabilities
+            masks = masks.sigmoid_()
+        if tuple(masks.shape[1:]) != size:
+            masks = F.interpolate(masks[None], size=size, mode="bilinear", align_corners=False)[0]
+        return kept, scores[kept], labels[kept], masks
+
+    def static_graph(self) -> MaskFormerGraph:
+        """The static-shape module of the per-pixel path, which :func:`panoptic.export.export_fusion` traces.
+
+        Raises:
+            ValueError: For the ``"kmax"`` flavours (not exportable yet: run them eagerly).
+        """
+        if self.flavor in _KMAX:
+            raise ValueError(f"MaskFormerFusion(flavor={self.flavor!r}) has no static-shape graph yet; export "
+                             "supports the 'mask2former', 'maskformer' and 'transformers' flavours (run kMaX "
+                             "eagerly).")
+        rule = self.rule
+        return MaskFormerGraph(self.table.num_classes, self.mask_threshold, self.overlap_threshold,
+                               not rule.resize_probabilities, rule.paint_foreground_only,
+                               rule.foreground_of_weighted, rule.strict_float32_ratio)
 
     def fuse_kmax(self, queries: Queries, size: tuple[int, int]) -> PanopticResult:
         """deeplab2's pixelwise rule (``max_deeplab.py``), on all ``Q`` slots (static shapes until the table).
@@ -363,6 +389,22 @@ class MaskFormerFusion(PanopticFusion):
         return PanopticResult(segment_map=seg_map, unknown_mask=torch.zeros(h, w, dtype=torch.bool, device=dev),
                               category=cat, isthing=self.table.isthing_tensor(dev)[cat],
                               score=scores[rep].float(), area=area, source=kept[rep])
+
+
+def _fuse_flags(thing_of_class: torch.Tensor, label_ids_to_fuse: Sequence[int] | None, flavor: str) -> torch.Tensor:
+    """``(K,)`` bool: the segments of model class ``k`` merge (the stuff classes, or HF's ``label_ids_to_fuse``)."""
+    if label_ids_to_fuse is None:
+        return ~thing_of_class
+    if flavor != "transformers":
+        raise ValueError("label_ids_to_fuse is HF transformers' argument (flavor='transformers'); the other "
+                         "flavours always merge stuff segments of one category.")
+    ids = torch.as_tensor(list(label_ids_to_fuse), dtype=torch.int64)
+    k = int(thing_of_class.numel())
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= k):
+        raise ValueError(f"label_ids_to_fuse must be model class indices in 0..{k - 1}.")
+    fuse = torch.zeros_like(thing_of_class)
+    fuse[ids] = True
+    return fuse
 
 
 def _empty(size: tuple[int, int], device: torch.device) -> PanopticResult:

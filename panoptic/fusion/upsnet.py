@@ -152,7 +152,7 @@ class UPSNetFusion(PanopticFusion):
             return super().forward(semantic_logits, instances, output_size)
         from ..export import fusion_graph, run_exported  # panoptic.export imports this module
 
-        return run_exported(fusion_graph(self), self, semantic_logits, instances, output_size)
+        return run_exported(fusion_graph(self), self, semantic_logits, instances, output_size=output_size)
 
     def static_graph(self) -> UPSNetGraph:
         """The static-shape module of the per-pixel path, which :func:`panoptic.export.export_fusion` traces."""
