@@ -13,9 +13,12 @@ selections run eagerly in :func:`pack` (a documented split, see ``docs/concepts/
 * :class:`~panoptic.fusion.MaskFormerFusion` (``"mask2former"``, ``"maskformer"``, ``"transformers"``): graph
   :class:`~panoptic.fusion.maskformer_graph.MaskFormerGraph`; the query filter (``score > object_mask_threshold``)
   and the mask resize to the output size stay outside, and the kept queries reach the graph padded.
+* :class:`~panoptic.fusion.CentreOffsetFusion` (both flavours): graph
+  :class:`~panoptic.fusion.centre_graph.CentreOffsetGraph`; the centre NMS and its ``top_k`` cut stay outside, and
+  the centres reach the graph padded.
 
-Every function takes the fusion's own inputs: ``(semantic_logits, instances)``, or ``(queries,)`` for the query
-fusion, then ``output_size`` by keyword.
+Every function takes the fusion's own inputs: ``(semantic_logits, instances)``, ``(queries,)`` for the query
+fusion or ``(centre_offsets,)`` (a list) for the centre fusion, then ``output_size`` by keyword.
 
 Example:
     >>> from panoptic.categories import CategoryTable
@@ -38,8 +41,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 
 from ._ops.threads import fusion_threads
+from .centre_offsets import CentreOffsets
 from .fusion.base import (
     PanopticFusion,
     check_not_meta,
@@ -48,6 +53,8 @@ from .fusion.base import (
     prepare_instances,
     prepare_semantic,
 )
+from .fusion.centre_graph import CentreOffsetGraph
+from .fusion.centre_offset import CentreOffsetFusion
 from .fusion.heuristic import HeuristicFusion
 from .fusion.heuristic_graph import HeuristicGraph
 from .fusion.maskformer_graph import MaskFormerGraph
@@ -70,7 +77,8 @@ class PackedBatch:
     Attributes:
         args: The graph's inputs: ``(sem, crop, masks, labels, scores, valid)`` for :meth:`UPSNetGraph.forward`,
             ``(sem, paint, labels, scores)`` for :meth:`HeuristicGraph.forward`, ``(masks, scores, category, fuse,
-            valid)`` for :meth:`MaskFormerGraph.forward`.
+            valid)`` for :meth:`MaskFormerGraph.forward`, ``(sem, offsets, centres, centre_score, valid)`` for
+            :meth:`CentreOffsetGraph.forward`.
         keep: Per image, ``(K_b,)`` int64 indices of the kept instances (queries) in the input (slot order).
         stuff_scores: Fill the stuff segments' scores from the semantic logits ``args[0]`` when assembling.
     """
@@ -86,17 +94,17 @@ def _has_graph(fusion: PanopticFusion) -> bool:
     return callable(getattr(fusion, "static_graph", None))
 
 
-def fusion_graph(fusion: PanopticFusion) -> UPSNetGraph | HeuristicGraph | MaskFormerGraph:
+def fusion_graph(fusion: PanopticFusion) -> UPSNetGraph | HeuristicGraph | MaskFormerGraph | CentreOffsetGraph:
     """The static-shape module of ``fusion``'s per-pixel path.
 
     Raises:
-        ValueError: For fusions without an exportable graph yet (:class:`~panoptic.fusion.CentreOffsetFusion`,
-            the ``"kmax"`` flavours of :class:`MaskFormerFusion`).
+        ValueError: For fusions without an exportable graph yet (the ``"kmax"`` flavours of
+            :class:`MaskFormerFusion`).
     """
     if _has_graph(fusion):
         return fusion.static_graph()
-    raise ValueError(f"export supports UPSNetFusion, HeuristicFusion and MaskFormerFusion; {type(fusion).__name__} "
-                     "has no static-shape graph yet (run it eagerly).")
+    raise ValueError(f"export supports UPSNetFusion, HeuristicFusion, MaskFormerFusion and CentreOffsetFusion; "
+                     f"{type(fusion).__name__} has no static-shape graph yet (run it eagerly).")
 
 
 def pack(fusion: PanopticFusion, *inputs: Any, output_size: tuple[int, int] | None = None,
@@ -104,15 +112,21 @@ def pack(fusion: PanopticFusion, *inputs: Any, output_size: tuple[int, int] | No
     """Validate a batch and run the eager part of ``fusion`` on it: the padded inputs of its graph.
 
     Args:
-        fusion: A :class:`UPSNetFusion`, :class:`HeuristicFusion` or :class:`MaskFormerFusion`.
-        *inputs: What ``fusion(...)`` takes: ``semantic_logits`` ``(B, C, h, w)`` and ``B`` :class:`Instances`, or
-            the :class:`Queries` (one per image).
-        output_size: ``(H, W)``; default as the eager fusion.
-        min_slots: Pad the instance (query) axis to at least this many slots (the graphs need ``N >= 1``).
+        fusion: A :class:`UPSNetFusion`, :class:`HeuristicFusion`, :class:`MaskFormerFusion` or
+            :class:`CentreOffsetFusion`.
+        *inputs: What ``fusion(...)`` takes: ``semantic_logits`` ``(B, C, h, w)`` and ``B`` :class:`Instances`, the
+            :class:`Queries` (one per image), or a list of :class:`CentreOffsets` of one size.
+        output_size: ``(H, W)``; default as the eager fusion (the centre fusion takes none).
+        min_slots: Pad the instance (query, centre) axis to at least this many slots (the graphs need ``N >= 1``).
 
     Raises:
         ValueError: For invalid inputs (as the eager fusion) or a fusion without a graph.
     """
+    if isinstance(fusion, CentreOffsetFusion):
+        if output_size is not None:
+            raise ValueError("CentreOffsetFusion fuses at the inputs' own size; drop output_size (resize the "
+                             "CentreOffsets before fusion).")
+        return _pack_centres(fusion, *inputs, min_slots=min_slots)
     if callable(getattr(fusion, "kept_queries", None)):  # MaskFormerFusion (not imported here: no cycle)
         fusion_graph(fusion)  # the kMaX flavours: the error that names the exportable ones
         return _pack_queries(fusion, *inputs, output_size=output_size, min_slots=min_slots)  # type: ignore[arg-type]
@@ -160,6 +174,46 @@ def _pack_queries(fusion: MaskFormerFusion, queries: Queries | Sequence[Queries]
         category[i, :k], fuse[i, :k] = fusion.class_map[labels], fusion.fuse_class[labels]
         keep.append(kept)
     return PackedBatch((masks, scores, category, fuse, valid), keep, stuff_scores=False)
+
+
+def _pack_centres(fusion: CentreOffsetFusion, inputs: Sequence[CentreOffsets], min_slots: int) -> PackedBatch:
+    """:func:`pack` for :class:`CentreOffsetGraph`: per image the centre NMS (a data-dependent count), then padding.
+
+    Label inputs (:meth:`CentreOffsets.from_labels`) reach the graph as a one-hot map, whose first argmax is the
+    label; their stuff scores stay NaN, as eagerly.
+    """
+    if isinstance(inputs, CentreOffsets) or not isinstance(inputs, Sequence):
+        raise ValueError("CentreOffsetFusion takes a list of CentreOffsets, one per image; wrap a single image "
+                         "as [x].")
+    c = fusion.table.num_classes
+    sems, offsets, found, kinds = [], [], [], set()
+    for i, x in enumerate(inputs):
+        if not isinstance(x, CentreOffsets):
+            raise ValueError(f"inputs[{i}] must be a panoptic.CentreOffsets, got {type(x).__name__}.")
+        x.validate(c)
+        kinds.add(x.semantic_kind)
+        sem = x.semantic.float() if x.semantic_kind == "logits" else F.one_hot(x.semantic[0].long(), c).permute(
+            2, 0, 1).float()
+        sems.append(sem)
+        offsets.append(x.offsets.float())
+        found.append(fusion.find_centres(x.centre_heatmap[0].float()))
+    if len({tuple(s.shape[1:]) for s in sems}) > 1 or len(kinds) > 1:
+        raise ValueError("the images of one batch must share their size and semantic kind (logits or labels); "
+                         "fuse them in separate calls.")
+    if not sems:
+        raise ValueError("CentreOffsetFusion got no image; pass one CentreOffsets per image.")
+    dev = sems[0].device
+    b, k = len(sems), max([int(f.shape[0]) for f in found] + [min_slots, 1])
+    centres = torch.zeros(b, k, 2, dtype=torch.int64, device=dev)
+    score = torch.zeros(b, k, dtype=torch.float32, device=dev)
+    valid = torch.zeros(b, k, dtype=torch.bool, device=dev)
+    for i, (f, x) in enumerate(zip(found, inputs, strict=True)):
+        n = int(f.shape[0])
+        centres[i, :n], valid[i, :n] = f, True
+        score[i, :n] = x.centre_heatmap[0].float()[f[:, 0], f[:, 1]]
+    keep = [torch.arange(int(f.shape[0]), device=dev) for f in found]
+    return PackedBatch((torch.stack(sems), torch.stack(offsets), centres, score, valid), keep,
+                       stuff_scores=kinds == {"logits"})
 
 
 def _pack_heuristic(fusion: HeuristicFusion, semantic_logits: torch.Tensor, instances: Sequence[Instances],
@@ -236,9 +290,11 @@ def export_fusion(fusion: PanopticFusion, *example: Any,
     """``torch.export`` the per-pixel path of ``fusion`` with dynamic batch, height, width and instance count.
 
     Args:
-        fusion: A :class:`UPSNetFusion`, :class:`HeuristicFusion` or :class:`MaskFormerFusion`.
+        fusion: A :class:`UPSNetFusion`, :class:`HeuristicFusion`, :class:`MaskFormerFusion` or
+            :class:`CentreOffsetFusion`.
         *example: What ``fusion(...)`` takes, as an example: ``(B, C, H, W)`` logits (``H, W >= 2``) and ``B``
-            :class:`Instances`, or the :class:`Queries` of ``B`` images (masks of at least 2x2 pixels).
+            :class:`Instances`, the :class:`Queries` of ``B`` images (masks of at least 2x2 pixels), or a list of
+            ``B`` :class:`CentreOffsets` of one size.
         output_size: ``(H, W)`` of the example, as for ``fusion(...)`` (the program's sizes stay dynamic).
 
     Returns:
@@ -255,6 +311,8 @@ def export_fusion(fusion: PanopticFusion, *example: Any,
     shapes: tuple[dict[int, torch.export.Dim], ...]
     if isinstance(graph, HeuristicGraph):  # (sem, paint, labels, scores)
         shapes = ({0: bd, 2: hd, 3: wd}, {0: bd, 1: hd, 2: wd}, {0: bd, 1: nd}, {0: bd, 1: nd})
+    elif isinstance(graph, CentreOffsetGraph):  # (sem, offsets, centres, centre_score, valid)
+        shapes = ({0: bd, 2: hd, 3: wd}, {0: bd, 2: hd, 3: wd}, {0: bd, 1: nd}, {0: bd, 1: nd}, {0: bd, 1: nd})
     elif isinstance(graph, MaskFormerGraph):  # (masks, scores, category, fuse, valid)
         shapes = ({0: bd, 1: nd, 2: hd, 3: wd}, {0: bd, 1: nd}, {0: bd, 1: nd}, {0: bd, 1: nd}, {0: bd, 1: nd})
     else:  # (sem, crop, masks, labels, scores, valid)
@@ -271,6 +329,9 @@ def _two_images(example: tuple[Any, ...]) -> tuple[Any, ...]:
         if sem.ndim == 4 and sem.shape[0] == 1:
             return sem.expand(2, -1, -1, -1), list(inst) * 2
         return example
+    if len(example) == 1 and isinstance(example[0], Sequence) and example[0] and all(
+            isinstance(x, CentreOffsets) for x in example[0]):
+        return (list(example[0]) * 2,) if len(example[0]) == 1 else example
     if len(example) == 1:
         qs = as_query_list(example[0])
         return (qs * 2,) if len(qs) == 1 else (qs,)
@@ -286,7 +347,8 @@ def run_exported(program: torch.export.ExportedProgram | torch.nn.Module, fusion
     Args:
         program: From :func:`export_fusion`, or the eager module of :func:`fusion_graph` (same results).
         fusion: The fusion it was exported from (its table and thresholds pack the inputs).
-        *inputs: ``semantic_logits`` ``(B, C, h, w)`` and ``B`` :class:`Instances`, or the :class:`Queries`.
+        *inputs: ``semantic_logits`` ``(B, C, h, w)`` and ``B`` :class:`Instances`, the :class:`Queries`, or a
+            list of :class:`CentreOffsets`.
         output_size: ``(H, W)``; default as the eager fusion.
     """
     packed = pack(fusion, *inputs, output_size=output_size)

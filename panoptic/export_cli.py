@@ -17,26 +17,30 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "export", help="write a fusion's per-pixel path as a torch.export program (.pt2), optionally ONNX",
         description="Export the per-pixel path of UPSNetFusion (panoptic argmax, class assignment, stuff area, "
-                    "segment ids), HeuristicFusion (semantic argmax, stuff area, segment ids) or MaskFormerFusion "
-                    "(query assignment, overlap test, stuff merge, segment ids) with dynamic batch, height, width "
-                    "and instance (query) count. Load the .pt2 with torch.export.load and run it with "
+                    "segment ids), HeuristicFusion (semantic argmax, stuff area, segment ids), MaskFormerFusion "
+                    "(query assignment, overlap test, stuff merge, segment ids) or CentreOffsetFusion (semantic "
+                    "argmax, offset grouping, majority class, stuff area, segment ids) with dynamic batch, height, "
+                    "width and instance (query, centre) count. Load the .pt2 with torch.export.load and run it with "
                     "panoptic.export.run_exported (pruning and mask pasting, the heuristic's sequential paste, or "
-                    "the query filter and mask resize run outside the graph).")
+                    "the query filter and mask resize, or the centre NMS run outside the graph).")
     p.add_argument("--out", type=Path, default=None,
                    help="program file (default: <fusion>_fusion.pt2)")
     p.add_argument("--onnx", type=Path, default=None, metavar="FILE",
                    help="also write ONNX (torch.onnx.export(..., dynamo=True); needs the onnx and onnxscript packages)")
     p.add_argument("--categories", type=Path, default=None, metavar="JSON",
                    help="COCO-panoptic JSON with the categories (default: the synthetic dataset's)")
-    p.add_argument("--fusion", choices=("upsnet", "heuristic", "maskformer"), default="upsnet",
-                   help="UPSNetFusion, HeuristicFusion or MaskFormerFusion (default: %(default)s)")
+    p.add_argument("--fusion", choices=("upsnet", "heuristic", "maskformer", "centre"), default="upsnet",
+                   help="UPSNetFusion, HeuristicFusion, MaskFormerFusion or CentreOffsetFusion (default: %(default)s)")
     p.add_argument("--flavor", choices=("panopticapi", "detectron2", "mmdet", "upsnet"), default="panopticapi",
                    help="HeuristicFusion flavor (default: %(default)s)")
     p.add_argument("--query-flavor", choices=("mask2former", "maskformer", "transformers"), default="mask2former",
                    help="MaskFormerFusion flavor (default: %(default)s)")
+    p.add_argument("--centre-flavor", choices=("detectron2", "deeplab2"), default="detectron2",
+                   help="CentreOffsetFusion flavor (default: %(default)s)")
     p.add_argument("--class-assignment", choices=("heuristic", "detector", "semantic"), default="heuristic",
                    help="UPSNetFusion class assignment (default: %(default)s)")
-    p.add_argument("--stuff-area-limit", type=int, default=4096, help="default: %(default)s")
+    p.add_argument("--stuff-area-limit", type=int, default=4096,
+                   help="stuff area limit (CentreOffsetFusion's stuff_area) (default: %(default)s)")
     p.add_argument("--no-unknown", action="store_true", help="without the unknown channel")
     p.set_defaults(func=run)
     return p
@@ -67,6 +71,18 @@ def example_queries(table: Any, seed: int = 0) -> list[Any]:
             for n in (3, 5)]
 
 
+def example_centres(table: Any, seed: int = 0) -> list[Any]:
+    """Random centre-offset outputs of 2 images (24x32) to trace the centre program with."""
+    import torch.nn.functional as F
+
+    from .centre_offsets import CentreOffsets
+
+    g = torch.Generator().manual_seed(seed)
+    heat = F.avg_pool2d(torch.rand(2, 1, 24, 32, generator=g), 3, 1, 1)  # smooth: a few peaks per image
+    return [CentreOffsets(torch.randn(table.num_classes, 24, 32, generator=g), heat[i],
+                          torch.randn(2, 24, 32, generator=g) * 3) for i in range(2)]
+
+
 def run(args: argparse.Namespace) -> int:
     """Export, write the files atomically, print one line per file."""
     from .atomic import atomic_write
@@ -74,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from .data import synthetic_categories
     from .engine.config import ConfigError
     from .export import export_fusion
-    from .fusion import HeuristicFusion, MaskFormerFusion, PanopticFusion, UPSNetFusion
+    from .fusion import CentreOffsetFusion, HeuristicFusion, MaskFormerFusion, PanopticFusion, UPSNetFusion
 
     table = CategoryTable.from_json(args.categories) if args.categories else synthetic_categories()
     if not table.num_things:
@@ -83,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
     if args.fusion == "maskformer":
         fusion = MaskFormerFusion(table, args.query_flavor)
         program = export_fusion(fusion, example_queries(table), output_size=(24, 32))
+    elif args.fusion == "centre":
+        fusion = CentreOffsetFusion(table, stuff_area=args.stuff_area_limit, flavor=args.centre_flavor)
+        program = export_fusion(fusion, example_centres(table))
     else:
         if args.fusion == "heuristic":
             fusion = HeuristicFusion(table, args.flavor, stuff_area_limit=args.stuff_area_limit)

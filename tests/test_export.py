@@ -171,13 +171,18 @@ def test_exported_graph_holds_the_whole_per_pixel_path(exported) -> None:
 
 
 def test_export_refuses_other_fusions_with_a_clear_error() -> None:
-    from panoptic import CentreOffsetFusion
+    from panoptic.fusion import PanopticFusion
 
-    fusion = CentreOffsetFusion(TABLE)
+    class Own(PanopticFusion):  # a user's fusion: no static-shape graph
+        def fuse_image(self, semantic_logits, instances):
+            raise NotImplementedError
+
+    fusion = Own(TABLE)
     sem = torch.zeros(1, TABLE.num_classes, 4, 4)
-    with pytest.raises(ValueError, match="export supports UPSNetFusion, HeuristicFusion and MaskFormerFusion"):
+    with pytest.raises(ValueError, match="export supports UPSNetFusion, HeuristicFusion, MaskFormerFusion and "
+                                         "CentreOffsetFusion; Own has no static-shape graph"):
         export_fusion(fusion, sem, [Instances.empty()])
-    with ops.backend("torch"), pytest.raises(ValueError, match="export supports UPSNetFusion, HeuristicFusion"):
+    with ops.backend("torch"), pytest.raises(ValueError, match="Own has no static-shape graph"):
         run_exported(torch.nn.Identity(), fusion, sem, [Instances.empty()])
 
 

@@ -21,6 +21,7 @@ from ..centre_offsets import CentreOffsets
 from ..segments import assemble_result
 from ..structures import PanopticResult
 from .base import FiniteCheck, PanopticFusion, fill_stuff_scores_sampled, score_stride
+from .centre_graph import CentreOffsetGraph
 
 __all__ = ["CentreOffsetFusion"]
 
@@ -118,6 +119,12 @@ class CentreOffsetFusion(PanopticFusion):
             x.validate(self.table.num_classes, check_semantic_finite=False)  # checked in the argmax pass
             out.append(self.fuse_image(x))
         return out
+
+    def static_graph(self) -> CentreOffsetGraph:
+        """The static-shape module of the per-pixel path (after the centre NMS), which
+        :func:`panoptic.export.export_fusion` traces."""
+        deeplab2 = self.flavor == "deeplab2"
+        return CentreOffsetGraph(self.table.isthing_tensor(), self.stuff_area, deeplab2, deeplab2)
 
     def fuse_image(self, x: CentreOffsets) -> PanopticResult:  # type: ignore[override]
         """Fuse one image whose shapes are validated (see the class docstring for the rule)."""
