@@ -54,7 +54,7 @@ from .fusion.base import (
     prepare_semantic,
 )
 from .fusion.centre_graph import CentreOffsetGraph
-from .fusion.centre_offset import CentreOffsetFusion
+from .fusion.centre_offset import CentreOffsetFusion, checked_centre_inputs
 from .fusion.heuristic import HeuristicFusion
 from .fusion.heuristic_graph import HeuristicGraph
 from .fusion.maskformer_graph import MaskFormerGraph
@@ -182,21 +182,17 @@ def _pack_centres(fusion: CentreOffsetFusion, inputs: Sequence[CentreOffsets], m
     Label inputs (:meth:`CentreOffsets.from_labels`) reach the graph as a one-hot map, whose first argmax is the
     label; their stuff scores stay NaN, as eagerly.
     """
-    if isinstance(inputs, CentreOffsets) or not isinstance(inputs, Sequence):
-        raise ValueError("CentreOffsetFusion takes a list of CentreOffsets, one per image; wrap a single image "
-                         "as [x].")
     c = fusion.table.num_classes
-    sems, offsets, found, kinds = [], [], [], set()
-    for i, x in enumerate(inputs):
-        if not isinstance(x, CentreOffsets):
-            raise ValueError(f"inputs[{i}] must be a panoptic.CentreOffsets, got {type(x).__name__}.")
+    sems, offsets, heats, found, kinds = [], [], [], [], set()
+    for x in checked_centre_inputs(inputs):
         x.validate(c)
         kinds.add(x.semantic_kind)
         sem = x.semantic.float() if x.semantic_kind == "logits" else F.one_hot(x.semantic[0].long(), c).permute(
             2, 0, 1).float()
         sems.append(sem)
         offsets.append(x.offsets.float())
-        found.append(fusion.find_centres(x.centre_heatmap[0].float()))
+        heats.append(x.centre_heatmap[0].float())
+        found.append(fusion.find_centres(heats[-1]))
     if len({tuple(s.shape[1:]) for s in sems}) > 1 or len(kinds) > 1:
         raise ValueError("the images of one batch must share their size and semantic kind (logits or labels); "
                          "fuse them in separate calls.")
@@ -207,10 +203,10 @@ def _pack_centres(fusion: CentreOffsetFusion, inputs: Sequence[CentreOffsets], m
     centres = torch.zeros(b, k, 2, dtype=torch.int64, device=dev)
     score = torch.zeros(b, k, dtype=torch.float32, device=dev)
     valid = torch.zeros(b, k, dtype=torch.bool, device=dev)
-    for i, (f, x) in enumerate(zip(found, inputs, strict=True)):
+    for i, (f, heat) in enumerate(zip(found, heats, strict=True)):
         n = int(f.shape[0])
         centres[i, :n], valid[i, :n] = f, True
-        score[i, :n] = x.centre_heatmap[0].float()[f[:, 0], f[:, 1]]
+        score[i, :n] = heat[f[:, 0], f[:, 1]]
     keep = [torch.arange(int(f.shape[0]), device=dev) for f in found]
     return PackedBatch((torch.stack(sems), torch.stack(offsets), centres, score, valid), keep,
                        stuff_scores=kinds == {"logits"})
