@@ -13,6 +13,9 @@ selections run eagerly in :func:`pack` (a documented split, see ``docs/concepts/
 * :class:`~panoptic.fusion.MaskFormerFusion` (``"mask2former"``, ``"maskformer"``, ``"transformers"``): graph
   :class:`~panoptic.fusion.maskformer_graph.MaskFormerGraph`; the query filter (``score > object_mask_threshold``)
   and the mask resize to the output size stay outside, and the kept queries reach the graph padded.
+  ``"kmax"``: graph :class:`~panoptic.fusion.kmax_graph.KMaxGraph`, the whole pixelwise rule on every slot (padded);
+  only the mask resize stays outside. ``"kmax_maskwise"``: graph :class:`~panoptic.fusion.kmax_graph.KMaxMaskwiseGraph`;
+  the ordered paste (sequential, like the heuristic's) stays outside and hands the graph the owner map.
 * :class:`~panoptic.fusion.CentreOffsetFusion` (both flavours): graph
   :class:`~panoptic.fusion.centre_graph.CentreOffsetGraph`; the centre NMS and its ``top_k`` cut stay outside, and
   the centres reach the graph padded.
@@ -57,6 +60,7 @@ from .fusion.centre_graph import CentreOffsetGraph
 from .fusion.centre_offset import CentreOffsetFusion, checked_centre_inputs
 from .fusion.heuristic import HeuristicFusion
 from .fusion.heuristic_graph import HeuristicGraph
+from .fusion.kmax_graph import KMaxGraph, KMaxMaskwiseGraph
 from .fusion.maskformer_graph import MaskFormerGraph
 from .fusion.pruning import prune_and_paste
 from .fusion.upsnet_graph import UPSNetGraph
@@ -77,8 +81,9 @@ class PackedBatch:
     Attributes:
         args: The graph's inputs: ``(sem, crop, masks, labels, scores, valid)`` for :meth:`UPSNetGraph.forward`,
             ``(sem, paint, labels, scores)`` for :meth:`HeuristicGraph.forward`, ``(masks, scores, category, fuse,
-            valid)`` for :meth:`MaskFormerGraph.forward`, ``(sem, offsets, centres, centre_score, valid)`` for
-            :meth:`CentreOffsetGraph.forward`.
+            valid)`` for :meth:`MaskFormerGraph.forward`, ``(logits, keep, category, score, valid)`` for
+            :meth:`KMaxGraph.forward`, ``(owner, category, score, valid)`` for :meth:`KMaxMaskwiseGraph.forward`,
+            ``(sem, offsets, centres, centre_score, valid)`` for :meth:`CentreOffsetGraph.forward`.
         keep: Per image, ``(K_b,)`` int64 indices of the kept instances (queries) in the input (slot order).
         stuff_scores: Fill the stuff segments' scores from the semantic logits ``args[0]`` when assembling.
     """
@@ -94,12 +99,12 @@ def _has_graph(fusion: PanopticFusion) -> bool:
     return callable(getattr(fusion, "static_graph", None))
 
 
-def fusion_graph(fusion: PanopticFusion) -> UPSNetGraph | HeuristicGraph | MaskFormerGraph | CentreOffsetGraph:
+def fusion_graph(fusion: PanopticFusion) -> (UPSNetGraph | HeuristicGraph | MaskFormerGraph | KMaxGraph
+                                              | KMaxMaskwiseGraph | CentreOffsetGraph):
     """The static-shape module of ``fusion``'s per-pixel path.
 
     Raises:
-        ValueError: For fusions without an exportable graph yet (the ``"kmax"`` flavours of
-            :class:`MaskFormerFusion`).
+        ValueError: For fusions without a static-shape graph (a user's own :class:`PanopticFusion`).
     """
     if _has_graph(fusion):
         return fusion.static_graph()
@@ -128,7 +133,8 @@ def pack(fusion: PanopticFusion, *inputs: Any, output_size: tuple[int, int] | No
                              "CentreOffsets before fusion).")
         return _pack_centres(fusion, *inputs, min_slots=min_slots)
     if callable(getattr(fusion, "kept_queries", None)):  # MaskFormerFusion (not imported here: no cycle)
-        fusion_graph(fusion)  # the kMaX flavours: the error that names the exportable ones
+        if fusion.flavor in ("kmax", "kmax_maskwise"):  # type: ignore[attr-defined]
+            return _pack_kmax(fusion, *inputs, output_size=output_size, min_slots=min_slots)  # type: ignore[arg-type]
         return _pack_queries(fusion, *inputs, output_size=output_size, min_slots=min_slots)  # type: ignore[arg-type]
     if len(inputs) != 2:
         raise TypeError(f"{type(fusion).__name__} takes (semantic_logits, instances), got {len(inputs)} inputs.")
@@ -144,17 +150,8 @@ def pack(fusion: PanopticFusion, *inputs: Any, output_size: tuple[int, int] | No
 def _pack_queries(fusion: MaskFormerFusion, queries: Queries | Sequence[Queries],
                   output_size: tuple[int, int] | None, min_slots: int) -> PackedBatch:
     """:func:`pack` for :class:`MaskFormerGraph`: per image the query filter and the mask resize, then padding."""
-    qs = [q.to(fusion.class_map.device) for q in as_query_list(queries)]
-    output_size = checked_output_size(output_size)
-    sizes = set()
-    for q in qs:
-        q.validate(fusion.num_model_classes)
-        sizes.add(output_size or fusion.resize_masks_to or (int(q.mask_logits.shape[1]), int(q.mask_logits.shape[2])))
-    if len(sizes) > 1:
-        raise ValueError(f"the images of one batch must share the output size, got {sorted(sizes)}; pass "
-                         "output_size=(H, W) (or resize_masks_to) to fuse them as one batch.")
+    qs, (h, w) = _query_batch(fusion, queries, output_size)
     dev = fusion.class_map.device
-    h, w = sizes.pop() if sizes else (output_size or (1, 1))
     selected = [fusion.kept_queries(q, (h, w)) for q in qs]
     n = max([0 if s is None else int(s[0].numel()) for s in selected] + [min_slots, 1])
     b = len(qs)
@@ -174,6 +171,57 @@ def _pack_queries(fusion: MaskFormerFusion, queries: Queries | Sequence[Queries]
         category[i, :k], fuse[i, :k] = fusion.class_map[labels], fusion.fuse_class[labels]
         keep.append(kept)
     return PackedBatch((masks, scores, category, fuse, valid), keep, stuff_scores=False)
+
+
+def _query_batch(fusion: MaskFormerFusion, queries: Queries | Sequence[Queries],
+                 output_size: tuple[int, int] | None) -> tuple[list[Queries], tuple[int, int]]:
+    """The validated queries of a batch on the fusion's device, and their one output size."""
+    qs = [q.to(fusion.class_map.device) for q in as_query_list(queries)]
+    output_size = checked_output_size(output_size)
+    sizes = set()
+    for q in qs:
+        q.validate(fusion.num_model_classes)
+        sizes.add(output_size or fusion.resize_masks_to or (int(q.mask_logits.shape[1]), int(q.mask_logits.shape[2])))
+    if len(sizes) > 1:
+        raise ValueError(f"the images of one batch must share the output size, got {sorted(sizes)}; pass "
+                         "output_size=(H, W) (or resize_masks_to) to fuse them as one batch.")
+    return qs, (sizes.pop() if sizes else (output_size or (1, 1)))
+
+
+def _pack_kmax(fusion: MaskFormerFusion, queries: Queries | Sequence[Queries],
+               output_size: tuple[int, int] | None, min_slots: int) -> PackedBatch:
+    """:func:`pack` for the kMaX graphs: every slot resized and padded (``"kmax"``), or the ordered paste's owner
+    map and its slots (``"kmax_maskwise"``)."""
+    qs, (h, w) = _query_batch(fusion, queries, output_size)
+    dev = fusion.class_map.device
+    pixelwise = fusion.flavor == "kmax"
+    slots = [fusion.kmax_slots(q, (h, w)) if pixelwise else fusion.kmax_paste(q, (h, w)) for q in qs]
+    counts = [0 if s is None else int(s[-1].numel()) for s in slots]
+    n, b = max([*counts, min_slots, 1]), len(qs)
+    category = torch.zeros(b, n, dtype=torch.int64, device=dev)
+    score = torch.zeros(b, n, dtype=torch.float32, device=dev)
+    valid = torch.zeros(b, n, dtype=torch.bool, device=dev)
+    keep = []
+    if pixelwise:
+        logits = torch.zeros(b, n, h, w, dtype=torch.float32, device=dev)
+        kept = torch.zeros(b, n, dtype=torch.bool, device=dev)
+        for i, (lg, kp, cat, conf) in enumerate(slots):  # type: ignore[misc]
+            q = int(conf.numel())
+            if q:
+                logits[i, :q], kept[i, :q], category[i, :q], score[i, :q], valid[i, :q] = lg, kp, cat, conf, True
+            keep.append(torch.arange(q, device=dev))
+        return PackedBatch((logits, kept, category, score, valid), keep, stuff_scores=False)
+    owner = torch.full((b, h, w), n, dtype=torch.int64, device=dev)
+    for i, sel in enumerate(slots):
+        if sel is None:
+            keep.append(torch.zeros(0, dtype=torch.int64, device=dev))
+            continue
+        own, paste, cat, conf = sel
+        q = int(paste.numel())
+        owner[i] = torch.where(own == q, n, own)  # "none" is the padded count
+        category[i, :q], score[i, :q], valid[i, :q] = cat, conf, True
+        keep.append(paste)
+    return PackedBatch((owner, category, score, valid), keep, stuff_scores=False)
 
 
 def _pack_centres(fusion: CentreOffsetFusion, inputs: Sequence[CentreOffsets], min_slots: int) -> PackedBatch:
@@ -309,8 +357,10 @@ def export_fusion(fusion: PanopticFusion, *example: Any,
         shapes = ({0: bd, 2: hd, 3: wd}, {0: bd, 1: hd, 2: wd}, {0: bd, 1: nd}, {0: bd, 1: nd})
     elif isinstance(graph, CentreOffsetGraph):  # (sem, offsets, centres, centre_score, valid)
         shapes = ({0: bd, 2: hd, 3: wd}, {0: bd, 2: hd, 3: wd}, {0: bd, 1: nd}, {0: bd, 1: nd}, {0: bd, 1: nd})
-    elif isinstance(graph, MaskFormerGraph):  # (masks, scores, category, fuse, valid)
+    elif isinstance(graph, (MaskFormerGraph, KMaxGraph)):  # (masks, scores, category, fuse, valid), the same shapes
         shapes = ({0: bd, 1: nd, 2: hd, 3: wd}, {0: bd, 1: nd}, {0: bd, 1: nd}, {0: bd, 1: nd}, {0: bd, 1: nd})
+    elif isinstance(graph, KMaxMaskwiseGraph):  # (owner, category, score, valid)
+        shapes = ({0: bd, 1: hd, 2: wd}, {0: bd, 1: nd}, {0: bd, 1: nd}, {0: bd, 1: nd})
     else:  # (sem, crop, masks, labels, scores, valid)
         shapes = ({0: bd, 2: hd, 3: wd}, {0: bd, 1: nd}, {0: bd, 1: nd, 2: hd, 3: wd}, {0: bd, 1: nd},
                   {0: bd, 1: nd}, {0: bd, 1: nd})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="UPSNetFusion, HeuristicFusion, MaskFormerFusion or CentreOffsetFusion (default: %(default)s)")
     p.add_argument("--flavor", choices=("panopticapi", "detectron2", "mmdet", "upsnet"), default="panopticapi",
                    help="HeuristicFusion flavor (default: %(default)s)")
-    p.add_argument("--query-flavor", choices=("mask2former", "maskformer", "transformers"), default="mask2former",
+    p.add_argument("--query-flavor", choices=("mask2former", "maskformer", "transformers", "kmax", "kmax_maskwise"),
+                   default="mask2former",
                    help="MaskFormerFusion flavor (default: %(default)s)")
     p.add_argument("--centre-flavor", choices=("detectron2", "deeplab2"), default="detectron2",
                    help="CentreOffsetFusion flavor (default: %(default)s)")
@@ -85,7 +87,7 @@ def example_centres(table: Any, seed: int = 0) -> list[Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Export, write the files atomically, print one line per file."""
-    from .atomic import atomic_write
+    from .atomic import atomic_write, atomic_write_bytes
     from .categories import CategoryTable
     from .data import synthetic_categories
     from .engine.config import ConfigError
@@ -111,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
         program = export_fusion(fusion, *example_inputs(table))
     if args.out is None:
         args.out = Path(f"{args.fusion}_fusion.pt2")
-    atomic_write(args.out, lambda f: torch.export.save(program, f))
+    buffer = io.BytesIO()  # torch.export.save takes a path or an io.BytesIO (it warns on other file objects)
+    torch.export.save(program, buffer)
+    atomic_write_bytes(args.out, buffer.getvalue())
     print(f"wrote {args.out} (torch.export program; run it with panoptic.export.run_exported)")
     if args.onnx is not None:
         try:

@@ -81,12 +81,6 @@ def test_batch_without_kept_queries_and_mixed_sizes() -> None:
         pack(fusion, qs, output_size=(0, 3))
 
 
-def test_kmax_flavours_name_the_exportable_ones() -> None:
-    for flavor in ("kmax", "kmax_maskwise"):
-        with pytest.raises(ValueError, match="'mask2former', 'maskformer' and 'transformers'"):
-            fusion_graph(_fusion(flavor))
-
-
 @pytest.mark.parametrize("flavor", ["mask2former", "transformers"])
 def test_exported_program_equals_eager_on_other_shapes(flavor: str) -> None:
     fusion = _fusion(flavor)
@@ -136,5 +130,3 @@ def test_batched_forward_equals_the_per_image_loop(flavor: str) -> None:
     for seed in range(300, 320):
         qs, size = _batch(seed)
         _assert_same(loop(qs, output_size=size), batched(qs, output_size=size))
-    with pytest.raises(ValueError, match="batched=False"):
-        _fusion("kmax", batched=True)

@@ -24,6 +24,7 @@ from ..categories import CategoryTable
 from ..queries import Queries, as_query_list
 from ..structures import Instances, PanopticResult
 from .base import PanopticFusion, checked_output_size
+from .kmax_graph import KMAX_REJECTED_LOGIT, KMaxGraph, KMaxMaskwiseGraph
 from .maskformer_graph import MaskFormerGraph
 
 __all__ = ["MaskFormerFusion"]
@@ -58,7 +59,6 @@ _RULES: dict[str, _Rule] = {
 _KMAX = ("kmax", "kmax_maskwise")
 
 #: deeplab2's logit for rejected slots (``_SMALL_CONSTANT_FOR_SOFTMAX``): their softmax share is 0.
-KMAX_REJECTED_LOGIT = -99999.0
 
 
 class MaskFormerFusion(PanopticFusion):
@@ -107,7 +107,7 @@ class MaskFormerFusion(PanopticFusion):
         batched: :meth:`forward` fuses the batch as padded tensors with the static-shape graph of
             :func:`panoptic.export.export_fusion` (identical results; the images of a batch share the output
             size). Dense over ``(B, N, H, W)``: for devices and export checks, not for CPU speed (3-5x the
-            per-image loop at COCO size, see ``docs/concepts/ops.md``). Not for the ``"kmax"`` flavours.
+            per-image loop at COCO size, see ``docs/concepts/ops.md``).
 
     Example:
         >>> from panoptic.data import synthetic_categories
@@ -132,9 +132,6 @@ class MaskFormerFusion(PanopticFusion):
         super().__init__(table)
         if flavor not in _RULES:
             raise ValueError(f"unknown MaskFormerFusion flavor {flavor!r}; use one of {sorted(_RULES)}.")
-        if batched and flavor in _KMAX:
-            raise ValueError(f"batched=True runs the static-shape graph, which flavor={flavor!r} does not have yet; "
-                             "use batched=False (or the 'mask2former', 'maskformer' or 'transformers' flavour).")
         self.batched = bool(batched)
         rule = _RULES[flavor]
         self.flavor = flavor
@@ -269,20 +266,32 @@ class MaskFormerFusion(PanopticFusion):
             masks = F.interpolate(masks[None], size=size, mode="bilinear", align_corners=False)[0]
         return kept, scores[kept], labels[kept], masks
 
-    def static_graph(self) -> MaskFormerGraph:
-        """The static-shape module of the per-pixel path, which :func:`panoptic.export.export_fusion` traces.
-
-        Raises:
-            ValueError: For the ``"kmax"`` flavours (not exportable yet: run them eagerly).
-        """
-        if self.flavor in _KMAX:
-            raise ValueError(f"MaskFormerFusion(flavor={self.flavor!r}) has no static-shape graph yet; export "
-                             "supports the 'mask2former', 'maskformer' and 'transformers' flavours (run kMaX "
-                             "eagerly).")
+    def static_graph(self) -> MaskFormerGraph | KMaxGraph | KMaxMaskwiseGraph:
+        """The static-shape module of the per-pixel path, which :func:`panoptic.export.export_fusion` traces."""
+        isthing = self.table.isthing_tensor(self.class_map.device)
+        if self.flavor == "kmax":
+            return KMaxGraph(isthing, self.mask_threshold, self.thing_area_limit, self.stuff_area_limit)
+        if self.flavor == "kmax_maskwise":
+            return KMaxMaskwiseGraph(isthing, self.thing_area_limit, self.stuff_area_limit)
         rule = self.rule
         return MaskFormerGraph(self.table.num_classes, self.mask_threshold, self.overlap_threshold,
                                not rule.resize_probabilities, rule.paint_foreground_only,
                                rule.foreground_of_weighted, rule.strict_float32_ratio)
+
+    def kmax_slots(self, queries: Queries, size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        """The slots of deeplab2's pixelwise rule: every slot's mask logits at ``size`` and its best class.
+
+        Returns:
+            ``logits`` ``(Q, H, W)`` float32 (resized with ``align_corners=True``), ``keep`` ``(Q,)`` bool (the
+            best class, "no object" excluded, has probability ``>= object_mask_threshold``), ``category``
+            ``(Q,)`` int64 contiguous category of the best class and ``conf`` ``(Q,)`` float32 its probability.
+        """
+        probs = torch.softmax(queries.class_logits.float(), -1)[:, :-1]
+        conf, pred = probs.max(-1)
+        logits = queries.mask_logits.float()
+        if logits.shape[0] and tuple(logits.shape[1:]) != size:
+            logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=True)[0]
+        return logits, conf >= self.object_mask_threshold, self.class_map[pred], conf
 
     def fuse_kmax(self, queries: Queries, size: tuple[int, int]) -> PanopticResult:
         """deeplab2's pixelwise rule (``max_deeplab.py``), on all ``Q`` slots (static shapes until the table).
@@ -293,40 +302,33 @@ class MaskFormerFusion(PanopticFusion):
         slots is ``> mask_threshold`` and the overall largest logit is a kept slot's; thing slots and stuff
         categories (merged) then pass the area limits.
         """
-        probs = torch.softmax(queries.class_logits.float(), -1)[:, :-1]
-        conf, pred = probs.max(-1)
-        keep = conf >= self.object_mask_threshold
+        logits, keep, category, conf = self.kmax_slots(queries, size)
         q = int(conf.numel())
         if q == 0:
             return _empty(size, queries.class_logits.device)
-        logits = queries.mask_logits.float()
-        if tuple(logits.shape[1:]) != size:
-            logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=True)[0]
         detected = torch.where(keep.view(-1, 1, 1), logits, torch.full((), KMAX_REJECTED_LOGIT))
         top = detected.amax(0)
         confident = (torch.softmax(detected, 0).amax(0) > self.mask_threshold) & (logits.amax(0) == top)
         slot = first_argmax(detected)
-        category = self.class_map[pred]
         thing = self.table.isthing_tensor(category.device)[category]
         painted = confident & keep.any()  # deeplab2: no kept slot, no segment
         owner = torch.where(painted, slot, q)
         ok = self._kmax_area_limits(owner, category, thing)
         return self._assemble(owner, ok, torch.arange(q, device=ok.device), category, ~thing, conf, size)
 
-    def fuse_kmax_maskwise(self, queries: Queries, size: tuple[int, int]) -> PanopticResult:
-        """deeplab2's maskwise rule (``max_deeplab.py``, ``transformer_post_processing="maskwise"``).
+    def kmax_paste(self, queries: Queries, size: tuple[int, int]) -> tuple[torch.Tensor, ...] | None:
+        """The ordered paste of deeplab2's maskwise rule: the sequential, data-dependent part (run outside an
+        exported graph, like the heuristic's paste).
 
-        Slots are sorted (stable, descending) by ``class_probability ** a * mask_score ** b`` (``reorder_weights``);
-        a slot's binary mask is where its softmax over all slots is ``> mask_threshold`` at the output size
-        (``align_corners=True``); in that order, a slot whose class passes its thing / stuff threshold (``>=``) is
-        pasted onto the pixels still free iff they are ``> overlap_threshold`` of its mask; stuff slots of one
-        category merge, then the area limits apply. Segments are numbered in paste order.
+        Returns:
+            ``None`` if no slot may be pasted, else ``owner`` ``(H, W)`` int64 (position in ``paste`` of the slot
+            pasted at each pixel, ``n`` for none), ``paste`` ``(n,)`` int64 the slots that may be pasted in paste
+            order, and their ``category`` ``(n,)`` int64 and class probability ``conf`` ``(n,)`` float32.
         """
         probs = torch.softmax(queries.class_logits.float(), -1)[:, :-1]  # "no object" never vetoes
         conf, pred = probs.max(-1)
-        q = int(conf.numel())
-        if q == 0:
-            return _empty(size, queries.class_logits.device)
+        if int(conf.numel()) == 0:
+            return None
         category = self.class_map[pred]
         thing = self.table.isthing_tensor(category.device)[category]
         allowed = torch.where(thing, conf >= self.object_mask_threshold, conf >= self.stuff_object_mask_threshold)
@@ -337,11 +339,26 @@ class MaskFormerFusion(PanopticFusion):
         probs = torch.softmax(logits, 0)  # over all slots: rejected slots take their share too
         paste = order[allowed[order]]  # a slot that may not be pasted changes nothing: leave its mask out
         if int(paste.numel()) == 0:
-            return _empty(size, logits.device)
+            return None
         owner, _ = paste_in_order(probs[paste] > self.mask_threshold, allowed[paste], self.overlap_threshold)
-        category, thing = category[paste], thing[paste]
+        return owner, paste, category[paste], conf[paste]
+
+    def fuse_kmax_maskwise(self, queries: Queries, size: tuple[int, int]) -> PanopticResult:
+        """deeplab2's maskwise rule (``max_deeplab.py``, ``transformer_post_processing="maskwise"``).
+
+        Slots are sorted (stable, descending) by ``class_probability ** a * mask_score ** b`` (``reorder_weights``);
+        a slot's binary mask is where its softmax over all slots is ``> mask_threshold`` at the output size
+        (``align_corners=True``); in that order, a slot whose class passes its thing / stuff threshold (``>=``) is
+        pasted onto the pixels still free iff they are ``> overlap_threshold`` of its mask; stuff slots of one
+        category merge, then the area limits apply. Segments are numbered in paste order.
+        """
+        pasted = self.kmax_paste(queries, size)
+        if pasted is None:
+            return _empty(size, queries.class_logits.device)
+        owner, paste, category, conf = pasted
+        thing = self.table.isthing_tensor(category.device)[category]
         ok = self._kmax_area_limits(owner, category, thing)
-        return self._assemble(owner, ok, paste, category, ~thing, conf[paste], size)
+        return self._assemble(owner, ok, paste, category, ~thing, conf, size)
 
     def _kmax_area_limits(self, owner: torch.Tensor, category: torch.Tensor, thing: torch.Tensor) -> torch.Tensor:
         """``(n,)`` bool: slot ``k`` has pixels and passes deeplab2's area limits (stuff: its category's area).

@@ -61,7 +61,6 @@ class MaskFormerGraph(nn.Module):
             of its category) and ``slot`` int64.
         """
         b, n, h, w = masks.shape
-        dev = masks.device
         live = valid[:, :, None, None]
         prob = masks.sigmoid() if self.sigmoid else masks
         weighted = prob * scores[:, :, None, None]
@@ -82,20 +81,39 @@ class MaskFormerGraph(nn.Module):
         else:
             ratio_ok = region.double() / fg_area.double() >= self.overlap_threshold
         ok = valid & (region > 0) & (fg_area > 0) & (painted > 0) & ratio_ok
-        # merged queries: the first ok slot with the same key represents them all
-        pos = torch.arange(n, device=dev)[None].expand(b, n)
-        key = torch.where(fuse, category, self.num_classes + pos)
-        same = (key[:, :, None] == key[:, None, :]) & ok[:, None, :]
-        rep = torch.where(ok, same.to(torch.uint8).argmax(2), n)
-        pixel_rep = torch.cat([rep, rep.new_full((b, 1), n)], 1).gather(1, painted_owner.reshape(b, -1))
-        area = torch.zeros(b, n + 1, dtype=torch.int64, device=dev).scatter_add_(
-            1, pixel_rep, torch.ones_like(pixel_rep))[:, :n]
-        is_rep = (ok & (rep == pos)).long()
-        seg_id = torch.cat([torch.cumsum(is_rep, 1) * is_rep, is_rep.new_zeros(b, 1)], 1)
-        segment_map = seg_id.gather(1, pixel_rep).to(torch.int32).reshape(b, h, w)
-        return (segment_map, torch.zeros_like(segment_map, dtype=torch.bool), category, scores.float(), area,
-                pos.contiguous())
+        segment_map, area, pos = number_segments(painted_owner, ok, category, fuse, self.num_classes)
+        return (segment_map, torch.zeros_like(segment_map, dtype=torch.bool), category, scores.float(), area, pos)
 
+
+def number_segments(owner: torch.Tensor, ok: torch.Tensor, category: torch.Tensor, fuse: torch.Tensor,
+                    num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Segments of a padded batch: merged slots under their first, numbered in slot order, and the map.
+
+    Args:
+        owner: ``(B, H, W)`` int64 slot painted at each pixel, ``N`` for none.
+        ok: ``(B, N)`` bool: the slot makes a segment (its pixels are void otherwise).
+        category: ``(B, N)`` int64 contiguous category of each slot.
+        fuse: ``(B, N)`` bool: the slot merges with the other ``fuse`` slots of its category.
+        num_classes: The table's category count (merge keys of unmerged slots start above it).
+
+    Returns:
+        ``segment_map`` ``(B, H, W)`` int32 (0 void; segments numbered by their first slot), ``area`` ``(B, N)``
+        int64 (0 = no segment: a merged slot's pixels count on the first ok slot of its category) and the slot
+        positions ``(B, N)`` int64.
+    """
+    b, n = ok.shape
+    dev = ok.device
+    pos = torch.arange(n, device=dev)[None].expand(b, n)
+    key = torch.where(fuse, category, num_classes + pos)
+    same = (key[:, :, None] == key[:, None, :]) & ok[:, None, :]
+    rep = torch.where(ok, same.to(torch.uint8).argmax(2), n)  # the first ok slot with the same key
+    pixel_rep = torch.cat([rep, rep.new_full((b, 1), n)], 1).gather(1, owner.reshape(b, -1))
+    area = torch.zeros(b, n + 1, dtype=torch.int64, device=dev).scatter_add_(
+        1, pixel_rep, torch.ones_like(pixel_rep))[:, :n]
+    is_rep = (ok & (rep == pos)).long()
+    seg_id = torch.cat([torch.cumsum(is_rep, 1) * is_rep, is_rep.new_zeros(b, 1)], 1)
+    segment_map = seg_id.gather(1, pixel_rep).to(torch.int32).reshape(owner.shape)
+    return segment_map, area, pos.contiguous()
 
 def _count(owner: torch.Tensor, n: int) -> torch.Tensor:
     """``(B, n)`` pixels of each slot in ``owner`` ``(B, H, W)`` (values ``0 .. n``, ``n`` = nobody)."""
