@@ -145,3 +145,14 @@ def test_export_command_writes_a_centre_program(tmp_path) -> None:
         images = [CentreOffsets(torch.randn(table.num_classes, h, w, generator=g), heat[i],
                                 torch.randn(2, h, w, generator=g) * 3) for i in range(2)]
         _assert_same(fusion(images), run_exported(program, fusion, images))
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_batched_forward_equals_the_per_image_loop(flavor: str) -> None:
+    loop = CentreOffsetFusion(TABLE, nms_kernel=3, stuff_area=6, flavor=flavor)  # type: ignore[arg-type]
+    batched = CentreOffsetFusion(TABLE, nms_kernel=3, stuff_area=6, flavor=flavor, batched=True)  # type: ignore[arg-type]
+    for seed in range(400, 420):
+        images, _ = _batch(seed, labels=seed % 4 == 0)
+        _assert_same(loop(images), batched(images))
+    with pytest.raises(ValueError, match="share their size"):
+        batched([_batch(1, b=1, size=(8, 9))[0][0], _batch(2, b=1, size=(9, 8))[0][0]])

@@ -56,6 +56,10 @@ class CentreOffsetFusion(PanopticFusion):
         flavor: ``"detectron2"`` (default) or ``"deeplab2"``, which differs in three rules: no centre gives
             one thing segment per thing category (detectron2: those pixels are void), stuff is kept iff area
             ``> stuff_area``, and exactly ``top_k`` peaks are all kept.
+        batched: :meth:`forward` fuses the batch as padded tensors with the static-shape graph of
+            :func:`panoptic.export.export_fusion` (identical results; the images of a batch share their size and
+            semantic kind). The graph's nearest-centre search is dense, ``(B, H * W, K)``: for devices and export
+            checks, not for CPU speed (the per-image loop groups pixels in cache-sized chunks).
 
     Example:
         >>> import torch
@@ -75,7 +79,8 @@ class CentreOffsetFusion(PanopticFusion):
     """
 
     def __init__(self, table: CategoryTable, threshold: float = 0.1, nms_kernel: int = 7, top_k: int | None = 200,
-                 stuff_area: int = 2048, label_divisor: int = 1000, flavor: CentreFlavor = "detectron2") -> None:
+                 stuff_area: int = 2048, label_divisor: int = 1000, flavor: CentreFlavor = "detectron2",
+                 batched: bool = False) -> None:
         super().__init__(table)
         if flavor not in _FLAVORS:
             raise ValueError(f"flavor must be one of {_FLAVORS}, got {flavor!r}.")
@@ -96,6 +101,7 @@ class CentreOffsetFusion(PanopticFusion):
         self.stuff_area = stuff_area
         self.label_divisor = label_divisor
         self.flavor: CentreFlavor = flavor
+        self.batched = bool(batched)
 
     def forward(self, inputs: Sequence[CentreOffsets]) -> list[PanopticResult]:  # type: ignore[override]
         """Fuse a batch.
@@ -109,6 +115,10 @@ class CentreOffsetFusion(PanopticFusion):
         Raises:
             ValueError: For invalid inputs (the message names the fix).
         """
+        if self.batched:
+            from ..export import fusion_graph, run_exported  # panoptic.export imports this module
+
+            return run_exported(fusion_graph(self), self, inputs)
         out = []
         for x in checked_centre_inputs(inputs):
             x.validate(self.table.num_classes, check_semantic_finite=False)  # checked in the argmax pass
