@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads for the whole run (default: torch's default). On a shared machine "
                         "1 thread gives steadier numbers: with 2 threads every parallel op waits for both")
-    p.add_argument("--threads-only", action="store_true", help="only the default-vs-1-thread table per size")
+    p.add_argument("--threads-only", action="store_true", help="only the default-vs-1-thread table per size (every "
+                   "family: our calls only)")
     p.add_argument("--load", type=int, default=0, metavar="K",
                    help="also measure default vs 1 thread beside K busy processes (bounded, stop by themselves)")
     p.add_argument("--backend", choices=["auto", "torch", "native"], default="auto",
@@ -464,6 +465,37 @@ def print_thread_table(res: dict[str, Any]) -> None:
                       f"| {h1:.1f} | {hd:.1f} | {hd / h1:.2f}x |")
 
 
+def family_threads(calls: dict[str, dict[str, Callable[[], Any]]], repeats: int, load: int) -> dict[str, Any]:
+    """Per scene and call: ``quiet`` and (with ``load``) ``load`` medians, default vs 1 thread, interleaved (the
+    busy-machine target of the instance family, for the query and centre families)."""
+    default = torch.get_num_threads()
+    result: dict[str, Any] = {"default_threads": default, "load_processes": load}
+    with torch.inference_mode():
+        for scene, c in calls.items():
+            entry = {"quiet": _time_threads(c, default, repeats)}
+            entry["quiet"]["loadavg"] = round(os.getloadavg()[0], 2)
+            if load:
+                with busy_processes(load):
+                    for fn in c.values():
+                        fn()
+                    entry["load"] = _time_threads(c, default, repeats)
+                    entry["load"]["loadavg"] = round(os.getloadavg()[0], 2)
+            result[scene] = entry
+    print(f"\ndefault ({default} threads) vs 1 thread, median ms of {repeats}, {load} busy processes in the load "
+          "phase\n")
+    print("| scene | phase | call | 1 thread | default | default / 1 thread |")
+    print("|---|---|---|---|---|---|")
+    for scene, entry in result.items():
+        if not isinstance(entry, dict):
+            continue
+        for phase, r in entry.items():
+            for name in calls[scene]:
+                one, dflt = r[f"{name}_1t_ms"], r[f"{name}_default_ms"]
+                print(f"| {scene} | {phase} (load {r['loadavg']}) | {name} | {one:.1f} | {dflt:.1f} "
+                      f"| {dflt / one:.2f}x |")
+    return result
+
+
 # ------------------------------------------------------------------------------------------ query family
 #: (name, classes, things, image (H, W), mask logits (h, w)) of the query benchmark: COCO and Cityscapes.
 QUERY_SCENES = (("coco", 133, 80, (800, 1216), (200, 304)), ("cityscapes", 19, 8, (1024, 2048), (256, 512)))
@@ -537,6 +569,13 @@ def query_speed(args: argparse.Namespace) -> int:
                 calls[key]["hf"] = functools.partial(proc.post_process_panoptic_segmentation, out,
                                                      label_ids_to_fuse=set(stuff), target_sizes=[size])
             rows[key] = {"segments": ours_hf(q, size)[0].num_segments}
+    if args.threads_only or args.load:  # ours only: the busy-machine target concerns our calls
+        ours_calls = {key: {n: fn for n, fn in c.items() if n != "hf"} for key, c in calls.items()}
+        threads = family_threads(ours_calls, repeats, args.load)
+        if args.threads_only:
+            write_json(args.json, {"threads": threads, "machine": machine_info(repeats, load_start)})
+            return 0
+        rows["threads"] = threads
     times: dict[str, dict[str, list[float]]] = {key: {n: [] for n in c} for key, c in calls.items()}
     with torch.inference_mode():
         for c in calls.values():  # warm-up
@@ -672,6 +711,13 @@ def centre_family(args: argparse.Namespace) -> int:
         runs[name] = {"reference": reference, "ours_labels": ours_labels, "ours_logits": ours_logits}
         print(f"{name}: {int(fusion([CentreOffsets(logits, heat, offsets)])[0].source.ge(0).sum())} centres kept, "
               "outputs equal", file=sys.stderr)
+    threads = None
+    if args.threads_only or args.load:  # ours only: the busy-machine target concerns our calls
+        ours_calls = {scene: {k: fn for k, fn in c.items() if k != "reference"} for scene, c in runs.items()}
+        threads = family_threads(ours_calls, repeats, args.load)
+        if args.threads_only:
+            write_json(args.json, {"threads": threads, "machine": machine_info(repeats, load_start)})
+            return 0
     times = {s: {k: [] for k in calls} for s, calls in runs.items()}
     with torch.inference_mode():
         for _ in range(repeats):
@@ -691,6 +737,8 @@ def centre_family(args: argparse.Namespace) -> int:
         r["speedup"] = round(r["reference_ms"] / r["ours_labels_ms"], 1)
         print(f"| {scene} | {r['reference_ms']:.0f} | {r['ours_labels_ms']:.0f} | {r['ours_logits_ms']:.0f} "
               f"| {r['speedup']:.1f}x |")
+    if threads is not None:
+        out["threads"] = threads
     out["machine"] = machine_info(repeats, load_start)
     write_json(args.json, out)
     return 0

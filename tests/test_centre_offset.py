@@ -309,8 +309,17 @@ def test_centre_benchmark_runs_and_checks_parity(tmp_path, monkeypatch, capsys):
     spec.loader.exec_module(bench)
     monkeypatch.setattr(bench, "CENTRE_SCENES", {"tiny": (64, 96, "coco", 6, 5, 200, 100)})
     out = tmp_path / "centre.json"
-    args = argparse.Namespace(quick=False, repeats=1, threads=None, seed=0, json=out)
+    args = argparse.Namespace(quick=False, repeats=1, threads=None, seed=0, json=out, threads_only=False, load=0)
     assert bench.centre_family(args) == 0
     row = json.loads(out.read_text())["tiny"]
     assert row["reference_ms"] > 0 and row["ours_labels_ms"] > 0 and row["speedup"] > 0
     assert "| tiny |" in capsys.readouterr().out
+    # --threads-only --load 1: default vs 1 thread of our calls, beside one busy process
+    args.threads_only, args.load = True, 1
+    assert bench.centre_family(args) == 0
+    threads = json.loads(out.read_text())["threads"]
+    assert threads["load_processes"] == 1
+    for phase in ("quiet", "load"):
+        r = threads["tiny"][phase]
+        assert r["ours_labels_1t_ms"] > 0 and r["ours_logits_default_ms"] > 0 and "reference_1t_ms" not in r
+    assert "default / 1 thread" in capsys.readouterr().out

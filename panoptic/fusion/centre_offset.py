@@ -16,6 +16,7 @@ import torch
 
 from .._ops.argmax import first_argmax_keys
 from .._ops.centre import heatmap_peaks, nearest_centre
+from .._ops.threads import fusion_threads
 from ..categories import CategoryTable
 from ..centre_offsets import CentreOffsets
 from ..segments import assemble_result
@@ -122,7 +123,9 @@ class CentreOffsetFusion(PanopticFusion):
         out = []
         for x in checked_centre_inputs(inputs):
             x.validate(self.table.num_classes, check_semantic_finite=False)  # checked in the argmax pass
-            out.append(self.fuse_image(x))
+            h, w = (int(v) for v in x.offsets.shape[-2:])
+            with fusion_threads(h * w, x.offsets.device):  # many short passes: never slower than one thread
+                out.append(self.fuse_image(x))
         return out
 
     def static_graph(self) -> CentreOffsetGraph:
@@ -302,10 +305,14 @@ def encode_label_divisor(result: PanopticResult, label_divisor: int = 1000, void
         raise ValueError(f"instance number {int(inst_t.max())} reaches label_divisor={label_divisor}; ids would "
                          "collide with the next category: use a larger label_divisor (e.g. 1000).")
     codes = torch.cat([torch.tensor([void_label]), cats * label_divisor + inst_t])
-    used = codes if result.num_segments == 0 or bool((result.segment_map == 0).any()) else codes[1:]
+    seg = result.segment_map
+    with fusion_threads(seg.numel(), seg.device):  # the two full-image passes, like a fusion call
+        has_void = result.num_segments == 0 or bool((seg == 0).any())
+        coded = codes.to(seg.device)[seg.long()].to(dtype)
+    used = codes if has_void else codes[1:]
     lo, hi = _DTYPE_RANGE[dtype]
     if used.numel() and (int(used.min()) < lo or int(used.max()) > hi):
         raise ValueError(f"codes in [{int(used.min())}, {int(used.max())}] do not fit {dtype} (range [{lo}, {hi}]): "
                          "use dtype=torch.int64, a smaller label_divisor, or a void_label inside the range "
                          "(uint16 cannot hold -1).")
-    return codes.to(result.segment_map.device)[result.segment_map.long()].to(dtype)
+    return coded
