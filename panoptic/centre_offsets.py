@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -150,3 +151,18 @@ class CentreOffsets:
             if lo < 0 or hi >= num_classes:
                 raise ValueError(f"CentreOffsets.semantic labels must be contiguous ids in 0..{num_classes - 1}, got "
                                  f"values in [{lo}, {hi}]; map dataset ids with CategoryTable.to_contiguous.")
+
+
+def checked_centre_inputs(inputs: Sequence[CentreOffsets]) -> Sequence[CentreOffsets]:
+    """``inputs`` if it is a list of :class:`CentreOffsets` (one per image; shapes are checked by ``validate``).
+
+    Raises:
+        ValueError: For a single :class:`CentreOffsets` or an element of another type (the message names the fix).
+    """
+    if isinstance(inputs, CentreOffsets) or not isinstance(inputs, Sequence):
+        raise ValueError("CentreOffsetFusion takes a list of CentreOffsets, one per image; wrap a single image "
+                         "as fusion([x]).")
+    for i, x in enumerate(inputs):
+        if not isinstance(x, CentreOffsets):
+            raise ValueError(f"inputs[{i}] must be a panoptic.CentreOffsets, got {type(x).__name__}.")
+    return inputs

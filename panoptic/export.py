@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from ._ops.threads import fusion_threads
-from .centre_offsets import CentreOffsets
+from .centre_offsets import CentreOffsets, checked_centre_inputs
 from .fusion.base import (
     PanopticFusion,
     check_not_meta,
@@ -57,7 +57,6 @@ from .fusion.base import (
     prepare_semantic,
 )
 from .fusion.centre_graph import CentreOffsetGraph
-from .fusion.centre_offset import CentreOffsetFusion, checked_centre_inputs
 from .fusion.heuristic import HeuristicFusion
 from .fusion.heuristic_graph import HeuristicGraph
 from .fusion.kmax_graph import KMaxGraph, KMaxMaskwiseGraph
@@ -67,7 +66,8 @@ from .fusion.upsnet_graph import UPSNetGraph
 from .queries import Queries, as_query_list
 from .structures import Instances, PanopticResult
 
-if TYPE_CHECKING:  # panoptic.fusion.upsnet and .maskformer run their batched modes through this module
+if TYPE_CHECKING:  # panoptic.fusion.upsnet, .maskformer and .centre_offset run their batched modes through here
+    from .fusion.centre_offset import CentreOffsetFusion
     from .fusion.maskformer import MaskFormerFusion
     from .fusion.upsnet import UPSNetFusion
 
@@ -127,11 +127,11 @@ def pack(fusion: PanopticFusion, *inputs: Any, output_size: tuple[int, int] | No
     Raises:
         ValueError: For invalid inputs (as the eager fusion) or a fusion without a graph.
     """
-    if isinstance(fusion, CentreOffsetFusion):
+    if callable(getattr(fusion, "find_centres", None)):  # CentreOffsetFusion (not imported here: no cycle)
         if output_size is not None:
             raise ValueError("CentreOffsetFusion fuses at the inputs' own size; drop output_size (resize the "
                              "CentreOffsets before fusion).")
-        return _pack_centres(fusion, *inputs, min_slots=min_slots)
+        return _pack_centres(fusion, *inputs, min_slots=min_slots)  # type: ignore[arg-type]
     if callable(getattr(fusion, "kept_queries", None)):  # MaskFormerFusion (not imported here: no cycle)
         if fusion.flavor in ("kmax", "kmax_maskwise"):  # type: ignore[attr-defined]
             return _pack_kmax(fusion, *inputs, output_size=output_size, min_slots=min_slots)  # type: ignore[arg-type]

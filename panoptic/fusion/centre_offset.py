@@ -18,7 +18,7 @@ from .._ops.argmax import first_argmax_keys
 from .._ops.centre import heatmap_peaks, nearest_centre
 from .._ops.threads import fusion_threads
 from ..categories import CategoryTable
-from ..centre_offsets import CentreOffsets
+from ..centre_offsets import CentreOffsets, checked_centre_inputs
 from ..segments import assemble_result
 from ..structures import PanopticResult
 from .base import FiniteCheck, PanopticFusion, fill_stuff_scores_sampled, score_stride
@@ -241,21 +241,6 @@ class CentreOffsetFusion(PanopticFusion):
                table: CategoryTable | None = None) -> torch.Tensor:
         """detectron2's ``category * label_divisor + instance`` map of a result (see :func:`encode_label_divisor`)."""
         return encode_label_divisor(result, self.label_divisor, void_label, dtype, table)
-
-
-def checked_centre_inputs(inputs: Sequence[CentreOffsets]) -> Sequence[CentreOffsets]:
-    """``inputs`` if it is a list of :class:`CentreOffsets` (one per image; shapes are checked by ``validate``).
-
-    Raises:
-        ValueError: For a single :class:`CentreOffsets` or an element of another type (the message names the fix).
-    """
-    if isinstance(inputs, CentreOffsets) or not isinstance(inputs, Sequence):
-        raise ValueError("CentreOffsetFusion takes a list of CentreOffsets, one per image; wrap a single image "
-                         "as fusion([x]).")
-    for i, x in enumerate(inputs):
-        if not isinstance(x, CentreOffsets):
-            raise ValueError(f"inputs[{i}] must be a panoptic.CentreOffsets, got {type(x).__name__}.")
-    return inputs
 
 
 def majority_class(centre: torch.Tensor, labels: torch.Tensor, k: int, num_classes: int) -> torch.Tensor:
