@@ -41,9 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--categories", metavar="JSON", help="categories list to use instead of the JSON files' own")
     d.add_argument("--synthetic-n", type=int, metavar="N", help="synthetic benchmark: scenes (train + held out)")
     d.add_argument("--synthetic-size", type=int, metavar="PX", help="synthetic benchmark: image side")
-    d.add_argument("--synthetic-scenes", choices=("plain", "table6"),
+    d.add_argument("--synthetic-scenes", choices=("plain", "table6", "table6_decoys"),
                    help="synthetic benchmark: scene preset (default table6: stuff patches, same-class pairs, thin "
-                        "things)")
+                        "things; table6_decoys adds decoy patches, pictures of things on stuff)")
     d.add_argument("--test-short-side", type=int, metavar="PX", help="evaluation resize (scored at original size)")
     m = p.add_argument_group("models and training")
     m.add_argument("--preset", choices=("cpu_small", "r50_fpn"), help="model sizes (default cpu_small)")

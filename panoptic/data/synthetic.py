@@ -13,6 +13,11 @@ each rule of the paper's Table 6 something to change: **stuff patches** (thing-s
 surrounding stuff's texture, darker, and labelled as that stuff: a detector fires on the shape, the semantics
 say stuff), **same-class pairs** (a second thing of the same class overlapping the first: duplicates to prune)
 and **thin** things (strongly elongated, easily missed or half-segmented: pixels for the unknown class).
+A fourth, **decoy patches** (off in every preset but ``"table6_decoys"``), stands for pictures of objects that belong
+to the surface they are on (a poster or painting on a wall, a print on the road): a thing class's shape, a colour
+from its hue range and its smooth shading, but printed: a fine 1-px checker no real thing has, with the surrounding
+stuff's own fine detail showing through; labelled as that stuff. Coarsely they look like things, only the fine
+texture says stuff, which is the case the instance class assignment (ICA) rule is for.
 
 Example:
     >>> import numpy as np
@@ -104,6 +109,9 @@ class SceneConfig:
             centre 0.3-0.7 radii away), painted right after it.
         thin_prob: Probability that a thing is thin: stretched to an aspect ratio of 4-7 (discs and squares;
             triangles and stars are shrunk to half size instead).
+        decoy_patches: Inclusive range of decoy patches per scene (pictures of things on a stuff surface): a
+            thing class's shape, hue range and shading, overlaid with a fine 1-px checker and the surrounding
+            stuff's fine detail, painted inside a stuff region and labelled as that stuff.
     """
 
     num_things: tuple[int, int] = (3, 8)
@@ -119,23 +127,27 @@ class SceneConfig:
     stuff_patches: tuple[int, int] = (0, 0)
     same_class_prob: float = 0.0
     thin_prob: float = 0.0
+    decoy_patches: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         for name in ("crowd_prob", "void_border_prob", "void_blob_prob", "same_class_prob", "thin_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"SceneConfig.{name} is a probability in [0, 1], got {getattr(self, name)}.")
-        lo, hi = self.stuff_patches
-        if not 0 <= lo <= hi:
-            raise ValueError(f"SceneConfig.stuff_patches is an inclusive range (lo, hi) with 0 <= lo <= hi, "
-                             f"got {self.stuff_patches}.")
+        for name in ("stuff_patches", "decoy_patches"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi:
+                raise ValueError(f"SceneConfig.{name} is an inclusive range (lo, hi) with 0 <= lo <= hi, "
+                                 f"got {getattr(self, name)}.")
 
 
 SCENE_PRESETS: dict[str, SceneConfig] = {
     "plain": SceneConfig(),
     "table6": SceneConfig(stuff_patches=(1, 3), same_class_prob=0.3, thin_prob=0.25),
+    "table6_decoys": SceneConfig(stuff_patches=(1, 3), same_class_prob=0.3, thin_prob=0.25, decoy_patches=(1, 2)),
 }
-"""Named scene configurations: ``"plain"`` (the defaults) and ``"table6"`` (stuff patches, same-class pairs
-and thin things on, so every row of Table 6 has something to change; ``panoptic compare``'s default)."""
+"""Named scene configurations: ``"plain"`` (the defaults), ``"table6"`` (stuff patches, same-class pairs
+and thin things on, so every row of Table 6 has something to change; ``panoptic compare``'s default) and
+``"table6_decoys"`` (``"table6"`` plus 1-2 decoy patches per scene, for the ICA row)."""
 
 
 @dataclass
@@ -153,8 +165,8 @@ class SyntheticScene:
         segment_ids: ``(N,)`` int64 segment id of each thing in ``panoptic.segment_map``.
         table: The category table the contiguous ids refer to.
         thin: ``(N,)`` bool, which things were drawn thin (``SceneConfig.thin_prob``).
-        stuff_patch_masks: ``(P, H, W)`` bool visible pixels of each stuff patch (``SceneConfig.stuff_patches``);
-            they belong to the stuff segment around them.
+        stuff_patch_masks: ``(P, H, W)`` bool visible pixels of each stuff patch (``SceneConfig.stuff_patches``,
+            then ``SceneConfig.decoy_patches``); they belong to the stuff segment around them.
     """
 
     image: np.ndarray
@@ -254,31 +266,72 @@ def _paint_object(rng: np.random.Generator, canvas: _Canvas, style: _Style, cy: 
     return full
 
 
+def _patch_place(rng: np.random.Generator, canvas: _Canvas, styles: list[_Style], things: list[int],
+                 cfg: SceneConfig) -> tuple[int, slice, slice, np.ndarray, np.ndarray, np.ndarray, int] | None:
+    """Where a patch inside stuff goes: ``(stuff segment, rows, cols, dy, dx, mask, thing class)``, the mask a random
+    thing class's shape clipped to the stuff region under its centre; ``None`` if the centre is not on stuff."""
+    h, w = canvas.size
+    side = min(h, w)
+    cy, cx = rng.uniform(0.1, 0.9, size=2) * np.array([h, w])
+    seg = int(canvas.labels[int(cy), int(cx)])
+    if seg < 0 or canvas.isthing[seg]:
+        return None
+    radius = rng.uniform(*cfg.thing_radius) * side
+    window = shape_window(canvas.size, cy, cx, 1.5 * radius)
+    if window is None:
+        return None
+    rows, cols, dy, dx = window
+    thing = things[int(rng.integers(len(things)))]
+    kind = styles[thing].pattern
+    mask = shape_mask(kind, dy, dx, radius, float(rng.uniform(0.0, 2 * math.pi)), float(rng.uniform(0.75, 1.33)))
+    mask &= canvas.labels[rows, cols] == seg  # stays inside its stuff region
+    return seg, rows, cols, dy, dx, mask, thing
+
+
+def _record_patch(canvas: _Canvas, rows: slice, cols: slice, mask: np.ndarray) -> None:
+    full = np.zeros(canvas.size, dtype=bool)
+    full[rows, cols] = mask
+    canvas.patches.append(full)
+
+
 def _paint_stuff_patches(rng: np.random.Generator, canvas: _Canvas, styles: list[_Style], things: list[int],
                          cfg: SceneConfig) -> None:
     """Thing-shaped patches inside stuff: the shape of a random thing class, the texture of the stuff under
     its centre (darker), labelled as that stuff. Patches are painted before the things, so things occlude them."""
-    h, w = canvas.size
-    side = min(h, w)
     for _ in range(int(rng.integers(cfg.stuff_patches[0], cfg.stuff_patches[1] + 1))):
-        cy, cx = rng.uniform(0.1, 0.9, size=2) * np.array([h, w])
-        seg = int(canvas.labels[int(cy), int(cx)])
-        if seg < 0 or canvas.isthing[seg]:
+        place = _patch_place(rng, canvas, styles, things, cfg)
+        if place is None:
             continue
-        radius = rng.uniform(*cfg.thing_radius) * side
-        window = shape_window(canvas.size, cy, cx, 1.5 * radius)
-        if window is None:
-            continue
-        rows, cols, dy, dx = window
-        kind = styles[things[int(rng.integers(len(things)))]].pattern
-        mask = shape_mask(kind, dy, dx, radius, float(rng.uniform(0.0, 2 * math.pi)), float(rng.uniform(0.75, 1.33)))
-        mask &= canvas.labels[rows, cols] == seg  # stays inside its stuff region
+        seg, rows, cols, _, _, mask, _ = place
         style = styles[canvas.category[seg]]
         tex = texture(style.pattern, rng, mask.shape, _sample_color(rng, style)) * rng.uniform(0.55, 0.75)
         canvas.image[rows, cols][mask] = tex[mask]
-        full = np.zeros(canvas.size, dtype=bool)
-        full[rows, cols] = mask
-        canvas.patches.append(full)
+        _record_patch(canvas, rows, cols, mask)
+
+
+def _paint_decoy_patches(rng: np.random.Generator, canvas: _Canvas, styles: list[_Style], things: list[int],
+                         cfg: SceneConfig) -> None:
+    """Pictures of things on a stuff surface: a random thing class's shape, a colour from its hue range and its
+    smooth shading (coarsely a thing), printed: a fine 1-px checker (+-15 %) no real thing has, plus the stuff's
+    own fine detail (its texture minus its base colour, at half strength) showing through. Labelled as the stuff
+    under the centre and recorded with the stuff patches; painted before the things, so things occlude them."""
+    for _ in range(int(rng.integers(cfg.decoy_patches[0], cfg.decoy_patches[1] + 1))):
+        place = _patch_place(rng, canvas, styles, things, cfg)
+        if place is None:
+            continue
+        seg, rows, cols, dy, dx, mask, thing = place
+        radius = max(1.0, float(np.sqrt(mask.sum() / math.pi)))
+        shade_dir = rng.uniform(0.0, 2 * math.pi)
+        shade = 1.0 + rng.uniform(0.05, 0.25) * (math.cos(shade_dir) * dx + math.sin(shade_dir) * dy) / radius
+        ys = np.arange(rows.start, rows.stop)[:, None]
+        xs = np.arange(cols.start, cols.stop)[None, :]
+        checker = np.where((ys + xs) % 2 == 0, np.float32(1.15), np.float32(0.85))
+        picture = _sample_color(rng, styles[thing]) * (shade * checker)[..., None]
+        stuff = styles[canvas.category[seg]]
+        color = _sample_color(rng, stuff)
+        detail = texture(stuff.pattern, rng, mask.shape, color) - color
+        canvas.image[rows, cols][mask] = (picture + 0.5 * detail)[mask]
+        _record_patch(canvas, rows, cols, mask)
 
 
 def _paint_void_blobs(rng: np.random.Generator, canvas: _Canvas) -> None:
@@ -349,6 +402,8 @@ def generate_scene(rng: np.random.Generator, size: int | tuple[int, int], table:
     thin_of: list[bool] = []
     if cfg.stuff_patches[1] > 0:
         _paint_stuff_patches(rng, canvas, styles, things, cfg)
+    if cfg.decoy_patches[1] > 0:
+        _paint_decoy_patches(rng, canvas, styles, things, cfg)
     for _ in range(int(rng.integers(cfg.num_things[0], cfg.num_things[1] + 1))):
         cat = things[int(rng.integers(len(things)))]
         cy, cx = rng.uniform(0.05, 0.95, size=2) * np.array(hw)

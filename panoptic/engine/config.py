@@ -58,7 +58,7 @@ class DataConfig:
         synthetic_seed: Synthetic benchmark: scene seed.
         synthetic_val_fraction: Synthetic benchmark: fraction of scenes in ``val``.
         synthetic_scenes: Synthetic benchmark: scene preset, a key of
-            :data:`panoptic.data.synthetic.SCENE_PRESETS` (``"plain"`` or ``"table6"``).
+            :data:`panoptic.data.synthetic.SCENE_PRESETS` (``"plain"``, ``"table6"`` or ``"table6_decoys"``).
         cache_dir: Where the synthetic benchmark is written once and reused; default
             ``$PANOPTIC_CACHE/synthetic`` or ``~/.cache/panoptic/synthetic``.
         short_side: Training resize: short side (or candidates, one drawn per image); ``None`` keeps the size.
@@ -97,8 +97,9 @@ class DataConfig:
         _check(self.synthetic_size >= 32, "data.synthetic_size", self.synthetic_size, "an int >= 32")
         _check(0.0 <= self.synthetic_val_fraction < 1.0, "data.synthetic_val_fraction",
                self.synthetic_val_fraction, "a float in [0, 1)")
-        _check(self.synthetic_scenes in ("plain", "table6"), "data.synthetic_scenes", self.synthetic_scenes,
-               "'plain' or 'table6' (a key of panoptic.data.synthetic.SCENE_PRESETS)")
+        _check(self.synthetic_scenes in ("plain", "table6", "table6_decoys"), "data.synthetic_scenes",
+               self.synthetic_scenes,
+               "'plain', 'table6' or 'table6_decoys' (a key of panoptic.data.synthetic.SCENE_PRESETS)")
         _check(0.0 <= self.flip_prob <= 1.0, "data.flip_prob", self.flip_prob, "a float in [0, 1]")
         _check(self.num_workers is None or self.num_workers >= 0, "data.num_workers", self.num_workers,
                "an int >= 0 or null")
