@@ -1,5 +1,5 @@
 """The synthetic scene features that give each Table 6 row something to change: stuff patches, same-class pairs,
-thin things; and the ``"table6"`` preset as the compare benchmark's data."""
+thin things, decoy patches; and the ``"table6"`` preset as the compare benchmark's data."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from panoptic.data.synthetic import (
     SCENE_PRESETS,
     SceneConfig,
     _Canvas,
+    _paint_decoy_patches,
     _paint_stuff_patches,
     generate_scene,
     synthetic_categories,
@@ -167,3 +168,52 @@ def test_scene_reports_its_stuff_patches_inside_stuff_and_its_thin_things():
         assert not pan.isthing[ids[0] - 1]  # ... whose class is stuff
     plain = generate_scene(np.random.default_rng(3), 96)
     assert plain.stuff_patch_masks.shape == (0, 96, 96) and not plain.thin.any()
+
+
+def test_decoy_patch_is_a_checkered_thing_picture_labelled_as_the_stuff_around_it():
+    cfg = SceneConfig(decoy_patches=(1, 1), thing_radius=(0.15, 0.15))
+    painted_any = False
+    for seed in range(10):
+        canvas = _two_region_canvas()
+        labels = canvas.labels.copy()
+        _paint_decoy_patches(np.random.default_rng(seed), canvas, STYLES, THINGS, cfg)
+        painted = canvas.image.any(axis=-1)
+        assert (canvas.labels == labels).all()  # the decoy is stuff: no segment of its own
+        assert len(canvas.category) == 2 and not any(canvas.isthing)
+        assert len(canvas.patches) == int(painted.any())  # recorded with the stuff patches
+        if painted.any():
+            painted_any = True
+            assert (canvas.patches[0] == painted).all()
+            regions = np.unique(labels[painted])
+            assert len(regions) == 1  # clipped to the stuff region under its centre
+            assert 10 <= painted.sum() < (labels == regions[0]).sum()
+            # The fine print: neighbouring pixels of the picture alternate bright / dark far more than a thing's
+            # smooth shading does.
+            ys, xs = np.nonzero(painted[:, :-1] & painted[:, 1:])
+            jump = np.abs(canvas.image[ys, xs].sum(-1) - canvas.image[ys, xs + 1].sum(-1))
+            assert np.median(jump) > 20
+    assert painted_any
+
+
+def test_scene_records_decoys_inside_stuff_and_the_decoy_preset_is_table6_plus_decoys():
+    t6, decoys = SCENE_PRESETS["table6"], SCENE_PRESETS["table6_decoys"]
+    assert decoys == dataclasses.replace(t6, decoy_patches=decoys.decoy_patches) and decoys.decoy_patches[0] >= 1
+    base = dataclasses.replace(BARE, num_things=(0, 0))
+    found = 0
+    for seed in range(5):
+        plain = generate_scene(np.random.default_rng(seed), 64, config=base)
+        scene = generate_scene(np.random.default_rng(seed), 64, config=dataclasses.replace(base,
+                                                                                            decoy_patches=(2, 2)))
+        # Same ground truth (decoys are labelled as the stuff around them), only the image differs.
+        assert torch.equal(plain.panoptic.segment_map, scene.panoptic.segment_map)
+        assert not scene.panoptic.isthing.any() and plain.stuff_patch_masks.shape[0] == 0
+        for patch in scene.stuff_patch_masks:
+            ids = torch.unique(scene.panoptic.segment_map[patch])
+            assert len(ids) == 1 and ids[0] > 0 and not scene.panoptic.isthing[ids[0] - 1]
+            found += int(patch.any())
+    assert found >= 5
+    with pytest.raises(ValueError, match="decoy_patches"):
+        SceneConfig(decoy_patches=(2, 1))
+    with pytest.raises(ValueError, match="decoy_patches"):
+        SceneConfig(decoy_patches=(-1, 1))
+    assert DataConfig(synthetic_scenes="table6_decoys").synthetic_scenes == "table6_decoys"
