@@ -298,6 +298,8 @@ def _paint_stuff_patches(rng: np.random.Generator, canvas: _Canvas, styles: list
                          cfg: SceneConfig) -> None:
     """Thing-shaped patches inside stuff: the shape of a random thing class, the texture of the stuff under
     its centre (darker), labelled as that stuff. Patches are painted before the things, so things occlude them."""
+    if cfg.stuff_patches[1] == 0:  # off: no draw, so scenes without patches stay byte-identical
+        return
     for _ in range(int(rng.integers(cfg.stuff_patches[0], cfg.stuff_patches[1] + 1))):
         place = _patch_place(rng, canvas, styles, things, cfg)
         if place is None:
@@ -315,6 +317,8 @@ def _paint_decoy_patches(rng: np.random.Generator, canvas: _Canvas, styles: list
     smooth shading (coarsely a thing), printed: a fine 1-px checker (+-15 %) no real thing has, plus the stuff's
     own fine detail (its texture minus its base colour, at half strength) showing through. Labelled as the stuff
     under the centre and recorded with the stuff patches; painted before the things, so things occlude them."""
+    if cfg.decoy_patches[1] == 0:  # off: no draw, so scenes without decoys stay byte-identical
+        return
     for _ in range(int(rng.integers(cfg.decoy_patches[0], cfg.decoy_patches[1] + 1))):
         place = _patch_place(rng, canvas, styles, things, cfg)
         if place is None:
@@ -400,10 +404,8 @@ def generate_scene(rng: np.random.Generator, size: int | tuple[int, int], table:
     amodal: list[np.ndarray] = []
     thing_segments: list[int] = []
     thin_of: list[bool] = []
-    if cfg.stuff_patches[1] > 0:
-        _paint_stuff_patches(rng, canvas, styles, things, cfg)
-    if cfg.decoy_patches[1] > 0:
-        _paint_decoy_patches(rng, canvas, styles, things, cfg)
+    _paint_stuff_patches(rng, canvas, styles, things, cfg)  # each draws nothing when its feature is off
+    _paint_decoy_patches(rng, canvas, styles, things, cfg)
     for _ in range(int(rng.integers(cfg.num_things[0], cfg.num_things[1] + 1))):
         cat = things[int(rng.integers(len(things)))]
         cy, cx = rng.uniform(0.05, 0.95, size=2) * np.array(hw)
