@@ -435,16 +435,22 @@ def thread_table(table: CategoryTable, sizes: tuple[tuple[int, int], ...], repea
                 calls[f"heuristic{n}"] = functools.partial(heuristic, sem, [inst])
             for fn in calls.values():  # warm-up
                 fn()
-            entry = {"quiet": _time_threads(calls, default, repeats)}
-            entry["quiet"]["loadavg"] = round(os.getloadavg()[0], 2)
-            if load:
-                with busy_processes(load):
-                    for fn in calls.values():
-                        fn()
-                    entry["load"] = _time_threads(calls, default, repeats)
-                    entry["load"]["loadavg"] = round(os.getloadavg()[0], 2)
-            result[f"{h}x{w}"] = entry
+            result[f"{h}x{w}"] = quiet_and_load(calls, default, repeats, load)
     return result
+
+
+def quiet_and_load(calls: dict[str, Callable[[], Any]], default: int, repeats: int, load: int) -> dict[str, Any]:
+    """``{"quiet": ..., "load": ...}``: :func:`_time_threads` beside whatever runs, then (with ``load``) beside
+    ``load`` busy processes, each with the load average at its end."""
+    entry = {"quiet": _time_threads(calls, default, repeats)}
+    entry["quiet"]["loadavg"] = round(os.getloadavg()[0], 2)
+    if load:
+        with busy_processes(load):
+            for fn in calls.values():  # warm-up beside the load
+                fn()
+            entry["load"] = _time_threads(calls, default, repeats)
+            entry["load"]["loadavg"] = round(os.getloadavg()[0], 2)
+    return entry
 
 
 def print_thread_table(res: dict[str, Any]) -> None:
@@ -472,15 +478,7 @@ def family_threads(calls: dict[str, dict[str, Callable[[], Any]]], repeats: int,
     result: dict[str, Any] = {"default_threads": default, "load_processes": load}
     with torch.inference_mode():
         for scene, c in calls.items():
-            entry = {"quiet": _time_threads(c, default, repeats)}
-            entry["quiet"]["loadavg"] = round(os.getloadavg()[0], 2)
-            if load:
-                with busy_processes(load):
-                    for fn in c.values():
-                        fn()
-                    entry["load"] = _time_threads(c, default, repeats)
-                    entry["load"]["loadavg"] = round(os.getloadavg()[0], 2)
-            result[scene] = entry
+            result[scene] = quiet_and_load(c, default, repeats, load)
     print(f"\ndefault ({default} threads) vs 1 thread, median ms of {repeats}, {load} busy processes in the load "
           "phase\n")
     print("| scene | phase | call | 1 thread | default | default / 1 thread |")

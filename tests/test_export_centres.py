@@ -5,18 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from export_checks import assert_onnx_runtime_equals_eager, assert_same_results
 from test_centre_offset import TABLE, one_hot, random_case
 
 from panoptic import CentreOffsetFusion, CentreOffsets
-from panoptic.export import assemble_results, export_fusion, fusion_graph, pack, run_exported
+from panoptic.export import export_fusion, fusion_graph, pack, run_exported
 
 FLAVORS = ("detectron2", "deeplab2")
-
-
-def _assert_same(eager, other) -> None:
-    assert len(eager) == len(other)
-    for a, b in zip(eager, other, strict=True):
-        assert a.equal(b), (a, b)
 
 
 def _batch(seed: int, b: int | None = None, size: tuple[int, int] | None = None,
@@ -66,7 +61,7 @@ def test_graph_equals_eager_on_random_batches(flavor: str) -> None:
         fusion = CentreOffsetFusion(TABLE, flavor=flavor, **p)
         graph = fusion_graph(fusion)
         eager = fusion(images)
-        _assert_same(eager, run_exported(graph, fusion, images))
+        assert_same_results(eager, run_exported(graph, fusion, images))
         ks = [int((r.source >= 0).sum()) for r in eager]
         hit["no_centre"] += min(ks) == 0
         hit["several"] += max(ks) > 1
@@ -80,7 +75,7 @@ def test_graph_equals_eager_on_label_inputs(flavor: str) -> None:
         images, p = _batch(seed, labels=True)
         fusion = CentreOffsetFusion(TABLE, flavor=flavor, **p)
         out = run_exported(fusion_graph(fusion), fusion, images)
-        _assert_same(fusion(images), out)
+        assert_same_results(fusion(images), out)
         assert all(bool(r.score[r.source < 0].isnan().all()) for r in out)  # no logits: stuff scores NaN
 
 
@@ -111,24 +106,15 @@ def test_exported_program_equals_eager_on_other_shapes(flavor: str) -> None:
                    for n in program.graph.nodes)
     for seed in range(401, 413):  # other batch sizes, centre counts (K = 0 included) and image sizes
         images, _ = _batch(seed)
-        _assert_same(fusion(images), run_exported(program, fusion, images))
+        assert_same_results(fusion(images), run_exported(program, fusion, images))
     (one,), _ = _batch(414, b=1)
     assert export_fusion(fusion, [one]).module() is not None  # one image: repeated to two for the example
 
 
 def test_onnx_runtime_equals_eager() -> None:
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
     fusion = CentreOffsetFusion(TABLE, top_k=5, stuff_area=20)
     program = export_fusion(fusion, _batch(500, b=2, size=(12, 16))[0])
-    onnx_program = torch.onnx.export(program, (), dynamo=True, verbose=False)
-    session = ort.InferenceSession(onnx_program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    for seed in range(501, 507):
-        images, _ = _batch(seed)
-        packed = pack(fusion, images)
-        feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), packed.args, strict=True)}
-        outputs = [torch.from_numpy(o) for o in session.run(None, feeds)]
-        _assert_same(fusion(images), assemble_results(fusion, packed, outputs))
+    assert_onnx_runtime_equals_eager(program, fusion, [((_batch(seed)[0],), {}) for seed in range(501, 507)])
 
 
 def test_export_command_writes_a_centre_program(tmp_path) -> None:
@@ -144,7 +130,7 @@ def test_export_command_writes_a_centre_program(tmp_path) -> None:
         heat = F.avg_pool2d(torch.rand(2, 1, h, w, generator=g), 3, 1, 1)
         images = [CentreOffsets(torch.randn(table.num_classes, h, w, generator=g), heat[i],
                                 torch.randn(2, h, w, generator=g) * 3) for i in range(2)]
-        _assert_same(fusion(images), run_exported(program, fusion, images))
+        assert_same_results(fusion(images), run_exported(program, fusion, images))
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
@@ -153,6 +139,6 @@ def test_batched_forward_equals_the_per_image_loop(flavor: str) -> None:
     batched = CentreOffsetFusion(TABLE, nms_kernel=3, stuff_area=6, flavor=flavor, batched=True)  # type: ignore[arg-type]
     for seed in range(400, 420):
         images, _ = _batch(seed, labels=seed % 4 == 0)
-        _assert_same(loop(images), batched(images))
+        assert_same_results(loop(images), batched(images))
     with pytest.raises(ValueError, match="share their size"):
         batched([_batch(1, b=1, size=(8, 9))[0][0], _batch(2, b=1, size=(9, 8))[0][0]])

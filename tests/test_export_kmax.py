@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from export_checks import assert_onnx_runtime_equals_eager, assert_same_results
 from maskformer_refs import CLASS_MAP, TABLE, random_scene
 
 from panoptic import MaskFormerFusion, Queries
-from panoptic.export import assemble_results, export_fusion, fusion_graph, pack, run_exported
+from panoptic.export import export_fusion, fusion_graph, run_exported
 
 K = int(CLASS_MAP.numel())
 STUFF = int(torch.nonzero(~TABLE.isthing_tensor()[CLASS_MAP])[0, 0])  # a model class of a stuff category
@@ -34,12 +35,6 @@ def _batch(seed: int, b: int | None = None) -> tuple[list[Queries], tuple[int, i
     return qs, size
 
 
-def _assert_same(eager, other) -> None:
-    assert len(eager) == len(other)
-    for a, b in zip(eager, other, strict=True):
-        assert a.equal(b), (a, b)
-
-
 def _slots(labels: list[int], masks: torch.Tensor) -> Queries:
     cls = torch.full((len(labels), K + 1), -9.0)
     cls[torch.arange(len(labels)), torch.tensor(labels)] = 9.0
@@ -54,7 +49,7 @@ def test_pixelwise_graph_hand_computed() -> None:
     queries = _slots([STUFF, THING, STUFF, K], masks)
     fusion = _fusion("kmax")
     out = run_exported(fusion_graph(fusion), fusion, [queries, _slots([THING], masks[1:2])])
-    _assert_same(fusion([queries, _slots([THING], masks[1:2])]), out)
+    assert_same_results(fusion([queries, _slots([THING], masks[1:2])]), out)
     assert out[0].segment_map.tolist() == [[1, 1, 2, 0]]
     assert out[0].source.tolist() == [0, 1] and out[0].area.tolist() == [2, 1]
     assert out[1].segment_map.tolist() == [[1, 1, 1, 1]]  # one slot: its softmax is 1 everywhere
@@ -68,7 +63,7 @@ def test_maskwise_graph_hand_computed() -> None:
     queries = _slots([THING, THING], masks)
     fusion = _fusion("kmax_maskwise")
     out = run_exported(fusion_graph(fusion), fusion, [queries])[0]
-    _assert_same(fusion([queries]), [out])
+    assert_same_results(fusion([queries]), [out])
     assert out.segment_map.tolist() == [[1, 2, 2, 2]] and out.source.tolist() == [0, 1]
 
 
@@ -81,7 +76,7 @@ def test_graph_equals_eager_on_random_batches(flavor: str, setting: int) -> None
     for seed in range(60 if setting == 0 else 20):
         qs, size = _batch(seed)
         eager = fusion(qs, output_size=size)
-        _assert_same(eager, run_exported(graph, fusion, qs, output_size=size))
+        assert_same_results(eager, run_exported(graph, fusion, qs, output_size=size))
         segments += sum(r.num_segments for r in eager)
         empty += sum(r.num_segments == 0 for r in eager)
         images += len(eager)
@@ -96,7 +91,7 @@ def test_images_without_slots_or_kept_slots(flavor: str) -> None:
     qs, _ = _batch(5, b=1)
     batch = [rejected, *qs, no_slots]
     out = run_exported(fusion_graph(fusion), fusion, batch, output_size=(6, 6))
-    _assert_same(fusion(batch, output_size=(6, 6)), out)
+    assert_same_results(fusion(batch, output_size=(6, 6)), out)
     assert out[0].num_segments == 0 and out[2].num_segments == 0 and out[1].num_segments > 0
 
 
@@ -109,23 +104,15 @@ def test_exported_program_equals_eager_on_other_shapes(flavor: str) -> None:
                    for n in program.graph.nodes)
     for seed in range(101, 113):  # other batch sizes, slot counts and output sizes
         qs, size = _batch(seed)
-        _assert_same(fusion(qs, output_size=size), run_exported(program, fusion, qs, output_size=size))
+        assert_same_results(fusion(qs, output_size=size), run_exported(program, fusion, qs, output_size=size))
 
 
 @pytest.mark.parametrize("flavor", ["kmax", "kmax_maskwise"])
 def test_onnx_runtime_equals_eager(flavor: str) -> None:
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
     fusion = _fusion(flavor, stuff_area_limit=8)
     program = export_fusion(fusion, _batch(200, b=2)[0], output_size=(12, 16))
-    onnx_program = torch.onnx.export(program, (), dynamo=True, verbose=False)
-    session = ort.InferenceSession(onnx_program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    for seed in range(201, 207):
-        qs, size = _batch(seed)
-        packed = pack(fusion, qs, output_size=size)
-        feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), packed.args, strict=True)}
-        outputs = [torch.from_numpy(o) for o in session.run(None, feeds)]
-        _assert_same(fusion(qs, output_size=size), assemble_results(fusion, packed, outputs))
+    batches = [((qs,), {"output_size": size}) for qs, size in map(_batch, range(201, 207))]
+    assert_onnx_runtime_equals_eager(program, fusion, batches)
 
 
 @pytest.mark.parametrize("flavor", ["kmax", "kmax_maskwise"])
@@ -141,7 +128,7 @@ def test_export_command_writes_a_kmax_program(tmp_path, flavor: str) -> None:
     for n in (1, 4, 9):
         qs = [Queries(torch.randn(n, table.num_classes + 1, generator=g) * 4, torch.randn(n, 7, 9, generator=g) * 3)
               for _ in range(2)]
-        _assert_same(fusion(qs, output_size=(10, 13)), run_exported(program, fusion, qs, output_size=(10, 13)))
+        assert_same_results(fusion(qs, output_size=(10, 13)), run_exported(program, fusion, qs, output_size=(10, 13)))
 
 
 @pytest.mark.parametrize("flavor", ["kmax", "kmax_maskwise"])
@@ -149,4 +136,4 @@ def test_batched_forward_equals_the_per_image_loop(flavor: str) -> None:
     loop, batched = _fusion(flavor, stuff_area_limit=8), _fusion(flavor, stuff_area_limit=8, batched=True)
     for seed in range(300, 320):
         qs, size = _batch(seed)
-        _assert_same(loop(qs, output_size=size), batched(qs, output_size=size))
+        assert_same_results(loop(qs, output_size=size), batched(qs, output_size=size))

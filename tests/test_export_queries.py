@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from export_checks import assert_onnx_runtime_equals_eager, assert_same_results
 from maskformer_refs import CLASS_MAP, TABLE, random_scene
 
 from panoptic import MaskFormerFusion, Queries
-from panoptic.export import assemble_results, export_fusion, fusion_graph, pack, run_exported
+from panoptic.export import export_fusion, fusion_graph, pack, run_exported
 
 FLAVORS = ("mask2former", "maskformer", "transformers")
 
@@ -23,12 +24,6 @@ def _batch(seed: int, b: int | None = None, max_queries: int = 12) -> tuple[list
     qs = [Queries(*random_scene(g, max_queries)[:2]) for _ in range(b)]
     size = (int(torch.randint(5, 30, (), generator=g)), int(torch.randint(5, 30, (), generator=g)))
     return qs, size
-
-
-def _assert_same(eager, other) -> None:
-    assert len(eager) == len(other)
-    for a, b in zip(eager, other, strict=True):
-        assert a.equal(b), (a, b)
 
 
 def test_graph_hand_computed_merge_and_overlap() -> None:
@@ -55,7 +50,7 @@ def test_graph_equals_eager_on_random_batches(flavor: str) -> None:
     graph = fusion_graph(fusion)
     for seed in range(70):
         qs, size = _batch(seed)
-        _assert_same(fusion(qs, output_size=size), run_exported(graph, fusion, qs, output_size=size))
+        assert_same_results(fusion(qs, output_size=size), run_exported(graph, fusion, qs, output_size=size))
 
 
 def test_graph_equals_eager_with_resize_and_fused_labels() -> None:
@@ -63,7 +58,7 @@ def test_graph_equals_eager_with_resize_and_fused_labels() -> None:
     graph = fusion_graph(fusion)
     for seed in range(30):
         qs, _ = _batch(seed)
-        _assert_same(fusion(qs), run_exported(graph, fusion, qs))
+        assert_same_results(fusion(qs), run_exported(graph, fusion, qs))
 
 
 def test_batch_without_kept_queries_and_mixed_sizes() -> None:
@@ -72,7 +67,7 @@ def test_batch_without_kept_queries_and_mixed_sizes() -> None:
     none_kept = Queries(torch.full((3, k + 1), 0.0), torch.zeros(3, 6, 6))  # uniform scores: nothing kept
     qs, _ = _batch(1, b=1)
     out = run_exported(fusion_graph(fusion), fusion, [none_kept, *qs], output_size=(6, 6))
-    _assert_same(fusion([none_kept, *qs], output_size=(6, 6)), out)
+    assert_same_results(fusion([none_kept, *qs], output_size=(6, 6)), out)
     assert out[0].num_segments == 0
     with pytest.raises(ValueError, match="output_size"):
         pack(fusion, [Queries(torch.zeros(1, k + 1), torch.zeros(1, 4, 4)),
@@ -90,22 +85,14 @@ def test_exported_program_equals_eager_on_other_shapes(flavor: str) -> None:
                    for n in program.graph.nodes)
     for seed in range(101, 113):  # other batch sizes, query counts and output sizes
         qs, size = _batch(seed)
-        _assert_same(fusion(qs, output_size=size), run_exported(program, fusion, qs, output_size=size))
+        assert_same_results(fusion(qs, output_size=size), run_exported(program, fusion, qs, output_size=size))
 
 
 def test_onnx_runtime_equals_eager() -> None:
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
     fusion = _fusion("mask2former")
     program = export_fusion(fusion, _batch(200, b=2)[0], output_size=(12, 16))
-    onnx_program = torch.onnx.export(program, (), dynamo=True, verbose=False)
-    session = ort.InferenceSession(onnx_program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    for seed in range(201, 207):
-        qs, size = _batch(seed)
-        packed = pack(fusion, qs, output_size=size)
-        feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), packed.args, strict=True)}
-        outputs = [torch.from_numpy(o) for o in session.run(None, feeds)]
-        _assert_same(fusion(qs, output_size=size), assemble_results(fusion, packed, outputs))
+    batches = [((qs,), {"output_size": size}) for qs, size in map(_batch, range(201, 207))]
+    assert_onnx_runtime_equals_eager(program, fusion, batches)
 
 
 def test_export_command_writes_a_query_program(tmp_path) -> None:
@@ -121,7 +108,7 @@ def test_export_command_writes_a_query_program(tmp_path) -> None:
     for n in (1, 4, 9):
         qs = [Queries(torch.randn(n, table.num_classes + 1, generator=g) * 4, torch.randn(n, 7, 9, generator=g) * 3)
               for _ in range(2)]
-        _assert_same(fusion(qs, output_size=(10, 13)), run_exported(program, fusion, qs, output_size=(10, 13)))
+        assert_same_results(fusion(qs, output_size=(10, 13)), run_exported(program, fusion, qs, output_size=(10, 13)))
 
 
 @pytest.mark.parametrize("flavor", FLAVORS)
@@ -129,4 +116,4 @@ def test_batched_forward_equals_the_per_image_loop(flavor: str) -> None:
     loop, batched = _fusion(flavor), _fusion(flavor, batched=True)
     for seed in range(300, 320):
         qs, size = _batch(seed)
-        _assert_same(loop(qs, output_size=size), batched(qs, output_size=size))
+        assert_same_results(loop(qs, output_size=size), batched(qs, output_size=size))
