@@ -21,7 +21,7 @@ from panoptic.compare.rows import ABLATION_FLAGS, Inputs, ablation_rows, gt_boxe
 from panoptic.compare.training import cache_key
 from panoptic.data import generate_scene
 from panoptic.data.targets import build_target
-from panoptic.engine.config import DataConfig
+from panoptic.engine.config import ConfigError, DataConfig
 from panoptic.evaluation import PanopticQuality
 from panoptic.fusion import HeuristicFusion, UPSNetFusion
 from panoptic.structures import Instances
@@ -306,3 +306,29 @@ def test_cli_on_user_data_with_a_categories_file(tmp_path, capsys):
     (tmp_path / "bad.json").write_text(json.dumps(cats[:-1]))
     assert main([*args[:4], str(tmp_path / "bad.json"), *args[5:]]) == 2
     assert "categor" in capsys.readouterr().err
+
+
+def test_jobs_train_in_worker_processes_with_their_share_of_the_threads(tmp_path):
+    """--jobs 2: the trainings run at once in two processes with 1 thread each, are cached with that thread
+    count (another key than one 2-thread job) and reused by a rerun."""
+    from panoptic.engine.checkpoint import load_checkpoint
+
+    with pytest.raises(ConfigError, match="jobs"):
+        CompareConfig(jobs=0)
+    data = DataConfig(synthetic_n=12, synthetic_size=64, synthetic_val_fraction=0.25, cache_dir=str(tmp_path / "data"))
+    cfg = CompareConfig(models=("upsnet_c", "upsnet"), data=data, iterations=3, batch_size=2, warmup_iters=1,
+                        model_kwargs={"fpn_channels": 16}, out_dir=str(tmp_path / "out"),
+                        cache_dir=str(tmp_path / "ckpt"), figure_images=0, timing_warmup=1, progress=False,
+                        threads=2, jobs=2, seeds=1)
+    assert cfg.training_threads == 1 and cfg.train_config("upsnet", "").threads == 1
+    assert dataclasses.replace(cfg, jobs=1).train_config("upsnet", "").threads == 2
+    lines: list[str] = []
+    first = run_compare(cfg, log=lines.append)
+    assert any("2 at once with 1 thread(s) each" in line for line in lines)
+    runs = first.results["training"]
+    assert set(runs) == {"upsnet", "upsnet_c"} and not any(t["reused"] for r in runs.values() for t in r)
+    for path in (tmp_path / "ckpt").glob("*/model_final.pt"):
+        assert load_checkpoint(path, "cpu")[2].threads == 1
+    again = run_compare(cfg, log=lambda _: None)
+    assert all(t["reused"] for r in again.results["training"].values() for t in r)
+    assert again.results["models"]["upsnet"]["PQ"] == first.results["models"]["upsnet"]["PQ"]

@@ -60,6 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r = p.add_argument_group("run")
     r.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     add_threads_argument(r)
+    r.add_argument("--jobs", type=int, metavar="N", help="trainings at once on the CPU, each with threads/N threads "
+                   "(default 1; 2 on 2 cores trains about 1.6x faster, other weights than 1 job)")
     r.add_argument("--eval-images", type=int, metavar="N", help="evaluate on the first N held-out images")
     r.add_argument("--out", metavar="DIR", help="output folder (default panoptic-compare)")
     r.add_argument("--cache", metavar="DIR", help="checkpoint cache (default $PANOPTIC_CACHE/compare)")
@@ -81,7 +83,8 @@ def _config(args: argparse.Namespace) -> Any:
                                               ("iterations", args.iterations), ("batch_size", args.batch_size),
                                               ("lr", args.lr), ("seed", args.seed), ("seeds", args.seeds),
                                               ("device", args.device),
-                                              ("threads", args.threads), ("eval_images", args.eval_images),
+                                              ("threads", args.threads), ("jobs", args.jobs),
+                                              ("eval_images", args.eval_images),
                                               ("out_dir", args.out), ("cache_dir", args.cache)) if v is not None}
     if args.pretrained:
         over["pretrained"] = True

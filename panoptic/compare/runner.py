@@ -31,7 +31,7 @@ from .intervals import paired_bootstrap, seed_spread
 from .report import checks, claim_lines, machine_info, main_entry, pq_entry, to_csv, to_markdown
 from .rows import ABLATION_FLAGS, Row, ablation_rows, main_rows
 from .rule_counts import RULE_COUNTS, RuleCounter, RuleCounts
-from .training import TrainedNetwork, default_cache_dir, train_or_reuse
+from .training import TrainedNetwork, default_cache_dir, train_in_parallel, train_or_reuse
 
 __all__ = ["run_compare"]
 
@@ -162,17 +162,18 @@ def _run(config: CompareConfig, log: Callable[[str], None], t_start: float) -> C
     fig_idx = list(range(min(config.figure_images, n_eval)))
     runs: list[SeedRun] = []
     rows: list[Row] = []
+    ahead = _train_ahead(config, train_set, cache, device, log)  # every training at once, with --jobs N > 1
     for k in range(config.seeds):
         tag = f" seed {config.seed + k} ({k + 1}/{config.seeds})" if config.seeds > 1 else ""
         trained: dict[str, TrainedNetwork] = {}
         for j, net in enumerate(config.networks):
+            if (k, net) in ahead:
+                trained[net] = ahead[(k, net)]
+                continue
             log(f"[2/4] training {DISPLAY_NAMES[net]} ({j + 1}/{len(config.networks)}){tag}")
             trained[net] = tn = train_or_reuse(net, config.train_config(net, "", k), cache, config.retrain,
                                                data_files=_training_files(train_set, config), device=device.type)
-            if tn.reused:
-                log(f"      reused {tn.checkpoint}")
-            else:
-                log(f"      {tn.seconds:.0f} s, {tn.images_per_second:.1f} images/s -> {tn.checkpoint}")
+            _log_trained(tn, log)
         models = {net: _load_trained(tn, config.train_config(net, "", k), device, table)
                   for net, tn in trained.items()}
         fusions = {m: models[m].fusion for m in models}
@@ -202,6 +203,37 @@ def _run(config: CompareConfig, log: Callable[[str], None], t_start: float) -> C
     stats = {row.key: np.stack([run.evals[row.network].rows[row.key].image_stats() for run in runs]) for row in rows}
     files = _write_outputs(results, rows, runs[0].evals, val_set, table, fig_idx, out_dir, stats)
     return CompareResult(results, out_dir, files)
+
+
+def _log_trained(tn: TrainedNetwork, log: Callable[[str], None]) -> None:
+    if tn.reused:
+        log(f"      reused {tn.checkpoint}")
+    else:
+        log(f"      {tn.seconds:.0f} s, {tn.images_per_second:.1f} images/s -> {tn.checkpoint}")
+
+
+def _train_ahead(config: CompareConfig, train_set: Any, cache: Path, device: torch.device,
+                 log: Callable[[str], None]) -> dict[tuple[int, str], TrainedNetwork]:
+    """With ``jobs > 1`` on the CPU, every (seed, network) training up front, ``jobs`` at once (the longest
+    network first, so the workers finish together); else nothing (each seed trains in the loop)."""
+    if config.jobs == 1 or device.type != "cpu":
+        if config.jobs > 1:
+            log(f"      --jobs {config.jobs} applies to CPU training; training one network at a time on {device}")
+        return {}
+    # MR-CNN-PSP trains two networks per iteration: about twice the others' time
+    nets = sorted(config.networks, key=lambda n: n != "mrcnn_psp")
+    keys = [(k, net) for net in nets for k in range(config.seeds)]
+    tasks = [(net, config.train_config(net, "", k)) for k, net in keys]
+    log(f"[2/4] training {len(tasks)} networks, {config.jobs} at once with {config.training_threads} thread(s) each")
+
+    def done(i: int, tn: TrainedNetwork) -> None:
+        k, net = keys[i]
+        log(f"      {DISPLAY_NAMES[net]} seed {config.seed + k} ({i + 1}/{len(tasks)} started in this order):")
+        _log_trained(tn, log)
+
+    trained = train_in_parallel(tasks, cache, config.retrain, data_files=_training_files(train_set, config),
+                                jobs=config.jobs, on_done=done)
+    return dict(zip(keys, trained, strict=True))
 
 
 def _data(config: CompareConfig, log: Callable[[str], None]) -> tuple[Any, Any]:

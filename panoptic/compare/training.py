@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,3 +95,44 @@ def train_or_reuse(network: str, config: TrainConfig, cache_dir: Path, retrain: 
     resume = (run_dir / LAST_FILE).is_file() and not retrain
     result = train(config, resume=resume or None)
     return TrainedNetwork(network, result.checkpoint, False, result.seconds, result.images_per_second)
+
+
+def train_in_parallel(tasks: Sequence[tuple[str, TrainConfig]], cache_dir: Path, retrain: bool, *,
+                      data_files: Sequence[Path], jobs: int,
+                      on_done: Callable[[int, TrainedNetwork], None] | None = None) -> list[TrainedNetwork]:
+    """:func:`train_or_reuse` for every ``(network, config)`` task, ``jobs`` at once in worker processes (CPU).
+
+    Each task is cached as soon as it finishes, so a failure loses only the trainings still running (which
+    resume from their last checkpoint on the next run). Tasks start in the given order.
+
+    Args:
+        tasks: ``(network id, training config)`` pairs; each config sets its own ``threads``.
+        cache_dir: Cache root.
+        retrain: Ignore cached final checkpoints.
+        data_files: Every file training reads.
+        jobs: Worker processes.
+        on_done: Called with ``(task index, result)`` as each task finishes.
+
+    Returns:
+        The results, in task order.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    results: list[TrainedNetwork | None] = [None] * len(tasks)
+    # spawn: a forked child would inherit torch's thread pools and locks of the parent
+    pool = ProcessPoolExecutor(max_workers=max(1, min(jobs, len(tasks))),
+                               mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = {pool.submit(train_or_reuse, net, cfg, cache_dir, retrain, data_files=list(data_files),
+                               device="cpu"): i for i, (net, cfg) in enumerate(tasks)}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                results[futures[f]] = tn = f.result()  # raises the worker's error
+                if on_done is not None:
+                    on_done(futures[f], tn)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # let running trainings finish (and be cached)
+    return [r for r in results if r is not None]
