@@ -494,6 +494,19 @@ def family_threads(calls: dict[str, dict[str, Callable[[], Any]]], repeats: int,
     return result
 
 
+def ours_threads(args: argparse.Namespace, calls: dict[str, dict[str, Callable[[], Any]]], reference: str,
+                 repeats: int, load_start: tuple[float, float, float]) -> dict[str, Any] | None:
+    """With ``--threads-only`` or ``--load``: :func:`family_threads` of our calls (all but ``reference``: the
+    busy-machine target concerns ours), written to ``--json`` alone with ``--threads-only``; else ``None``."""
+    if not (args.threads_only or args.load):
+        return None
+    ours = {scene: {k: fn for k, fn in c.items() if k != reference} for scene, c in calls.items()}
+    threads = family_threads(ours, repeats, args.load)
+    if args.threads_only:
+        write_json(args.json, {"threads": threads, "machine": machine_info(repeats, load_start)})
+    return threads
+
+
 # ------------------------------------------------------------------------------------------ query family
 #: (name, classes, things, image (H, W), mask logits (h, w)) of the query benchmark: COCO and Cityscapes.
 QUERY_SCENES = (("coco", 133, 80, (800, 1216), (200, 304)), ("cityscapes", 19, 8, (1024, 2048), (256, 512)))
@@ -567,12 +580,10 @@ def query_speed(args: argparse.Namespace) -> int:
                 calls[key]["hf"] = functools.partial(proc.post_process_panoptic_segmentation, out,
                                                      label_ids_to_fuse=set(stuff), target_sizes=[size])
             rows[key] = {"segments": ours_hf(q, size)[0].num_segments}
-    if args.threads_only or args.load:  # ours only: the busy-machine target concerns our calls
-        ours_calls = {key: {n: fn for n, fn in c.items() if n != "hf"} for key, c in calls.items()}
-        threads = family_threads(ours_calls, repeats, args.load)
-        if args.threads_only:
-            write_json(args.json, {"threads": threads, "machine": machine_info(repeats, load_start)})
-            return 0
+    threads = ours_threads(args, calls, "hf", repeats, load_start)
+    if args.threads_only:
+        return 0
+    if threads is not None:
         rows["threads"] = threads
     times: dict[str, dict[str, list[float]]] = {key: {n: [] for n in c} for key, c in calls.items()}
     with torch.inference_mode():
@@ -709,13 +720,9 @@ def centre_family(args: argparse.Namespace) -> int:
         runs[name] = {"reference": reference, "ours_labels": ours_labels, "ours_logits": ours_logits}
         print(f"{name}: {int(fusion([CentreOffsets(logits, heat, offsets)])[0].source.ge(0).sum())} centres kept, "
               "outputs equal", file=sys.stderr)
-    threads = None
-    if args.threads_only or args.load:  # ours only: the busy-machine target concerns our calls
-        ours_calls = {scene: {k: fn for k, fn in c.items() if k != "reference"} for scene, c in runs.items()}
-        threads = family_threads(ours_calls, repeats, args.load)
-        if args.threads_only:
-            write_json(args.json, {"threads": threads, "machine": machine_info(repeats, load_start)})
-            return 0
+    threads = ours_threads(args, runs, "reference", repeats, load_start)
+    if args.threads_only:
+        return 0
     times = {s: {k: [] for k in calls} for s, calls in runs.items()}
     with torch.inference_mode():
         for _ in range(repeats):
