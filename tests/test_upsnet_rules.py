@@ -94,6 +94,27 @@ def test_pruning_same_class_intersection_over_self():
     assert keep.tolist() == [0, 1, 3]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pruning_overlap_only_against_kept_masks_whose_boxes_touch(backend):
+    # Masks = their whole boxes (logit 5 inside), class 0 unless said. A: rows 0-3 x cols 0-3 (16 px). B touches A:
+    # rows 2-5 x cols 0-2 (12 px, 6 in A: 0.5 > 0.3 -> dropped). C touches B only: rows 4-7 x cols 0-2 (12 px, 6 in
+    # B, but a dropped mask is not painted -> kept). D (class 1) = A -> kept (other class). E far away (no box
+    # touches it: kept without a canvas). F reaches past every other box: rows 7-10 x cols 0-11 (48 px, 3 in C
+    # -> kept).
+    size = 12
+    boxes = [[0, 0, 3, 3], [0, 2, 2, 5], [0, 4, 2, 7], [0, 0, 3, 3], [8, 0, 11, 2], [0, 7, 11, 10]]
+    masks = []
+    for x0, y0, x1, y1 in boxes:
+        m = torch.full((size, size), -5.0)
+        m[y0:y1 + 1, x0:x1 + 1] = 5.0
+        masks.append(m)
+    scores = [0.9, 0.85, 0.8, 0.75, 0.7, 0.65]
+    inst = img_instances(boxes, [0, 0, 0, 1, 0, 0], masks, scores=scores)
+    with ops.backend(backend):
+        keep = prune_instances(inst, (size, size), PruningConfig(nms_iou=None))
+    assert keep.tolist() == [0, 2, 3, 4, 5]
+
+
 def test_pruning_drops_empty_masks_and_caps_count():
     inst = _square_instances([(0, 0, 1, 1, 0, 0.9, -1.0), (2, 2, 3, 3, 0, 0.8, 5.0), (5, 5, 6, 6, 1, 0.95, 5.0)])
     assert prune_instances(inst, (8, 8), PruningConfig()).tolist() == [2, 1]

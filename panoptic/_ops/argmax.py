@@ -50,11 +50,12 @@ def first_argmax_keys(logits: torch.Tensor, num_first: int, out: torch.Tensor, s
         band = logits[:, r0:r1]
         if finite is not None:
             finite.add(band)  # while the band is in cache
-        out[r0:r1] = first_argmax(band).clamp_(max=k) if k else 0
+        out[r0:r1] = first_argmax(band, dtype=torch.int32).clamp_(max=k) if k else 0  # int32: keys < C
 
 
-def first_argmax(x: torch.Tensor, x_max: torch.Tensor | None = None) -> torch.Tensor:
-    """``x.argmax(0)`` of ``(C, H, W)`` logits (the first maximum on ties) as ``(H, W)`` int64.
+def first_argmax(x: torch.Tensor, x_max: torch.Tensor | None = None, *,
+                 dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """``x.argmax(0)`` of ``(C, H, W)`` logits (the first maximum on ties) as ``(H, W)`` integers.
 
     ``argmax`` over the leading dimension is not vectorised on the CPU (about 30x a pass of ``amax``), so for up to
     :data:`_EXACT_CHANNELS` channels the index comes from vectorised operations: the channels ``c`` reaching the
@@ -64,18 +65,22 @@ def first_argmax(x: torch.Tensor, x_max: torch.Tensor | None = None) -> torch.Te
     Args:
         x: ``(C, H, W)`` logits.
         x_max: ``x.amax(0)`` if the caller has it already ``(H, W)``.
+        dtype: ``torch.int64`` (as ``argmax``) or ``torch.int32`` (half the memory traffic for a caller that
+            keeps working on the indices).
     """
     c = int(x.shape[0])
     if c > _EXACT_CHANNELS or c == 0:
-        return x.argmax(0)
+        return x.argmax(0).to(dtype)
     if x_max is None:
         x_max = x.amax(0)
     # 1.0 where a channel reaches the maximum; written as float directly (a bool result and a cast cost 5x more)
     at_max = torch.eq(x, x_max, out=torch.empty(x.shape, dtype=torch.float32, device=x.device)).reshape(c, -1)
     weights = torch.pow(2.0, -torch.arange(c, dtype=torch.float32, device=x.device))
     total = (weights @ at_max).reshape(x.shape[1:])
-    # The biased exponent field of a float32 in (0, 2) is 127 + its binary exponent (cheaper than frexp).
-    return (127 - torch.bitwise_right_shift(total.view(torch.int32), 23)).long()
+    # The sum lies in [2**-c, 2**(1 - c)) for the first maximum c, so its float32 bit pattern has the biased exponent
+    # field 127 - c (bits 23..30, cheaper than frexp), and (2**30 - 1 - bits) >> 23 is c.
+    index = torch.rsub(total.view(torch.int32), (1 << 30) - 1).bitwise_right_shift_(23)
+    return index if dtype == torch.int32 else index.to(dtype)
 
 
 #: Most channels :func:`first_argmax` sums exactly in float32: ``2**0 .. 2**-23`` fit its 24-bit significand.

@@ -50,21 +50,58 @@ def overlap_flags(masks: list[torch.Tensor], regions: list[Region], labels: torc
     # The specification: flags stay on the device until the end (no host sync per instance).
     dev = labels.device
     classes = labels.tolist()  # one host transfer for the canvas choice
-    canvases: dict[int, torch.Tensor] = {}
+    before, after = _same_class_contacts(regions, classes)
+    canvases: dict[int, tuple[torch.Tensor, int, int]] = {}
     keep_flags = []
     thr = torch.tensor(threshold, dtype=torch.float64, device=dev)
     for i, (y0, y1, x0, x1) in enumerate(regions):
         m = masks[i] > 0
-        canvas = canvases.get(classes[i])
-        if canvas is None:
-            canvas = canvases[classes[i]] = torch.zeros(image_size, dtype=torch.bool, device=dev)
-        window = canvas[y0:y1, x0:x1]
-        area = m.sum().double()
-        inter = (m & window).sum().double()
-        keep = (area > 0) & (inter / area.clamp(min=1) <= thr)
-        window |= m & keep
+        area = m.sum()
+        if not before[i]:  # no earlier box of its class touches it: nothing of its class painted here
+            keep = area > 0
+        else:
+            window = _window(canvases, classes[i], regions, classes, before, after, y0, y1, x0, x1, dev)
+            inter = (m & window).sum()
+            keep = (area > 0) & (inter.double() / area.clamp(min=1).double() <= thr)
+        if after[i]:  # a later box of its class touches it: paint it if kept
+            window = _window(canvases, classes[i], regions, classes, before, after, y0, y1, x0, x1, dev)
+            window |= m.logical_and_(keep)
         keep_flags.append(keep)
     return torch.stack(keep_flags).tolist()
+
+
+def _same_class_contacts(regions: list[Region], classes: list[int]) -> tuple[list[bool], list[bool]]:
+    """Per instance: does an earlier / a later region of the same class intersect its region?
+
+    Only there can a kept mask meet another one of its class, so elsewhere the test needs no canvas (host
+    arithmetic on the regions, which are host integers already).
+    """
+    n = len(regions)
+    before, after = [False] * n, [False] * n
+    for i in range(n):
+        y0, y1, x0, x1 = regions[i]
+        if y1 <= y0 or x1 <= x0:
+            continue
+        for j in range(i):
+            b0, b1, a0, a1 = regions[j]
+            if classes[j] == classes[i] and max(y0, b0) < min(y1, b1) and max(x0, a0) < min(x1, a1):
+                before[i] = after[j] = True
+    return before, after
+
+
+def _window(canvases: dict[int, tuple[torch.Tensor, int, int]], cls: int, regions: list[Region], classes: list[int],
+            before: list[bool], after: list[bool], y0: int, y1: int, x0: int, x1: int,
+            dev: torch.device) -> torch.Tensor:
+    """The ``(y0, y1, x0, x1)`` window of class ``cls``'s canvas (allocated on first use): the canvas covers the
+    bounding rectangle of the class's regions that touch another one, the only ones it is read or painted in."""
+    entry = canvases.get(cls)
+    if entry is None:
+        used = [r for r, c, b, a in zip(regions, classes, before, after, strict=True) if c == cls and (b or a)]
+        cy0, cx0 = min(r[0] for r in used), min(r[2] for r in used)
+        cy1, cx1 = max(r[1] for r in used), max(r[3] for r in used)
+        entry = canvases[cls] = (torch.zeros((cy1 - cy0, cx1 - cx0), dtype=torch.bool, device=dev), cy0, cx0)
+    canvas, oy, ox = entry
+    return canvas[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
 
 
 _NO_MASK = np.zeros(0, dtype=np.float32)
