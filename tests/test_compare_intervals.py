@@ -9,7 +9,14 @@ from conftest import result_from_labels, tiny_table
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from panoptic.compare.intervals import BootstrapConfig, metric_stats, paired_bootstrap, pq_from_stats, seed_spread
+from panoptic.compare.intervals import (
+    BootstrapConfig,
+    held_out_size,
+    metric_stats,
+    paired_bootstrap,
+    pq_from_stats,
+    seed_spread,
+)
 from panoptic.evaluation import PanopticQuality
 
 
@@ -113,3 +120,63 @@ def test_bad_inputs_are_refused():
 def test_seed_spread():
     assert seed_spread(np.array([84.0, 86.0])) == (85.0, pytest.approx(np.sqrt(2.0)))
     assert seed_spread(np.array([85.0])) == (85.0, 0.0)
+
+
+def test_held_out_size_images_shrink_the_image_part_not_the_seed_part():
+    # Two seeds with identical statistics: the seeds contribute nothing, so the width falls as 1 / sqrt(m) and the
+    # estimate is n * width**2 / gap**2.
+    a, b = _two_models(0.0, images=100, seed=5)
+    b[..., 3] = np.random.default_rng(6).uniform(0.6, 0.9, b.shape[:-1])
+    a[1], b[1] = a[0], b[0]
+    size = held_out_size(a, b)
+    assert size.seeds_only == 0.0 and size.images == 100
+    assert size.width == pytest.approx(paired_bootstrap(a, b).hi - paired_bootstrap(a, b).lo)
+    w = size.widths
+    assert sorted(w) == [50, 100, 200, 400, 800] and w[50] > w[100] > w[200] > w[400] > w[800]
+    assert w[400] == pytest.approx(w[100] / 2, rel=0.15)  # four times the images: half the width
+    if size.width >= size.gap:
+        assert size.estimate == pytest.approx(100 * size.width ** 2 / size.gap ** 2, rel=1e-9, abs=1)
+        assert "narrower than the gap from about" in size.describe()
+
+
+def test_held_out_size_says_when_only_more_seeds_help():
+    # The seeds disagree (seed 0: a better, seed 1: b better by as much) and the images agree: no held-out size
+    # resolves a gap of about 0.
+    a, b = _two_models(0.02, images=80, seed=7)
+    a[1], b[1] = b[0], a[0]
+    size = held_out_size(a, b)
+    assert size.gap < size.seeds_only and size.estimate is None
+    assert "no held-out size makes it narrower than the gap; more seeds are needed" in size.describe()
+    # a clear gap: the images at hand are enough
+    a, b = _two_models(0.05)
+    assert held_out_size(a, b).describe().endswith("narrower than the gap")
+    # identical rows: gap 0, nothing to resolve
+    same = held_out_size(a, a.copy())
+    assert same.gap == 0.0 and same.width == 0.0 and same.estimate is None
+
+
+def test_saved_run_reproduces_its_tables_claims_and_the_documented_held_out_sizes():
+    """docs/results/per_image.npz is the saved run's bootstrap input: it gives compare.json's PQs and intervals
+    back exactly, and the held-out table of the compare tutorial."""
+    import json
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    stats = np.load(results / "per_image.npz")
+    saved = json.loads((results / "compare.json").read_text())
+    for key, entry in saved["models"].items():
+        assert pq_from_stats(stats[key].sum(1)).mean() == pytest.approx(entry["PQ"], abs=1e-9), key
+    pairs = {"UPSNet beats MR-CNN-PSP (PQ)": ("upsnet", "mrcnn_psp"),
+             "UPSNet beats UPSNet-C (PQ)": ("upsnet", "upsnet_c"),
+             "unknown prediction improves PQ": ("ablation/+ unknown", "ablation/+ ICA")}
+    # docs/tutorials/compare.md: gap, width, seeds alone, width with 800 / 1600 / 3200 images
+    documented = {"upsnet_mrcnn_psp": (0.36, 0.64, 0.30, 0.51, 0.42, 0.38),
+                  "upsnet_upsnet_c": (0.17, 0.84, 0.63, 0.73, 0.72, 0.63),
+                  "ablation/+ unknown_ablation/+ ICA": (4.52, 0.76, 0.23, 0.56, 0.42, 0.33)}
+    for claim in saved["claims"]:
+        a, b = (stats[k] for k in pairs[claim["claim"]])
+        iv = paired_bootstrap(a, b)
+        assert (iv.diff, iv.lo, iv.hi) == pytest.approx((claim["pq_diff"], claim["lo"], claim["hi"]), abs=1e-12)
+        size = held_out_size(a, b)
+        got = (size.gap, size.width, size.seeds_only, size.widths[800], size.widths[1600], size.widths[3200])
+        assert tuple(round(v, 2) for v in got) == documented["_".join(pairs[claim["claim"]])]

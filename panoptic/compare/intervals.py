@@ -17,6 +17,7 @@ rerun prints the same interval.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,16 +136,108 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, config: BootstrapConfig = Boo
     Raises:
         ValueError: If the shapes are not per-image statistics of the same seeds, images and classes.
     """
+    a, b = _check_pair(a, b)
+    s, n = a.shape[:2]
+    diff = float((pq_from_stats(a.sum(1)) - pq_from_stats(b.sum(1))).mean())
+    lo, hi = _percentiles(_draws(a, b, config, images=n), config.level)
+    return Interval(diff, lo, hi, config.level, config.resamples, n, s)
+
+
+@dataclass(frozen=True)
+class HeldOutSize:
+    """Is the held-out set big enough? The interval's width against the gap it should resolve.
+
+    Attributes:
+        gap: ``|diff|`` of the claim, in PQ points.
+        width: Width ``hi - lo`` of the claim's interval with the held-out images at hand.
+        images: Held-out images at hand.
+        seeds_only: Width with the images fixed and only the seeds resampled: the part no held-out size removes.
+        widths: Estimated width with ``m`` held-out images, for each ``m`` tried (``m``-out-of-``n`` bootstrap:
+            ``m`` images drawn with replacement from the ``n`` at hand, i.e. assuming they represent the
+            images a larger set would hold).
+        needed: The smallest ``m`` tried whose width is below ``gap``; ``None`` if none is.
+    """
+
+    gap: float
+    width: float
+    images: int
+    seeds_only: float
+    widths: dict[int, float]
+    needed: int | None
+
+    @property
+    def estimate(self) -> int | None:
+        """Held-out images for a width below the gap by the ``1 / sqrt(m)`` law: widths add about in quadrature,
+        ``width(m)**2 = seeds_only**2 + (width**2 - seeds_only**2) * n / m``; ``None`` when the seeds alone are at
+        least as wide as the gap (no held-out size is enough)."""
+        if self.seeds_only >= self.gap:
+            return None
+        image_part = max(self.width ** 2 - self.seeds_only ** 2, 0.0)
+        return max(1, math.ceil(self.images * image_part / (self.gap ** 2 - self.seeds_only ** 2)))
+
+    def describe(self) -> str:
+        """One sentence: how wide, why, and how many images would make it narrower than the gap."""
+        head = (f"interval width {self.width:.2f} with {self.images} images against a gap of {self.gap:.2f} "
+                f"(the seeds alone: {self.seeds_only:.2f})")
+        if self.width < self.gap:
+            return f"{head}: narrower than the gap"
+        if self.estimate is None:
+            return f"{head}: no held-out size makes it narrower than the gap; more seeds are needed"
+        tried = max(self.widths)
+        return (f"{head}: narrower than the gap from about {self.estimate} images "
+                f"(estimate; {self.widths[tried]:.2f} wide with {tried})")
+
+
+def held_out_size(a: np.ndarray, b: np.ndarray, config: BootstrapConfig = BootstrapConfig(),
+                  factors: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)) -> HeldOutSize:
+    """How the width of :func:`paired_bootstrap`'s interval would change with the held-out size.
+
+    For each factor ``f`` the interval is recomputed with ``round(f * n)`` images drawn (with replacement) from the
+    ``n`` at hand in every resample, seeds resampled as usual; and once with the images fixed (seeds only). Image
+    noise shrinks about as ``1 / sqrt(m)``, seed noise does not, so a claim whose seeds alone are about as wide as
+    its gap needs more seeds, not more images.
+
+    Args:
+        a: ``(S, N, C, 4)`` per-image statistics of the first row.
+        b: The same for the second row.
+        config: Draws, level and seed (each width uses the same seed).
+        factors: Held-out sizes to try, as multiples of ``N``.
+
+    Returns:
+        The widths and the smallest size tried whose interval is narrower than the gap.
+    """
+    a, b = _check_pair(a, b)
+    n = a.shape[1]
+    gap = abs(float((pq_from_stats(a.sum(1)) - pq_from_stats(b.sum(1))).mean()))
+    widths = {}
+    for f in sorted(set(factors) | {1.0}):
+        m = max(1, round(f * n))
+        lo, hi = _percentiles(_draws(a, b, config, images=m), config.level)
+        widths[m] = hi - lo
+    lo, hi = _percentiles(_draws(a, b, config, images=None), config.level)
+    needed = next((m for m in sorted(widths) if widths[m] < gap), None)
+    return HeldOutSize(gap, widths[n], n, hi - lo, widths, needed)
+
+
+def _check_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a, b = _check(a, "a"), _check(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"a {a.shape} and b {b.shape} must hold the same seeds, images and classes (paired).")
+    return a, b
+
+
+def _draws(a: np.ndarray, b: np.ndarray, config: BootstrapConfig, images: int | None) -> np.ndarray:
+    """``(draws,)`` resampled seed-mean PQ differences: ``images`` images drawn with replacement per resample
+    (``None``: every image once, only the seeds resampled), the seed indices drawn with replacement."""
     s, n = a.shape[:2]
-    diff = float((pq_from_stats(a.sum(1)) - pq_from_stats(b.sum(1))).mean())
     rng = np.random.default_rng(config.seed)
     draws = config.resamples
     # Multiplicity of each image / seed in each draw: a weighted sum equals summing the resampled items.
-    img_w = np.zeros((draws, n))
-    np.add.at(img_w, (np.arange(draws)[:, None], rng.integers(0, n, (draws, n))), 1.0)
+    if images is None:
+        img_w = np.ones((draws, n))
+    else:
+        img_w = np.zeros((draws, n))
+        np.add.at(img_w, (np.arange(draws)[:, None], rng.integers(0, n, (draws, images))), 1.0)
     seed_w = np.zeros((draws, s))
     np.add.at(seed_w, (np.arange(draws)[:, None], rng.integers(0, s, (draws, s))), 1.0)
 
@@ -152,7 +245,10 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, config: BootstrapConfig = Boo
         return pq_from_stats((img_w @ x.reshape(s, n, -1)).reshape(s, draws, *x.shape[2:])).T
 
     d = resampled_pq(a) - resampled_pq(b)
-    boot = (seed_w * d).sum(1) / s  # (draws,)
-    tail = 100 * (1 - config.level) / 2
+    return (seed_w * d).sum(1) / s
+
+
+def _percentiles(boot: np.ndarray, level: float) -> tuple[float, float]:
+    tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(boot, [tail, 100 - tail])
-    return Interval(diff, float(lo), float(hi), config.level, draws, n, s)
+    return float(lo), float(hi)

@@ -165,10 +165,12 @@ def to_csv(kind: str, results: Mapping[str, Any]) -> str:
 
 def claim_lines(results: Mapping[str, Any]) -> list[str]:
     """One line per PQ claim: verdict (holds: interval above 0; reversed: below 0; else not shown), difference
-    and interval, whatever the verdict."""
+    and interval, whatever the verdict, and whether the held-out set is big enough for that gap
+    (:func:`~panoptic.compare.intervals.held_out_size`)."""
     out = []
     for c in results.get("claims", ()):
         verdict = "holds" if c["holds"] else ("reversed" if c["hi"] < 0 else "not shown (the interval contains 0)")
+        size = f"; {c['held_out']['text']}" if "held_out" in c else ""
         out.append(f"{c['claim']}: {verdict} ({c['a']} - {c['b']}: {c['text']}; paired bootstrap over "
-                   f"{c['images']} held-out images x {c['seeds']} seed(s))")
+                   f"{c['images']} held-out images x {c['seeds']} seed(s){size})")
     return out

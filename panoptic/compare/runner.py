@@ -27,7 +27,7 @@ from ..fusion import UPSNetFusion
 from .config import DISPLAY_NAMES, CompareConfig
 from .evaluate import NetworkEvaluation, evaluate_network, figure_panels
 from .figure import comparison_figure
-from .intervals import paired_bootstrap, seed_spread
+from .intervals import held_out_size, paired_bootstrap, seed_spread
 from .report import checks, claim_lines, machine_info, main_entry, pq_entry, to_csv, to_markdown
 from .rows import ABLATION_FLAGS, Row, ablation_rows, main_rows
 from .rule_counts import RULE_COUNTS, RuleCounter, RuleCounts
@@ -366,9 +366,13 @@ def _claims(rows: list[Row], runs: list[SeedRun], config: CompareConfig) -> list
         stats_a = np.stack([run.evals[a.network].rows[a.key].image_stats() for run in runs])
         stats_b = np.stack([run.evals[b.network].rows[b.key].image_stats() for run in runs])
         iv = paired_bootstrap(stats_a, stats_b, config.bootstrap)
+        size = held_out_size(stats_a, stats_b, config.bootstrap)
         out.append({"claim": name, "a": a.label, "b": b.label, "pq_diff": iv.diff, "lo": iv.lo, "hi": iv.hi,
                     "level": iv.level, "images": iv.images, "seeds": iv.seeds, "holds": iv.holds,
-                    "text": iv.describe()})
+                    "text": iv.describe(),
+                    "held_out": {"gap": size.gap, "width": size.width, "seeds_only": size.seeds_only,
+                                 "widths": {str(m): w for m, w in size.widths.items()}, "needed": size.needed,
+                                 "estimate": size.estimate, "text": size.describe()}})
     return out
 
 
