@@ -61,8 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     add_threads_argument(r)
     r.add_argument("--jobs", type=int, metavar="N", help="trainings at once on the CPU, each with threads/N threads "
-                   "(default: 2 with 2 or more threads, --quick 1; on 2 cores 2 jobs train about 1.4-1.6x faster "
-                   "than 1 and give other weights)")
+                   "(default 1; 2 on 2 cores trains about 1.6x faster, other weights than 1 job)")
     r.add_argument("--eval-images", type=int, metavar="N", help="evaluate on the first N held-out images")
     r.add_argument("--out", metavar="DIR", help="output folder (default panoptic-compare)")
     r.add_argument("--cache", metavar="DIR", help="checkpoint cache (default $PANOPTIC_CACHE/compare)")

@@ -76,8 +76,7 @@ class CompareConfig:
         jobs: Trainings run at once (CPU only), each in its own process with ``threads // jobs`` threads (at least
             one). Small networks use a second core poorly: on 2 cores two 1-thread trainings run 1.6x the
             iterations per second of one 2-thread training. The thread count is part of a checkpoint's cache key,
-            so ``jobs=2`` trains (and caches) other weights than ``jobs=1``. ``None`` (default): 2 when the
-            training would have at least 2 threads, else 1 (resolved when the config is made; ``--quick``: 1).
+            so ``jobs=2`` trains (and caches) other weights than ``jobs=1``. Default 1.
         eval_images: Evaluate on the first this many validation images; ``None``: all.
         timing_warmup: Images run before timing starts (not counted).
         figure_images: Rows of the Figure-4-style figure.
@@ -104,7 +103,7 @@ class CompareConfig:
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     device: str = "auto"
     threads: int | None = None
-    jobs: int | None = None
+    jobs: int = 1
     eval_images: int | None = None
     timing_warmup: int = 2
     figure_images: int = 4
@@ -123,8 +122,6 @@ class CompareConfig:
             raise ConfigError(f"preset must be one of {sorted(BUILDERS)}, got {self.preset!r}.")
         if self.iterations < 1 or self.batch_size < 1:
             raise ConfigError("iterations and batch_size must be >= 1.")
-        if self.jobs is None:  # two trainings at once where there are two threads to share
-            object.__setattr__(self, "jobs", 2 if self._default_threads() >= 2 else 1)
         if self.jobs < 1:
             raise ConfigError(f"jobs must be >= 1 (trainings at once), got {self.jobs}.")
         if self.seeds < 1:
@@ -152,7 +149,7 @@ class CompareConfig:
                                                          synthetic_val_fraction=0.125, synthetic_scenes="table6")
         base: dict[str, Any] = {"iterations": 30, "batch_size": 2, "warmup_iters": 5,
                                 "model_kwargs": {"fpn_channels": 32}, "timing_warmup": 1,
-                                "seeds": 1, "jobs": 1}  # one job: worker start-up would outweigh 30 iterations
+                                "seeds": 1}
         base.update(overrides)
         return cls(data=data, **base)
 
@@ -183,13 +180,9 @@ class CompareConfig:
         """Threads of each training: :attr:`threads` with one job, else ``threads // jobs`` (at least 1)."""
         if self.jobs == 1:
             return self.threads
-        return max(1, self._default_threads() // self.jobs)
+        import torch  # the threads torch would use by default
 
-    def _default_threads(self) -> int:
-        """:attr:`threads`, or the threads torch would use by default."""
-        import torch
-
-        return self.threads or torch.get_num_threads()
+        return max(1, (self.threads or torch.get_num_threads()) // self.jobs)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (saved in ``results.json``)."""
