@@ -74,19 +74,14 @@ def _same_class_contacts(regions: list[Region], classes: list[int]) -> tuple[lis
     """Per instance: does an earlier / a later region of the same class intersect its region?
 
     Only there can a kept mask meet another one of its class, so elsewhere the test needs no canvas (host
-    arithmetic on the regions, which are host integers already).
+    arithmetic on the regions, which are host integers already; an empty region intersects nothing).
     """
-    n = len(regions)
-    before, after = [False] * n, [False] * n
-    for i in range(n):
-        y0, y1, x0, x1 = regions[i]
-        if y1 <= y0 or x1 <= x0:
-            continue
-        for j in range(i):
-            b0, b1, a0, a1 = regions[j]
-            if classes[j] == classes[i] and max(y0, b0) < min(y1, b1) and max(x0, a0) < min(x1, a1):
-                before[i] = after[j] = True
-    return before, after
+    r = np.asarray(regions, dtype=np.int64).reshape(-1, 4)
+    c = np.asarray(classes)
+    rows = np.maximum(r[:, None, 0], r[None, :, 0]) < np.minimum(r[:, None, 1], r[None, :, 1])
+    cols = np.maximum(r[:, None, 2], r[None, :, 2]) < np.minimum(r[:, None, 3], r[None, :, 3])
+    touch = rows & cols & (c[:, None] == c[None, :]) & np.tri(len(r), k=-1, dtype=bool)  # [i, j]: j < i touches i
+    return touch.any(1).tolist(), touch.any(0).tolist()
 
 
 def _window(canvases: dict[int, tuple[torch.Tensor, int, int]], cls: int, regions: list[Region], classes: list[int],
