@@ -144,6 +144,7 @@ def test_held_out_size_says_when_only_more_seeds_help():
     # resolves a gap of about 0.
     a, b = _two_models(0.02, images=80, seed=7)
     a[1], b[1] = b[0], a[0]
+    b[..., 3] -= 0.002  # a gap of 0.2 PQ on top
     size = held_out_size(a, b)
     assert size.gap < size.seeds_only and size.estimate is None
     assert "no held-out size makes it narrower than the gap; more seeds are needed" in size.describe()
@@ -180,3 +181,20 @@ def test_saved_run_reproduces_its_tables_claims_and_the_documented_held_out_size
         size = held_out_size(a, b)
         got = (size.gap, size.width, size.seeds_only, size.widths[800], size.widths[1600], size.widths[3200])
         assert tuple(round(v, 2) for v in got) == documented["_".join(pairs[claim["claim"]])]
+
+
+def test_held_out_size_with_one_seed_or_a_vanishing_gap():
+    a, b = _two_models(0.0, images=50, seeds=1, seed=8)
+    b[..., 3] = np.random.default_rng(9).uniform(0.6, 0.9, b.shape[:-1])
+    size = held_out_size(a, b)
+    assert size.seeds == 1 and size.seeds_only == 0.0
+    assert "one seed: the seeds' share is not measured" in size.describe()
+    # a gap of about 0.01 PQ: no absurd image count
+    b2 = a.copy()
+    b2[..., 3] += np.random.default_rng(10).normal(0, 0.05, a.shape[:-1])
+    b2[..., 3] += a[..., 3].mean() - b2[..., 3].mean() - 1e-4  # mean IoU 1e-4 below a's: a gap of 0.01 PQ
+    tiny = held_out_size(a, b2)
+    assert 0 < tiny.gap < 0.05 and tiny.estimate > 100 * tiny.images
+    assert tiny.describe().endswith("needs more than 100 times these images")
+    # no gap at all
+    assert held_out_size(a, a.copy()).describe().endswith("the rows do not differ, so no held-out size resolves a gap")

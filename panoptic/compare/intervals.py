@@ -156,6 +156,7 @@ class HeldOutSize:
             ``m`` images drawn with replacement from the ``n`` at hand, i.e. assuming they represent the
             images a larger set would hold).
         needed: The smallest ``m`` tried whose width is below ``gap``; ``None`` if none is.
+        seeds: Seeds at hand (with one, the seeds' share cannot be measured and :attr:`seeds_only` is 0).
     """
 
     gap: float
@@ -164,6 +165,7 @@ class HeldOutSize:
     seeds_only: float
     widths: dict[int, float]
     needed: int | None
+    seeds: int = 1
 
     @property
     def estimate(self) -> int | None:
@@ -177,14 +179,20 @@ class HeldOutSize:
 
     def describe(self) -> str:
         """One sentence: how wide, why, and how many images would make it narrower than the gap."""
-        head = (f"interval width {self.width:.2f} with {self.images} images against a gap of {self.gap:.2f} "
-                f"(the seeds alone: {self.seeds_only:.2f})")
+        seeds = (f"the seeds alone: {self.seeds_only:.2f}" if self.seeds > 1
+                 else "one seed: the seeds' share is not measured")
+        head = f"interval width {self.width:.2f} with {self.images} images against a gap of {self.gap:.2f} ({seeds})"
         if self.width < self.gap:
             return f"{head}: narrower than the gap"
-        if self.estimate is None:
+        if self.gap == 0.0:
+            return f"{head}: the rows do not differ, so no held-out size resolves a gap"
+        estimate = self.estimate
+        if estimate is None:
             return f"{head}: no held-out size makes it narrower than the gap; more seeds are needed"
+        if estimate > 100 * self.images:
+            return f"{head}: a gap this small needs more than 100 times these images"
         tried = max(self.widths)
-        return (f"{head}: narrower than the gap from about {self.estimate} images "
+        return (f"{head}: narrower than the gap from about {estimate} images "
                 f"(estimate; {self.widths[tried]:.2f} wide with {tried})")
 
 
@@ -216,7 +224,7 @@ def held_out_size(a: np.ndarray, b: np.ndarray, config: BootstrapConfig = Bootst
         widths[m] = hi - lo
     lo, hi = _percentiles(_draws(a, b, config, images=None), config.level)
     needed = next((m for m in sorted(widths) if widths[m] < gap), None)
-    return HeldOutSize(gap, widths[n], n, hi - lo, widths, needed)
+    return HeldOutSize(gap, widths[n], n, hi - lo, widths, needed, int(a.shape[0]))
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
