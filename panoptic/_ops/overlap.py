@@ -51,20 +51,27 @@ def overlap_flags(masks: list[torch.Tensor], regions: list[Region], labels: torc
     dev = labels.device
     classes = labels.tolist()  # one host transfer for the canvas choice
     before, after = _same_class_contacts(regions, classes)
-    canvases: dict[int, tuple[torch.Tensor, int, int]] = {}
+    bounds = _canvas_bounds(regions, classes, before, after)
+    canvases: dict[int, torch.Tensor] = {}
     keep_flags = []
     thr = torch.tensor(threshold, dtype=torch.float64, device=dev)
     for i, (y0, y1, x0, x1) in enumerate(regions):
         m = masks[i] > 0
         area = m.sum()
-        if not before[i]:  # no earlier box of its class touches it: nothing of its class painted here
-            keep = area > 0
-        else:
-            window = _window(canvases, classes[i], regions, classes, before, after, y0, y1, x0, x1, dev)
+        if not (before[i] or after[i]):  # no box of its class touches it: no canvas
+            keep_flags.append(area > 0)
+            continue
+        cls = classes[i]
+        oy0, _, ox0, _ = bounds[cls]
+        if cls not in canvases:
+            canvases[cls] = torch.zeros((bounds[cls][1] - oy0, bounds[cls][3] - ox0), dtype=torch.bool, device=dev)
+        window = canvases[cls][y0 - oy0:y1 - oy0, x0 - ox0:x1 - ox0]
+        if before[i]:  # earlier kept masks of its class may cover part of it
             inter = (m & window).sum()
             keep = (area > 0) & (inter.double() / area.clamp(min=1).double() <= thr)
+        else:  # nothing of its class painted here yet
+            keep = area > 0
         if after[i]:  # a later box of its class touches it: paint it if kept
-            window = _window(canvases, classes[i], regions, classes, before, after, y0, y1, x0, x1, dev)
             window |= m.logical_and_(keep)
         keep_flags.append(keep)
     return torch.stack(keep_flags).tolist()
@@ -84,19 +91,16 @@ def _same_class_contacts(regions: list[Region], classes: list[int]) -> tuple[lis
     return touch.any(1).tolist(), touch.any(0).tolist()
 
 
-def _window(canvases: dict[int, tuple[torch.Tensor, int, int]], cls: int, regions: list[Region], classes: list[int],
-            before: list[bool], after: list[bool], y0: int, y1: int, x0: int, x1: int,
-            dev: torch.device) -> torch.Tensor:
-    """The ``(y0, y1, x0, x1)`` window of class ``cls``'s canvas (allocated on first use): the canvas covers the
-    bounding rectangle of the class's regions that touch another one, the only ones it is read or painted in."""
-    entry = canvases.get(cls)
-    if entry is None:
-        used = [r for r, c, b, a in zip(regions, classes, before, after, strict=True) if c == cls and (b or a)]
-        cy0, cx0 = min(r[0] for r in used), min(r[2] for r in used)
-        cy1, cx1 = max(r[1] for r in used), max(r[3] for r in used)
-        entry = canvases[cls] = (torch.zeros((cy1 - cy0, cx1 - cx0), dtype=torch.bool, device=dev), cy0, cx0)
-    canvas, oy, ox = entry
-    return canvas[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+def _canvas_bounds(regions: list[Region], classes: list[int], before: list[bool],
+                   after: list[bool]) -> dict[int, Region]:
+    """Per class, the bounding rectangle of its regions that touch another one of the class: the only place its
+    canvas is read or painted."""
+    bounds: dict[int, Region] = {}
+    for (y0, y1, x0, x1), cls, b, a in zip(regions, classes, before, after, strict=True):
+        if b or a:
+            r = bounds.get(cls, (y0, y1, x0, x1))
+            bounds[cls] = (min(r[0], y0), max(r[1], y1), min(r[2], x0), max(r[3], x1))
+    return bounds
 
 
 _NO_MASK = np.zeros(0, dtype=np.float32)
