@@ -44,6 +44,8 @@ def scenes(draw, max_side: int = 20, max_n: int = 6, roi: bool = True):
         masks = torch.randn(n, h, w, generator=g) * 3
     if ties:  # integer logits make exact ties common
         sem, masks = sem.round(), masks.round()
+        if masks.numel() and bool(((masks == 0) | (masks == 1)).all()):  # tiny images: would read as binary masks,
+            masks = masks - 1  # which Instances refuses as logits
     inst = Instances(boxes, torch.rand(n, generator=g), torch.randint(0, TABLE.num_things, (n,), generator=g),
                      masks, mask_space="roi" if roi else "image")
     return sem, inst
