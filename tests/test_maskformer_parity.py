@@ -35,18 +35,23 @@ from panoptic import MaskFormerFusion, Queries
 CASES = 200
 
 
+@pytest.mark.parametrize("large", [False, True], ids=["small", "large"])
 @pytest.mark.parametrize("flavor", ["mask2former", "maskformer"])
-def test_matches_reference_rule(flavor: str) -> None:
+def test_matches_reference_rule(flavor: str, large: bool) -> None:
+    """``large``: outputs with ``H + W > 128``, resized on the CPU by the C kernel in row chunks (the sigmoid
+    stays torch's)."""
     fusion = MaskFormerFusion(TABLE, flavor=flavor, class_map=CLASS_MAP)  # type: ignore[arg-type]
-    g = torch.Generator().manual_seed(13 if flavor == "mask2former" else 14)
-    segments = 0
-    for _ in range(CASES):
+    g = torch.Generator().manual_seed((13 if flavor == "mask2former" else 14) + 10 * large)
+    segments, cases = 0, CASES if not large else CASES // 2
+    for _ in range(cases):
         cls, masks, size = random_scene(g)
+        if large:
+            size = (int(torch.randint(60, 170, (), generator=g)), int(torch.randint(70, 210, (), generator=g)))
         seg, info = reference_rule(cls, masks, size, paint_foreground_only=flavor == "mask2former")
         result = fusion(Queries(cls, masks), output_size=size)[0]
         assert_matches_reference(result, seg, info)
         segments += result.num_segments
-    assert segments > CASES  # the scenes are not trivially empty
+    assert segments > cases  # the scenes are not trivially empty
 
 
 @pytest.mark.parametrize("flavor", ["mask2former", "maskformer"])
@@ -132,15 +137,20 @@ def transformers() -> ModuleType:
     return import_oracle(os.environ.get("PANOPTIC_REQUIRE_ORACLE") == "1")
 
 
+@pytest.mark.parametrize("large", [False, True], ids=["small", "large"])
 @pytest.mark.parametrize("processor", ["Mask2FormerImageProcessor", "MaskFormerImageProcessor"])
-def test_matches_transformers(transformers: ModuleType, processor: str) -> None:
+def test_matches_transformers(transformers: ModuleType, processor: str, large: bool) -> None:
+    """``large``: outputs with ``H + W > 128``, where the CPU path resizes with its own C kernel (fused with the
+    per-pixel pass), which must reproduce torch's resize bit for bit."""
     logging.getLogger("transformers").setLevel(logging.ERROR)
     proc = getattr(transformers, processor)()
     resize = (384, 384) if processor.startswith("Mask2Former") else None
-    g = torch.Generator().manual_seed(23)
+    g = torch.Generator().manual_seed(23 + large)
     collisions = segments = 0
     for i in range(CASES):
         cls, masks, size = random_scene(g)
+        if large:
+            size = (int(torch.randint(60, 170, (), generator=g)), int(torch.randint(70, 210, (), generator=g)))
         thr, ovl = [(0.5, 0.8), (0.8, 0.75), (0.3, 0.5), (0.9, 0.0)][i % 4]
         fuse = (set(torch.nonzero(~THING_OF_CLASS)[:, 0].tolist()) if i % 3
                 else set(torch.nonzero(torch.rand(len(CLASS_MAP), generator=g) < 0.5)[:, 0].tolist()))

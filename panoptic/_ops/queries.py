@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
+
+from .resize import native_resize_mode, resize_bilinear
+from .rows import as_native, run_rows
+from .switch import native_kernels
 
 __all__ = ["QueryAssignment", "assign_queries", "kmax_paste_order", "paste_in_order"]
 
@@ -27,11 +32,14 @@ class QueryAssignment(NamedTuple):
 
 #: Bytes of float32 mask values handled per row chunk: the chunk's passes then run in the CPU's cache.
 CHUNK_BYTES = 1 << 20
+#: The same for the C path's chunks of resized logits (three calls per chunk: the resize, torch's sigmoid, the pass).
+NATIVE_CHUNK_BYTES = 1 << 22
 
 
 @torch.no_grad()
 def assign_queries(prob: torch.Tensor, scores: torch.Tensor, mask_threshold: float,
-                   foreground_of_weighted: bool, sigmoid: bool = False) -> QueryAssignment:
+                   foreground_of_weighted: bool, sigmoid: bool = False,
+                   size: tuple[int, int] | None = None, channels: int | None = None) -> QueryAssignment:
     """Per pixel, the query with the largest ``score * prob``; per query, its areas.
 
     Equals ``(scores[:, None, None] * prob).argmax(0)`` and the sums of the masks it implies, without an
@@ -39,17 +47,31 @@ def assign_queries(prob: torch.Tensor, scores: torch.Tensor, mask_threshold: flo
     the maximum is ``n - 1 - max_k((n - 1 - k) * [w_k == max])``, from vectorised ``amax`` passes. The image is
     processed in chunks of rows (:data:`CHUNK_BYTES`) so that the passes after the first read from cache.
 
+    With ``size``, ``prob`` is first resized to it as :func:`~panoptic._ops.resize.resize_bilinear` does
+    (``F.interpolate``, bilinear, ``align_corners=False``, as part of a batch of ``channels`` masks). On the CPU
+    the C kernels then do the resize and the pass row by row, without the ``(n, H, W)`` intermediate.
+
     Args:
-        prob: ``(n, H, W)`` float32 mask probabilities of the kept queries (logits with ``sigmoid=True``),
-            ``n >= 1``; **overwritten** with ``score * prob``.
+        prob: ``(n, h, w)`` float32 mask probabilities of the kept queries (logits with ``sigmoid=True``),
+            ``n >= 1``; **overwritten** with ``score * prob`` when no resize is needed.
         scores: ``(n,)`` float32 class scores.
         mask_threshold: A pixel is a query's foreground iff its value ``>= mask_threshold``.
         foreground_of_weighted: Threshold ``score * prob`` instead of ``prob`` (HF transformers does).
-        sigmoid: ``prob`` holds logits: take their sigmoid first (in place).
+        sigmoid: ``prob`` holds logits: take their sigmoid first (in place, after the resize).
+        size: ``(H, W)`` of the result; ``None``: ``(h, w)``.
+        channels: The masks ``prob`` was selected from, for the resize (see ``resize_bilinear``); default ``n``.
 
     Returns:
         The :class:`QueryAssignment`.
     """
+    resize = size is not None and tuple(int(v) for v in prob.shape[1:]) != tuple(size)
+    if resize and native_resize_mode(prob, size, channels) is None:
+        prob, resize = resize_bilinear(prob, size, channels), False  # torch's resize: then the pass below
+    if native_kernels() is not None and as_native(prob, 3) is not None and scores.device.type == "cpu":
+        return _native_pass(prob, scores, mask_threshold, foreground_of_weighted, sigmoid, size if resize else None,
+                            channels)
+    if resize:
+        prob = resize_bilinear(prob, size, channels)
     n, h, w = (int(v) for v in prob.shape)
     dev = prob.device
     owner = torch.empty(h, w, dtype=torch.int64, device=dev)
@@ -80,6 +102,65 @@ def assign_queries(prob: torch.Tensor, scores: torch.Tensor, mask_threshold: flo
             owner_foreground[r0:r0 + rows] = fg.gather(0, o[None])[0]
     region_area = torch.bincount(owner.reshape(-1), minlength=n)
     return QueryAssignment(owner, region_area, foreground_area, owner_foreground)
+
+
+def _native_pass(prob: torch.Tensor, scores: torch.Tensor, mask_threshold: float, foreground_of_weighted: bool,
+                 sigmoid: bool, size: tuple[int, int] | None, channels: int | None) -> QueryAssignment:
+    """:func:`assign_queries` with the C kernels: ``prob`` contiguous float32 on the CPU, resized to ``size`` (if
+    given) by the C resize, which reproduces torch's for this shape and ``channels`` (see
+    :func:`native_resize_mode`).
+
+    Probabilities to resize: one fused pass (resize, weigh, first maximum, counts) row by row. Logits (the sigmoid
+    stays torch's, bit for bit): chunks of rows resized into a reused buffer, their sigmoid taken in place, then
+    the same pass. Nothing of size ``(n, H, W)`` is allocated."""
+    kernels = native_kernels()
+    n, h, w = (int(v) for v in prob.shape)
+    hh, ww = (int(size[0]), int(size[1])) if size is not None else (h, w)
+    owner = torch.empty(hh, ww, dtype=torch.int64)
+    owner_foreground = torch.empty(hh, ww, dtype=torch.bool)
+    foreground_area = torch.zeros(n, dtype=torch.int64)
+    region_area = torch.zeros(n, dtype=torch.int64)
+    result = QueryAssignment(owner, region_area, foreground_area, owner_foreground)
+    src, sc, thr = as_native(prob), scores.to(torch.float32).contiguous().numpy(), float(mask_threshold)
+    areas = (foreground_area.numpy(), region_area.numpy())
+    if size is not None and not sigmoid:
+        mode = native_resize_mode(prob, size, channels)
+        out = (owner.numpy(), owner_foreground.view(torch.uint8).numpy(), *areas)
+        run_rows(lambda r0, r1, cnt, ch: kernels.bilinear_assign(src, sc, n, h, w, hh, ww, mode, thr,
+                                                                  foreground_of_weighted, *out, r0, r1, cnt, ch), hh)
+        return result
+    if size is None:
+        if sigmoid:
+            prob.sigmoid_()
+        out = (owner.numpy(), owner_foreground.view(torch.uint8).numpy(), *areas)
+        run_rows(lambda r0, r1, cnt, ch: kernels.query_assign(src, sc, n, hh, ww, thr, foreground_of_weighted, *out,
+                                                               r0, r1, cnt, ch), hh)
+        return result
+    _native_chunks(prob, sc, thr, foreground_of_weighted, size, native_resize_mode(prob, size, channels), result)
+    return result
+
+
+def _native_chunks(logits: torch.Tensor, scores: np.ndarray, threshold: float, foreground_of_weighted: bool,
+                   size: tuple[int, int], mode: int | None, result: QueryAssignment) -> None:
+    """The C pass over logits resized to ``size``: chunks of rows resized into one reused buffer, their sigmoid
+    taken in place by torch (bit for bit the reference's), then the pass; ``result``'s tensors are written."""
+    kernels = native_kernels()
+    n, h, w = (int(v) for v in logits.shape)
+    hh, ww = size
+    src = as_native(logits)
+    areas = (result.foreground_area.numpy(), result.region_area.numpy())
+    rows = max(1, min(hh, NATIVE_CHUNK_BYTES // (4 * n * ww)))
+    buf = torch.empty(n * rows * ww, dtype=torch.float32)
+    for r0 in range(0, hh, rows):
+        m = min(r0 + rows, hh) - r0
+        chunk = buf[:n * m * ww].view(n, m, ww)
+        dst = chunk.numpy()
+        run_rows(lambda a, b, cnt, ch, r0=r0, dst=dst: kernels.bilinear_resize(src, dst, n, h, w, hh, ww, mode, r0 + a,
+                                                                                r0 + b, r0, cnt, ch), m)
+        chunk.sigmoid_()
+        out = (result.owner[r0:r0 + m].numpy(), result.owner_foreground[r0:r0 + m].view(torch.uint8).numpy(), *areas)
+        run_rows(lambda a, b, cnt, ch, dst=dst, m=m, out=out: kernels.query_assign(
+            dst, scores, n, m, ww, threshold, foreground_of_weighted, *out, a, b, cnt, ch), m)
 
 
 @torch.no_grad()

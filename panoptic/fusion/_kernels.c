@@ -10,26 +10,8 @@
  * Finiteness: for every logit read, v - v is 0 for a finite v and NaN for NaN or +-inf; "(v - v) != 0" is
  * OR-ed into an integer flag (an integer reduction, so the loops still vectorise).
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
-#include <string.h>
+#include "_kernels.h"
 
-/* Inlining the row loops into their callers lets the compiler keep the running maxima's addresses and
- * flags in registers across channels: without it the pass is ~1.7x slower. */
-#if defined(_MSC_VER)
-#define HOT static __forceinline
-#else
-#define HOT static inline __attribute__((always_inline))
-#endif
-
-/* x86-64 Linux with GCC/Clang: an AVX2 clone of each pass, picked at load time (ifunc); ~1.4x faster than
- * the SSE2 baseline every x86-64 CPU has. Elsewhere the baseline build. */
-#if defined(__x86_64__) && defined(__linux__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 6))
-#define TARGETS __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define TARGETS
-#endif
 
 /* The loops below are written branch-free (0 / -1 integer masks, restrict pointers) so that the compiler
  * vectorises them; "d != d" with d = v - v is the finiteness test (see above). */
@@ -136,54 +118,6 @@ static int get_samples(PyObject *obj, Py_buffer *buf, const Common *cm, Py_ssize
     }
     *out = (float *)buf->buf;
     return 0;
-}
-
-/* Row ranges a call works on: [row0, row1) at once, or, with a shared counter, chunks of `chunk` rows that
- * the threads running the same pass take in turn (an atomic add, no GIL: a thread descheduled while holding
- * the GIL would stall the others, e.g. while torch's OpenMP workers spin after a parallel operation). */
-#if defined(_MSC_VER)
-#include <intrin.h>
-#define FETCH_ADD(p, v) _InterlockedExchangeAdd64((volatile long long *)(p), (long long)(v))
-#else
-#define FETCH_ADD(p, v) __atomic_fetch_add((p), (int64_t)(v), __ATOMIC_RELAXED)
-#endif
-
-typedef struct {
-    int64_t *counter;
-    Py_ssize_t chunk, row0, row1;
-    int done;
-} Rows;
-
-static int next_rows(Rows *rs, Py_ssize_t *a, Py_ssize_t *b) {
-    if (rs->counter == NULL) {
-        if (rs->done) return 0;
-        rs->done = 1;
-        *a = rs->row0, *b = rs->row1;
-        return *a < *b;
-    }
-    Py_ssize_t r = rs->row0 + (Py_ssize_t)FETCH_ADD(rs->counter, rs->chunk);
-    if (r >= rs->row1) return 0;
-    *a = r, *b = r + rs->chunk < rs->row1 ? r + rs->chunk : rs->row1;
-    return 1;
-}
-
-/* The optional (counter, chunk) arguments: counter a writable int64 buffer of one element, chunk >= 1. */
-static int get_rows(PyObject *obj, Py_buffer *buf, Py_ssize_t chunk, Py_ssize_t row0, Py_ssize_t row1, Rows *rs) {
-    memset(rs, 0, sizeof *rs);
-    rs->row0 = row0, rs->row1 = row1, rs->chunk = chunk;
-    if (obj == Py_None) return 0;
-    if (PyObject_GetBuffer(obj, buf, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) return -1;
-    if (buf->len != 8 || chunk < 1) {
-        PyErr_SetString(PyExc_ValueError, "counter must be a writable int64 buffer of one element, chunk >= 1");
-        return -1;
-    }
-    rs->counter = (int64_t *)buf->buf;
-    return 0;
-}
-
-static void release(Py_buffer *bufs[], int n) {
-    for (int i = 0; i < n; i++)
-        if (bufs[i]->obj != NULL) PyBuffer_Release(bufs[i]);
 }
 
 /* Copy the score samples logits[:, r, ::stride] of the rows r of [r0, r1) on the sampling grid into samples
@@ -701,6 +635,9 @@ static PyMethodDef methods[] = {
     {"overlap_flags", overlap_flags, METH_VARARGS, overlap_flags_doc},
     {"count_keys", count_keys, METH_VARARGS, count_keys_doc},
     {"relabel_keys", relabel_keys, METH_VARARGS, relabel_keys_doc},
+    {"bilinear_resize", bilinear_resize, METH_VARARGS, bilinear_resize_doc},
+    {"bilinear_assign", bilinear_assign, METH_VARARGS, bilinear_assign_doc},
+    {"query_assign", query_assign, METH_VARARGS, query_assign_doc},
     {NULL, NULL, 0, NULL},
 };
 

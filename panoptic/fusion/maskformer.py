@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .._ops.argmax import first_argmax
 from .._ops.queries import assign_queries, kmax_paste_order, paste_in_order
+from .._ops.resize import resize_bilinear
 from ..categories import CategoryTable
 from ..queries import Queries, as_query_list
 from ..structures import Instances, PanopticResult
@@ -219,13 +220,14 @@ class MaskFormerFusion(PanopticFusion):
         if self.flavor == "kmax_maskwise":
             return self.fuse_kmax_maskwise(queries, size)
         rule = self.rule
-        selected = self.kept_queries(queries, size)
+        selected = self.kept_queries(queries, size, final_resize=False)
         if selected is None:
             return _empty(size, queries.class_logits.device)
         kept, sc, labels, prob = selected
         n = int(kept.numel())
         owner, region, fg_area, owner_fg = assign_queries(prob, sc, self.mask_threshold, rule.foreground_of_weighted,
-                                                          sigmoid=not rule.resize_probabilities)
+                                                          sigmoid=not rule.resize_probabilities, size=size,
+                                                          channels=self.final_resize_channels(queries))
         if rule.paint_foreground_only:  # Mask2Former paints the owned pixels that are the owner's foreground
             painted_owner = torch.where(owner_fg, owner, n)  # n: nobody
             painted = torch.bincount(painted_owner.reshape(-1), minlength=n + 1)[:n]
@@ -239,7 +241,8 @@ class MaskFormerFusion(PanopticFusion):
         category = self.class_map[labels]
         return self._assemble(painted_owner, valid, kept, category, self.fuse_class[labels], sc, size)
 
-    def kept_queries(self, queries: Queries, size: tuple[int, int]) -> tuple[torch.Tensor, ...] | None:
+    def kept_queries(self, queries: Queries, size: tuple[int, int], *,
+                     final_resize: bool = True) -> tuple[torch.Tensor, ...] | None:
         """The query filter and the mask resize of the ``"mask2former"`` / ``"maskformer"`` / ``"transformers"``
         rule: the data-dependent part that runs before the per-pixel steps (and outside an exported graph).
 
@@ -249,7 +252,8 @@ class MaskFormerFusion(PanopticFusion):
         Returns:
             ``None`` if no query is kept, else the kept query indices ``(n,)`` int64, their scores ``(n,)`` float32,
             their model classes ``(n,)`` int64 and their masks at ``size`` ``(n, H, W)`` float32: logits, or for
-            ``"transformers"`` sigmoid probabilities (HF upsamples probabilities).
+            ``"transformers"`` sigmoid probabilities (HF upsamples probabilities). With ``final_resize=False`` the
+            masks are returned before their last resize to ``size`` (the caller's per-pixel pass does it).
         """
         probs = torch.softmax(queries.class_logits.float(), -1)
         scores, labels = probs.max(-1)
@@ -259,12 +263,18 @@ class MaskFormerFusion(PanopticFusion):
             return None
         masks = queries.mask_logits[kept].float()  # a copy (index by tensor): the steps below work in place
         if self.resize_masks_to is not None and tuple(masks.shape[1:]) != self.resize_masks_to:
-            masks = F.interpolate(masks[None], size=self.resize_masks_to, mode="bilinear", align_corners=False)[0]
+            # resized as in a batch of all Q masks, as HF does (torch's arithmetic depends on the batch size)
+            masks = resize_bilinear(masks, self.resize_masks_to, channels=int(queries.mask_logits.shape[0]))
         if self.rule.resize_probabilities:  # HF: sigmoid first, then upsample the probabilities
             masks = masks.sigmoid_()
-        if tuple(masks.shape[1:]) != size:
-            masks = F.interpolate(masks[None], size=size, mode="bilinear", align_corners=False)[0]
+        if final_resize and tuple(masks.shape[1:]) != size:
+            masks = resize_bilinear(masks, size, channels=self.final_resize_channels(queries))
         return kept, scores[kept], labels[kept], masks
+
+    def final_resize_channels(self, queries: Queries) -> int | None:
+        """The batch the kept masks are resized to the image as: all ``Q`` masks (Mask2Former and MaskFormer upsample
+        every mask) or the kept ones (HF upsamples the kept probabilities); see ``resize_bilinear``."""
+        return None if self.rule.resize_probabilities else int(queries.mask_logits.shape[0])
 
     def static_graph(self) -> MaskFormerGraph | KMaxGraph | KMaxMaskwiseGraph:
         """The static-shape module of the per-pixel path, which :func:`panoptic.export.export_fusion` traces."""
