@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from .resize import native_resize_mode, resize_bilinear
-from .rows import as_native, run_rows
+from .rows import as_native, run_rows, run_threads
 from .switch import native_kernels
 
 __all__ = ["QueryAssignment", "assign_queries", "kmax_paste_order", "paste_in_order"]
@@ -32,8 +33,8 @@ class QueryAssignment(NamedTuple):
 
 #: Bytes of float32 mask values handled per row chunk: the chunk's passes then run in the CPU's cache.
 CHUNK_BYTES = 1 << 20
-#: The same for the C path's chunks of resized logits (three calls per chunk: the resize, torch's sigmoid, the pass).
-NATIVE_CHUNK_BYTES = 1 << 22
+#: The same for the C path's chunks of resized logits (three steps per chunk: the resize, torch's sigmoid, the pass).
+NATIVE_CHUNK_BYTES = 1 << 21
 
 
 @torch.no_grad()
@@ -72,6 +73,13 @@ def assign_queries(prob: torch.Tensor, scores: torch.Tensor, mask_threshold: flo
                             channels)
     if resize:
         prob = resize_bilinear(prob, size, channels)
+    return _torch_pass(prob, scores, mask_threshold, foreground_of_weighted, sigmoid)
+
+
+def _torch_pass(prob: torch.Tensor, scores: torch.Tensor, mask_threshold: float, foreground_of_weighted: bool,
+                sigmoid: bool) -> QueryAssignment:
+    """:func:`assign_queries` in plain torch on masks at the output size: the specification, and the path on
+    every device but the CPU."""
     n, h, w = (int(v) for v in prob.shape)
     dev = prob.device
     owner = torch.empty(h, w, dtype=torch.int64, device=dev)
@@ -142,25 +150,43 @@ def _native_pass(prob: torch.Tensor, scores: torch.Tensor, mask_threshold: float
 
 def _native_chunks(logits: torch.Tensor, scores: np.ndarray, threshold: float, foreground_of_weighted: bool,
                    size: tuple[int, int], mode: int | None, result: QueryAssignment) -> None:
-    """The C pass over logits resized to ``size``: chunks of rows resized into one reused buffer, their sigmoid
-    taken in place by torch (bit for bit the reference's), then the pass; ``result``'s tensors are written."""
+    """The C pass over logits resized to ``size``: chunks of rows resized, their sigmoid taken in place by torch
+    (bit for bit the reference's), then the pass; ``result``'s tensors are written.
+
+    Each of the call's threads takes whole chunks into its own buffer and runs the three steps single-threaded, so a
+    chunk stays in that core's cache and no step waits for torch's thread pool (whose spinning workers would take
+    the cores the C steps need)."""
     kernels = native_kernels()
     n, h, w = (int(v) for v in logits.shape)
     hh, ww = size
     src = as_native(logits)
     areas = (result.foreground_area.numpy(), result.region_area.numpy())
     rows = max(1, min(hh, NATIVE_CHUNK_BYTES // (4 * n * ww)))
-    buf = torch.empty(n * rows * ww, dtype=torch.float32)
-    for r0 in range(0, hh, rows):
-        m = min(r0 + rows, hh) - r0
-        chunk = buf[:n * m * ww].view(n, m, ww)
-        dst = chunk.numpy()
-        run_rows(lambda a, b, cnt, ch, r0=r0, dst=dst: kernels.bilinear_resize(src, dst, n, h, w, hh, ww, mode, r0 + a,
-                                                                                r0 + b, r0, cnt, ch), m)
-        chunk.sigmoid_()
-        out = (result.owner[r0:r0 + m].numpy(), result.owner_foreground[r0:r0 + m].view(torch.uint8).numpy(), *areas)
-        run_rows(lambda a, b, cnt, ch, dst=dst, m=m, out=out: kernels.query_assign(
-            dst, scores, n, m, ww, threshold, foreground_of_weighted, *out, a, b, cnt, ch), m)
+    starts, lock = iter(range(0, hh, rows)), threading.Lock()
+
+    def worker() -> None:
+        buf = torch.empty(n * rows * ww, dtype=torch.float32)
+        while True:
+            with lock:
+                r0 = next(starts, None)
+            if r0 is None:
+                return
+            m = min(r0 + rows, hh) - r0
+            chunk = buf[:n * m * ww].view(n, m, ww)
+            dst = chunk.numpy()
+            kernels.bilinear_resize(src, dst, n, h, w, hh, ww, mode, r0, r0 + m, r0)
+            chunk.sigmoid_()
+            kernels.query_assign(dst, scores, n, m, ww, threshold, foreground_of_weighted,
+                                 result.owner[r0:r0 + m].numpy(),
+                                 result.owner_foreground[r0:r0 + m].view(torch.uint8).numpy(), *areas, 0, m)
+
+    threads_before = torch.get_num_threads()
+    threads = max(1, min(threads_before, -(-hh // rows)))
+    torch.set_num_threads(1)  # each step of a chunk on its worker's thread
+    try:
+        run_threads(worker, threads)
+    finally:
+        torch.set_num_threads(threads_before)
 
 
 @torch.no_grad()

@@ -6,11 +6,12 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["as_native", "row_bands", "run_rows"]
+__all__ = ["as_native", "row_bands", "run_rows", "run_threads"]
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_SIZE = 0
@@ -63,18 +64,26 @@ def run_rows(fn: Callable[[int, int, np.ndarray | None, int], bool], h: int) -> 
     Returns:
         ``True`` if every call returned ``True`` (every logit it read was finite).
     """
-    global _POOL, _POOL_SIZE
     threads = max(1, min(torch.get_num_threads(), h // 8))  # a few rows per thread at least
     if threads == 1:
         return bool(fn(0, h, None, 0))
+    counter = np.zeros(1, dtype=np.int64)
+    chunk = max(4, -(-h // (16 * threads)))
+    return all(run_threads(lambda: fn(0, h, counter, chunk), threads))
+
+
+def run_threads(fn: Callable[[], Any], threads: int) -> list[Any]:
+    """Call ``fn()`` on ``threads`` threads at once, the calling thread included (the others from a pool kept
+    for the next call), and return the results. ``fn`` shares its work out itself (a counter, an iterator)."""
+    global _POOL, _POOL_SIZE
+    if threads <= 1:
+        return [fn()]
     with _POOL_LOCK:  # fusions may be called from several threads at once
         if _POOL is None or _POOL_SIZE != threads - 1:
             if _POOL is not None:
                 _POOL.shutdown(wait=False)
             _POOL, _POOL_SIZE = ThreadPoolExecutor(threads - 1, thread_name_prefix="panoptic-fusion"), threads - 1
         pool = _POOL
-    counter = np.zeros(1, dtype=np.int64)
-    chunk = max(4, -(-h // (16 * threads)))
-    futures = [pool.submit(fn, 0, h, counter, chunk) for _ in range(threads - 1)]
-    ok = bool(fn(0, h, counter, chunk))
-    return all([bool(f.result()) for f in futures]) and ok
+    futures = [pool.submit(fn) for _ in range(threads - 1)]
+    mine = fn()
+    return [*[f.result() for f in futures], mine]
