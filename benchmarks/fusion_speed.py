@@ -405,11 +405,13 @@ def busy_processes(k: int, seconds: float = LOAD_MAX_S) -> Iterator[None]:
 
 
 def _time_threads(calls: dict[str, Callable[[], Any]], default: int, repeats: int) -> dict[str, float]:
-    """Median ms of every call with ``default`` and with 1 torch thread, interleaved."""
+    """Median ms of every call with ``default`` and with 1 torch thread, interleaved, in alternating order (a call
+    right after another of the same work finds warmer caches and, under load, another share of the cores)."""
     times: dict[str, list[float]] = {}
-    for _ in range(repeats):
+    pair = (("1t", 1), ("default", default))
+    for rep in range(repeats):
         for name, fn in calls.items():
-            for label, n in (("1t", 1), ("default", default)):
+            for label, n in (pair if rep % 2 == 0 else pair[::-1]):
                 torch.set_num_threads(n)
                 t0 = time.perf_counter()
                 fn()

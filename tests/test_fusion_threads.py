@@ -71,3 +71,28 @@ def test_free_cores_from_the_counters_less_this_process(monkeypatch):
     assert ops_threads.free_cores() is None  # the first read has nothing to compare with
     # others = 1.0 busy core - 0.5 of ours = 0.5 -> 2 - 0.5 = 1.5 free, rounded to the nearest core: 2
     assert ops_threads.free_cores() == 2
+
+
+def test_input_checks_run_inside_the_thread_rule(two_threads, monkeypatch):
+    """The finiteness checks are passes over the inputs: on a busy machine they too must not run on threads the
+    rule would not give the call (here a small image: one thread), and a refused input restores the count."""
+    import panoptic.fusion.base as fusion_base
+
+    from panoptic import CategoryTable, CentreOffsetFusion, CentreOffsets, MaskFormerFusion, Queries
+
+    seen: list[int] = []
+    real = fusion_base._all_finite
+
+    def recording(x: torch.Tensor) -> bool:
+        seen.append(torch.get_num_threads())
+        return real(x)
+
+    monkeypatch.setattr(fusion_base, "_all_finite", recording)
+    table = CategoryTable.from_coco([{"id": 1, "isthing": 0}, {"id": 2, "isthing": 1}])
+    MaskFormerFusion(table)(Queries(torch.randn(3, 3), torch.randn(3, 16, 16)))
+    CentreOffsetFusion(table)([CentreOffsets(torch.randn(2, 16, 16), torch.rand(1, 16, 16), torch.randn(2, 16, 16))])
+    UPSNetFusion(table)(torch.randn(1, 2, 16, 16), [Instances.empty()])
+    assert seen and set(seen) == {1}
+    with pytest.raises(ValueError, match="NaN or inf"):
+        MaskFormerFusion(table)(Queries(torch.randn(3, 3), torch.full((3, 16, 16), float("nan"))))
+    assert torch.get_num_threads() == 2

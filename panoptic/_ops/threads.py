@@ -21,7 +21,7 @@ import torch
 
 from ..threads import _cpu_times, available_cores
 
-__all__ = ["PARALLEL_PIXELS", "free_cores", "fusion_threads"]
+__all__ = ["PARALLEL_PIXELS", "call_pixels", "free_cores", "fusion_threads"]
 
 #: Images with fewer pixels run single-threaded (256 x 512 and smaller; measured, see ``docs/benchmarks.md``).
 PARALLEL_PIXELS = 1 << 19
@@ -59,6 +59,18 @@ def free_cores() -> int | None:
             free = max(1, min(cores, math.floor(cores - max(0.0, busy_all - mine) + 0.5)))
         _state.update(t=now, busy=busy, total=total, own=own, free=free)
         return free
+
+
+def call_pixels(x: object, output_size: object = None) -> int:
+    """``H * W`` of a fusion call's output, from ``output_size`` or the last two dimensions of its input ``x``, for
+    :func:`fusion_threads`, which is entered before the input checks (they are passes over the inputs too); 0 for
+    inputs the checks will refuse."""
+    try:
+        if output_size is not None:
+            return int(output_size[0]) * int(output_size[1])  # type: ignore[index]
+        return int(x.shape[-2]) * int(x.shape[-1])  # type: ignore[attr-defined]
+    except (TypeError, IndexError, AttributeError, ValueError):
+        return 0
 
 
 @contextmanager

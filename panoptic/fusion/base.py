@@ -58,13 +58,15 @@ class PanopticFusion(nn.Module, ABC):
             ValueError: For invalid inputs, including tensors on the ``meta`` device (see :func:`check_not_meta`).
         """
         check_not_meta(semantic_logits, instances)
-        sem = self.prepare_semantic(semantic_logits, len(instances), output_size)
-        size = (int(sem.shape[-2]), int(sem.shape[-1]))
-        from .._ops.threads import fusion_threads  # here: panoptic._ops itself imports this module
+        from .._ops.threads import call_pixels, fusion_threads  # here: panoptic._ops itself imports this module
 
         out = []
-        # threads the image size and the free cores repay (panoptic._ops.threads), restored after
-        with fusion_threads(size[0] * size[1], sem.device):
+        # threads the image size and the free cores repay (panoptic._ops.threads), restored after; the input
+        # checks and the resize to output_size are passes over the logits too
+        device = semantic_logits.device if isinstance(semantic_logits, torch.Tensor) else torch.device("cpu")
+        with fusion_threads(call_pixels(semantic_logits, output_size), device):
+            sem = self.prepare_semantic(semantic_logits, len(instances), output_size)
+            size = (int(sem.shape[-2]), int(sem.shape[-1]))
             for b, inst in enumerate(instances):
                 inst = prepare_instances(inst, self.table, size, sem.device, self.mask_kinds)
                 out.append(self.fuse_image(sem[b], inst))

@@ -16,7 +16,7 @@ import torch
 
 from .._ops.argmax import first_argmax_keys
 from .._ops.centre import heatmap_peaks, nearest_centre
-from .._ops.threads import fusion_threads
+from .._ops.threads import call_pixels, fusion_threads
 from ..categories import CategoryTable
 from ..centre_offsets import CentreOffsets, checked_centre_inputs
 from ..segments import assemble_result
@@ -122,9 +122,10 @@ class CentreOffsetFusion(PanopticFusion):
             return run_exported(fusion_graph(self), self, inputs)
         out = []
         for x in checked_centre_inputs(inputs):
-            x.validate(self.table.num_classes, check_semantic_finite=False)  # checked in the argmax pass
-            h, w = (int(v) for v in x.offsets.shape[-2:])
-            with fusion_threads(h * w, x.offsets.device):  # many short passes: never slower than one thread
+            device = x.offsets.device if isinstance(x.offsets, torch.Tensor) else torch.device("cpu")
+            # many short passes, the input checks included: never slower than one thread
+            with fusion_threads(call_pixels(x.offsets), device):
+                x.validate(self.table.num_classes, check_semantic_finite=False)  # checked in the argmax pass
                 out.append(self.fuse_image(x))
         return out
 

@@ -191,7 +191,7 @@ class MaskFormerFusion(PanopticFusion):
         Returns:
             One result per image.
         """
-        from .._ops.threads import fusion_threads  # here: panoptic._ops itself imports the fusion package
+        from .._ops.threads import call_pixels, fusion_threads  # here: panoptic._ops imports the fusion package
 
         if self.batched:
             from ..export import fusion_graph, run_exported  # panoptic.export imports this module
@@ -201,10 +201,12 @@ class MaskFormerFusion(PanopticFusion):
         output_size = checked_output_size(output_size)
         out = []
         for q in qs:
-            q.validate(self.num_model_classes)
-            q = q.to(self.class_map.device)
-            size = output_size or self.resize_masks_to or (int(q.mask_logits.shape[1]), int(q.mask_logits.shape[2]))
-            with fusion_threads(size[0] * size[1], self.class_map.device):
+            # the input checks are passes over the masks too: inside the thread rule
+            with fusion_threads(call_pixels(q.mask_logits, output_size or self.resize_masks_to), self.class_map.device):
+                q.validate(self.num_model_classes)
+                q = q.to(self.class_map.device)
+                size = output_size or self.resize_masks_to or (int(q.mask_logits.shape[1]),
+                                                               int(q.mask_logits.shape[2]))
                 out.append(self.fuse_queries(q, size))
         return out
 
