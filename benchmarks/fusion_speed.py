@@ -406,7 +406,9 @@ def busy_processes(k: int, seconds: float = LOAD_MAX_S) -> Iterator[None]:
 
 def _time_threads(calls: dict[str, Callable[[], Any]], default: int, repeats: int) -> dict[str, float]:
     """Median ms of every call with ``default`` and with 1 torch thread, interleaved, in alternating order (a call
-    right after another of the same work finds warmer caches and, under load, another share of the cores)."""
+    right after another of the same work finds warmer caches and, under load, another share of the cores), and
+    ``{name}_paired``: the median of the ratios of the two calls of each repetition, which cancels the drift of
+    the other processes' load between repetitions (the ratio of the medians does not)."""
     times: dict[str, list[float]] = {}
     pair = (("1t", 1), ("default", default))
     for rep in range(repeats):
@@ -417,7 +419,11 @@ def _time_threads(calls: dict[str, Callable[[], Any]], default: int, repeats: in
                 fn()
                 times.setdefault(f"{name}_{label}_ms", []).append(1000 * (time.perf_counter() - t0))
     torch.set_num_threads(default)
-    return {k: round(statistics.median(v), 2) for k, v in times.items()}
+    out = {k: round(statistics.median(v), 2) for k, v in times.items()}
+    for name in calls:
+        ratios = [d / o for d, o in zip(times[f"{name}_default_ms"], times[f"{name}_1t_ms"], strict=True)]
+        out[f"{name}_paired"] = round(statistics.median(ratios), 3)
+    return out
 
 
 def thread_table(table: CategoryTable, sizes: tuple[tuple[int, int], ...], repeats: int, seed: int,
@@ -459,9 +465,9 @@ def print_thread_table(res: dict[str, Any]) -> None:
     """Markdown table: default / 1-thread ratio per size, count and phase."""
     print(f"\ndefault ({res['default_threads']} threads) vs 1 thread, median ms, {res['load_processes']} busy "
           "processes in the load phase\n")
-    print("| size | phase | instances | upsnet 1t | upsnet default | ratio | heuristic 1t | heuristic default "
-          "| ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| size | phase | instances | upsnet 1t | upsnet default | ratio | paired | heuristic 1t | heuristic default "
+          "| ratio | paired |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size, entry in res.items():
         if not isinstance(entry, dict):
             continue
@@ -470,7 +476,8 @@ def print_thread_table(res: dict[str, Any]) -> None:
                 u1, ud = r[f"upsnet{n}_1t_ms"], r[f"upsnet{n}_default_ms"]
                 h1, hd = r[f"heuristic{n}_1t_ms"], r[f"heuristic{n}_default_ms"]
                 print(f"| {size} | {phase} (load {r['loadavg']}) | {n} | {u1:.1f} | {ud:.1f} | {ud / u1:.2f}x "
-                      f"| {h1:.1f} | {hd:.1f} | {hd / h1:.2f}x |")
+                      f"| {r[f'upsnet{n}_paired']:.2f}x | {h1:.1f} | {hd:.1f} | {hd / h1:.2f}x "
+                      f"| {r[f'heuristic{n}_paired']:.2f}x |")
 
 
 def family_threads(calls: dict[str, dict[str, Callable[[], Any]]], repeats: int, load: int) -> dict[str, Any]:
@@ -483,8 +490,8 @@ def family_threads(calls: dict[str, dict[str, Callable[[], Any]]], repeats: int,
             result[scene] = quiet_and_load(c, default, repeats, load)
     print(f"\ndefault ({default} threads) vs 1 thread, median ms of {repeats}, {load} busy processes in the load "
           "phase\n")
-    print("| scene | phase | call | 1 thread | default | default / 1 thread |")
-    print("|---|---|---|---|---|---|")
+    print("| scene | phase | call | 1 thread | default | default / 1 thread | paired |")
+    print("|---|---|---|---|---|---|---|")
     for scene, entry in result.items():
         if not isinstance(entry, dict):
             continue
@@ -492,7 +499,7 @@ def family_threads(calls: dict[str, dict[str, Callable[[], Any]]], repeats: int,
             for name in calls[scene]:
                 one, dflt = r[f"{name}_1t_ms"], r[f"{name}_default_ms"]
                 print(f"| {scene} | {phase} (load {r['loadavg']}) | {name} | {one:.1f} | {dflt:.1f} "
-                      f"| {dflt / one:.2f}x |")
+                      f"| {dflt / one:.2f}x | {r[f'{name}_paired']:.2f}x |")
     return result
 
 
