@@ -50,8 +50,7 @@ static void axis_weights(Py_ssize_t in, Py_ssize_t out, int contract, Axis *ax) 
 }
 
 /* One source row interpolated along x: out[x] = s[i0[x]] w0[x] + s[i1[x]] w1[x]. */
-HOT void blend_columns(const float *restrict s, const Axis *ax, Py_ssize_t W, int contract,
-                                      float *restrict out) {
+HOT void blend_columns(const float *restrict s, const Axis *ax, Py_ssize_t W, int contract, float *restrict out) {
     const int32_t *i0 = ax->i0, *i1 = ax->i1;
     const float *w0 = ax->w0, *w1 = ax->w1;
     if (contract)
@@ -67,8 +66,8 @@ typedef struct {
     int victim;
 } RowCache;
 
-HOT const float *cached_row(RowCache *rc, const float *plane, Py_ssize_t w, int32_t r, const Axis *ax,
-                               Py_ssize_t W, int contract) {
+HOT const float *cached_row(RowCache *rc, const float *plane, Py_ssize_t w, int32_t r, const Axis *ax, Py_ssize_t W,
+                           int contract) {
     for (int s = 0; s < 2; s++)
         if (rc->row[s] == r) {
             rc->victim = 1 - s;
@@ -81,8 +80,8 @@ HOT const float *cached_row(RowCache *rc, const float *plane, Py_ssize_t w, int3
 }
 
 /* One output row of one mask: v[x] = a[x] h0 + b[x] h1. */
-HOT void blend_rows(const float *restrict a, const float *restrict b, float h0, float h1,
-                                   Py_ssize_t W, int contract, float *restrict v) {
+HOT void blend_rows(const float *restrict a, const float *restrict b, float h0, float h1, Py_ssize_t W,
+                    int contract, float *restrict v) {
     if (contract)
         for (Py_ssize_t x = 0; x < W; x++) v[x] = fmaf(a[x], h0, b[x] * h1);
     else
