@@ -77,7 +77,6 @@ def test_input_checks_run_inside_the_thread_rule(two_threads, monkeypatch):
     """The finiteness checks are passes over the inputs: on a busy machine they too must not run on threads the
     rule would not give the call (here a small image: one thread), and a refused input restores the count."""
     import panoptic.fusion.base as fusion_base
-
     from panoptic import CategoryTable, CentreOffsetFusion, CentreOffsets, MaskFormerFusion, Queries
 
     seen: list[int] = []

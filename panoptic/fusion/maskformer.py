@@ -241,7 +241,7 @@ class MaskFormerFusion(PanopticFusion):
             ratio_ok = region.double() / fg_area.double() >= self.overlap_threshold
         valid = (region > 0) & (fg_area > 0) & (painted > 0) & ratio_ok
         category = self.class_map[labels]
-        return self._assemble(painted_owner, valid, kept, category, self.fuse_class[labels], sc, size)
+        return self._assemble(painted_owner, valid, kept, category, self.fuse_class[labels], sc, size, painted)
 
     def kept_queries(self, queries: Queries, size: tuple[int, int], *,
                      final_resize: bool = True) -> tuple[torch.Tensor, ...] | None:
@@ -390,10 +390,12 @@ class MaskFormerFusion(PanopticFusion):
 
     def _assemble(self, owner: torch.Tensor, valid: torch.Tensor, kept: torch.Tensor,
                   category: torch.Tensor, fuse: torch.Tensor, scores: torch.Tensor,
-                  size: tuple[int, int]) -> PanopticResult:
+                  size: tuple[int, int], owner_area: torch.Tensor | None = None) -> PanopticResult:
         """Segment ids in query order (merged classes take their first query's id), the map and the table.
 
-        ``owner``: ``(H, W)`` position of the kept query painted at each pixel, ``n`` for none.
+        ``owner``: ``(H, W)`` position of the kept query painted at each pixel, ``n`` for none; ``owner_area``:
+        ``(n,)`` pixels of each position in ``owner`` if the caller has them (a segment's area is then their sum,
+        without a pass over the map).
         """
         dev = owner.device
         n = int(kept.numel())
@@ -411,7 +413,10 @@ class MaskFormerFusion(PanopticFusion):
         lut[vpos] = seg_of_uniq[inv].int()
         seg_map = lut[owner]
         s = int(order.numel())
-        area = torch.bincount(seg_map.reshape(-1).long(), minlength=s + 1)[1:]
+        if owner_area is not None:
+            area = torch.zeros(s, dtype=torch.int64, device=dev).index_add_(0, seg_of_uniq[inv] - 1, owner_area[vpos])
+        else:
+            area = torch.bincount(seg_map.reshape(-1).long(), minlength=s + 1)[1:]
         rep = first[order]  # first query position of each segment, in id order
         cat = category[rep]
         h, w = size
