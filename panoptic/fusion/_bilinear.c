@@ -198,6 +198,14 @@ typedef struct {
     int32_t *fgo;
 } Assign;
 
+/* This call's counts added to the outputs, which other threads add theirs to at the same time. */
+static void add_counts(const Assign *as, int64_t *fg_area, int64_t *region, Py_ssize_t n) {
+    for (Py_ssize_t k = 0; k < n; k++) {
+        FETCH_ADD(fg_area + k, as->fg_count[k]);
+        FETCH_ADD(region + k, as->own_count[k]);
+    }
+}
+
 /* Output rows [a, b) of the fused query pass. */
 HOT void assign_rows(const Resize *rz, const Assign *as, Py_ssize_t a, Py_ssize_t b) {
     const float *src = (const float *)rz->src.buf;
@@ -249,15 +257,12 @@ const char bilinear_resize_doc[] =
     "for its baseline build. counter, chunk: rows taken in chunks from a shared counter.";
 
 PyObject *bilinear_resize(PyObject *self, PyObject *args) {
-    Resize rz;
-    Py_buffer db, kb;
+    Resize rz = {0};
+    Py_buffer db = {0}, kb = {0};
     PyObject *kobj = Py_None;
     Py_ssize_t row0, row1, d0, chunk = 0;
     Rows rs;
     (void)self;
-    memset(&rz, 0, sizeof rz);
-    memset(&db, 0, sizeof db);
-    memset(&kb, 0, sizeof kb);
     if (!PyArg_ParseTuple(args, "y*w*nnnnnpnnn|On", &rz.src, &db, &rz.n, &rz.h, &rz.w, &rz.H, &rz.W, &rz.contract,
                           &row0, &row1, &d0, &kobj, &chunk))
         return NULL;
@@ -307,21 +312,14 @@ const char bilinear_assign_doc[] =
     "owns. threshold is compared in float32.";
 
 PyObject *bilinear_assign(PyObject *self, PyObject *args) {
-    Resize rz;
-    Py_buffer sb, ob, fb, ab, gb, kb;
+    Resize rz = {0};
+    Py_buffer sb = {0}, ob = {0}, fb = {0}, ab = {0}, gb = {0}, kb = {0};
     PyObject *kobj = Py_None;
     Py_ssize_t row0, row1, chunk = 0;
     double threshold;
     int weighted;
     Rows rs;
     (void)self;
-    memset(&rz, 0, sizeof rz);
-    memset(&sb, 0, sizeof sb);
-    memset(&ob, 0, sizeof ob);
-    memset(&fb, 0, sizeof fb);
-    memset(&ab, 0, sizeof ab);
-    memset(&gb, 0, sizeof gb);
-    memset(&kb, 0, sizeof kb);
     if (!PyArg_ParseTuple(args, "y*y*nnnnnpdpw*w*w*w*nn|On", &rz.src, &sb, &rz.n, &rz.h, &rz.w, &rz.H, &rz.W,
                           &rz.contract, &threshold, &weighted, &ob, &fb, &ab, &gb, &row0, &row1, &kobj, &chunk))
         return NULL;
@@ -366,11 +364,7 @@ PyObject *bilinear_assign(PyObject *self, PyObject *args) {
 #endif
         assign_rows_base(&rz, &as, a, b);
     }
-    int64_t *fg_area = (int64_t *)ab.buf, *region = (int64_t *)gb.buf;
-    for (Py_ssize_t k = 0; k < n; k++) { /* other threads add theirs at the same time */
-        FETCH_ADD(fg_area + k, fg_count[k]);
-        FETCH_ADD(region + k, own_count[k]);
-    }
+    add_counts(&as, (int64_t *)ab.buf, (int64_t *)gb.buf, n);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_True);
 done:
@@ -399,20 +393,13 @@ const char query_assign_doc[] =
     "rows' counts.";
 
 PyObject *query_assign(PyObject *self, PyObject *args) {
-    Py_buffer vb, sb, ob, fb, ab, gb, kb;
+    Py_buffer vb = {0}, sb = {0}, ob = {0}, fb = {0}, ab = {0}, gb = {0}, kb = {0};
     PyObject *kobj = Py_None;
     Py_ssize_t n, R, W, row0, row1, chunk = 0;
     double threshold;
     int weighted;
     Rows rs;
     (void)self;
-    memset(&vb, 0, sizeof vb);
-    memset(&sb, 0, sizeof sb);
-    memset(&ob, 0, sizeof ob);
-    memset(&fb, 0, sizeof fb);
-    memset(&ab, 0, sizeof ab);
-    memset(&gb, 0, sizeof gb);
-    memset(&kb, 0, sizeof kb);
     if (!PyArg_ParseTuple(args, "y*y*nnndpw*w*w*w*nn|On", &vb, &sb, &n, &R, &W, &threshold, &weighted, &ob, &fb, &ab,
                           &gb, &row0, &row1, &kobj, &chunk))
         return NULL;
@@ -442,11 +429,7 @@ PyObject *query_assign(PyObject *self, PyObject *args) {
                        fg_count, own_count, NULL, NULL, m, idx, fgo};
     Py_ssize_t a, b;
     while (next_rows(&rs, &a, &b)) assign_value_rows((const float *)vb.buf, n, R, W, &as, a, b);
-    int64_t *fg_area = (int64_t *)ab.buf, *region = (int64_t *)gb.buf;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        FETCH_ADD(fg_area + k, fg_count[k]);
-        FETCH_ADD(region + k, own_count[k]);
-    }
+    add_counts(&as, (int64_t *)ab.buf, (int64_t *)gb.buf, n);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_True);
 done:
