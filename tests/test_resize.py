@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -47,6 +49,21 @@ def test_native_path_is_taken_where_torch_uses_its_generic_kernel() -> None:
         assert native_resize_mode(torch.zeros(3, 30, 40), (200, 304)) is None  # 3 channels on 1 thread: separable
     finally:
         torch.set_num_threads(torch_threads)
+
+
+@pytest.mark.skipif(not NATIVE and not REQUIRE_NATIVE, reason="C kernels not built")
+def test_the_baseline_build_of_torch_is_reproduced_too() -> None:
+    """torch's baseline CPU kernels (``ATEN_CPU_CAPABILITY=default``, as on a CPU without AVX2) do not contract
+    into FMAs: the C resize must pick its other arithmetic there, and still equal ``F.interpolate``."""
+    code = ("import torch, torch.nn.functional as F\n"
+            "from panoptic._ops.resize import _torch_contraction, resize_bilinear\n"
+            "x = torch.randn(5, 41, 37, generator=torch.Generator().manual_seed(0))\n"
+            "ref = F.interpolate(x[None], size=(150, 230), mode='bilinear', align_corners=False)[0]\n"
+            "print(_torch_contraction(), torch.equal(resize_bilinear(x, (150, 230)), ref))\n")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["0", "True"]
 
 
 @pytest.mark.parametrize("threads", [1, 2])
