@@ -179,6 +179,7 @@ def test_saved_run_reproduces_its_tables_claims_and_the_documented_held_out_size
         iv = paired_bootstrap(a, b)
         assert (iv.diff, iv.lo, iv.hi) == pytest.approx((claim["pq_diff"], claim["lo"], claim["hi"]), abs=1e-12)
         size = held_out_size(a, b)
+        assert json.loads(json.dumps(size.as_dict())) == claim["held_out"]  # the saved run's report lines
         got = (size.gap, size.width, size.seeds_only, size.widths[800], size.widths[1600], size.widths[3200])
         assert tuple(round(v, 2) for v in got) == documented["_".join(pairs[claim["claim"]])]
 

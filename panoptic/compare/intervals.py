@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -176,6 +177,12 @@ class HeldOutSize:
             return None
         image_part = max(self.width ** 2 - self.seeds_only ** 2, 0.0)
         return max(1, math.ceil(self.images * image_part / (self.gap ** 2 - self.seeds_only ** 2)))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The claim's ``held_out`` entry of ``results.json`` (widths keyed by image count as strings)."""
+        return {"gap": self.gap, "width": self.width, "seeds_only": self.seeds_only,
+                "widths": {str(m): w for m, w in self.widths.items()}, "needed": self.needed,
+                "estimate": self.estimate, "text": self.describe()}
 
     def describe(self) -> str:
         """One sentence: how wide, why, and how many images would make it narrower than the gap."""

@@ -369,10 +369,7 @@ def _claims(rows: list[Row], runs: list[SeedRun], config: CompareConfig) -> list
         size = held_out_size(stats_a, stats_b, config.bootstrap)
         out.append({"claim": name, "a": a.label, "b": b.label, "pq_diff": iv.diff, "lo": iv.lo, "hi": iv.hi,
                     "level": iv.level, "images": iv.images, "seeds": iv.seeds, "holds": iv.holds,
-                    "text": iv.describe(),
-                    "held_out": {"gap": size.gap, "width": size.width, "seeds_only": size.seeds_only,
-                                 "widths": {str(m): w for m, w in size.widths.items()}, "needed": size.needed,
-                                 "estimate": size.estimate, "text": size.describe()}})
+                    "text": iv.describe(), "held_out": size.as_dict()})
     return out
 
 
