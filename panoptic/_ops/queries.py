@@ -165,6 +165,10 @@ def _native_chunks(logits: torch.Tensor, scores: np.ndarray, threshold: float, f
     starts, lock = iter(range(0, hh, rows)), threading.Lock()
 
     def worker() -> None:
+        # OpenMP's thread count is per thread (a pool thread takes torch's global count at its first parallel op
+        # and keeps it): set it here too, before this worker's sigmoid. The caller restores the global count
+        # after every worker has finished.
+        torch.set_num_threads(1)
         buf = torch.empty(n * rows * ww, dtype=torch.float32)
         while True:
             with lock:
