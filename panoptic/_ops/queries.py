@@ -66,11 +66,12 @@ def assign_queries(prob: torch.Tensor, scores: torch.Tensor, mask_threshold: flo
         The :class:`QueryAssignment`.
     """
     resize = size is not None and tuple(int(v) for v in prob.shape[1:]) != tuple(size)
-    if resize and native_resize_mode(prob, size, channels) is None:
+    mode = native_resize_mode(prob, size, channels) if resize else None
+    if resize and mode is None:
         prob, resize = resize_bilinear(prob, size, channels), False  # torch's resize: then the pass below
     if native_kernels() is not None and as_native(prob, 3) is not None and scores.device.type == "cpu":
         return _native_pass(prob, scores, mask_threshold, foreground_of_weighted, sigmoid, size if resize else None,
-                            channels)
+                            mode)
     if resize:
         prob = resize_bilinear(prob, size, channels)
     return _torch_pass(prob, scores, mask_threshold, foreground_of_weighted, sigmoid)
@@ -113,10 +114,10 @@ def _torch_pass(prob: torch.Tensor, scores: torch.Tensor, mask_threshold: float,
 
 
 def _native_pass(prob: torch.Tensor, scores: torch.Tensor, mask_threshold: float, foreground_of_weighted: bool,
-                 sigmoid: bool, size: tuple[int, int] | None, channels: int | None) -> QueryAssignment:
+                 sigmoid: bool, size: tuple[int, int] | None, mode: int | None) -> QueryAssignment:
     """:func:`assign_queries` with the C kernels: ``prob`` contiguous float32 on the CPU, resized to ``size`` (if
-    given) by the C resize, which reproduces torch's for this shape and ``channels`` (see
-    :func:`native_resize_mode`).
+    given) by the C resize with ``mode``, the arithmetic :func:`native_resize_mode` found to reproduce torch's for
+    this shape and batch.
 
     Probabilities to resize: one fused pass (resize, weigh, first maximum, counts) row by row. Logits (the sigmoid
     stays torch's, bit for bit): chunks of rows resized into a reused buffer, their sigmoid taken in place, then
@@ -132,7 +133,6 @@ def _native_pass(prob: torch.Tensor, scores: torch.Tensor, mask_threshold: float
     src, sc, thr = as_native(prob), scores.to(torch.float32).contiguous().numpy(), float(mask_threshold)
     areas = (foreground_area.numpy(), region_area.numpy())
     if size is not None and not sigmoid:
-        mode = native_resize_mode(prob, size, channels)
         out = (owner.numpy(), owner_foreground.view(torch.uint8).numpy(), *areas)
         run_rows(lambda r0, r1, cnt, ch: kernels.bilinear_assign(src, sc, n, h, w, hh, ww, mode, thr,
                                                                   foreground_of_weighted, *out, r0, r1, cnt, ch), hh)
@@ -144,7 +144,7 @@ def _native_pass(prob: torch.Tensor, scores: torch.Tensor, mask_threshold: float
         run_rows(lambda r0, r1, cnt, ch: kernels.query_assign(src, sc, n, hh, ww, thr, foreground_of_weighted, *out,
                                                                r0, r1, cnt, ch), hh)
         return result
-    _native_chunks(prob, sc, thr, foreground_of_weighted, size, native_resize_mode(prob, size, channels), result)
+    _native_chunks(prob, sc, thr, foreground_of_weighted, size, mode, result)
     return result
 
 
