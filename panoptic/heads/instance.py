@@ -1,8 +1,9 @@
 """Mask R-CNN instance head composed from torchvision parts, exposing raw 28x28 mask **logits**.
 
 Parts: ``AnchorGenerator`` + ``RPNHead`` + ``RegionProposalNetwork`` on P2..P6; ``RoIHeads`` with
-``MultiScaleRoIAlign`` on P2..P5, ``TwoMLPHead`` + ``FastRCNNPredictor`` (class-specific boxes) and
-``MaskRCNNHeads`` + ``MaskRCNNPredictor`` (class-specific ``2 * mask_roi_size`` masks).
+``MultiScaleRoIAlign`` on P2..P5 (torchvision's output; the CPU gradient of :mod:`panoptic.heads.roi_align`),
+``TwoMLPHead`` + ``FastRCNNPredictor`` (class-specific boxes) and ``MaskRCNNHeads`` + ``MaskRCNNPredictor``
+(class-specific ``2 * mask_roi_size`` masks).
 
 Label convention: torchvision's detector classes are ``0 = background, 1..Nthing``; everything this
 module takes or returns uses the library's *thing index* ``0..Nthing-1`` (``detector class - 1``).
@@ -30,9 +31,9 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.ops import MultiScaleRoIAlign
 
 from ..structures import Instances
+from .roi_align import MultiScaleRoIAlign
 
 __all__ = [
     "InstanceHead",

@@ -34,10 +34,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import DeformConv2d, roi_align
+from torchvision.ops import DeformConv2d
 
 from ..constants import IGNORE_INDEX
 from ._deform import deform_conv2d_sampled
+from .roi_align import roi_align
 
 __all__ = [
     "SemanticHead",
