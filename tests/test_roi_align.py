@@ -66,9 +66,9 @@ def test_gradcheck_in_double() -> None:
     gen = torch.Generator().manual_seed(2)
     for t in range(12):
         x, rois, size, scale, sampling, aligned = _random_case(gen, t)
-        x = x.double().requires_grad_(True)
+        x, r = x.double().requires_grad_(True), rois.double()
         assert torch.autograd.gradcheck(
-            lambda inp, r=rois.double(), s=size, sc=scale, sr=sampling, al=aligned:
+            lambda inp, r=r, s=size, sc=scale, sr=sampling, al=aligned:
             _SeparableRoIAlign.apply(inp, r, s, sc, sr, al), (x,), eps=1e-6, atol=1e-5)
 
 

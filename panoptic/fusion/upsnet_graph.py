@@ -88,22 +88,21 @@ class UPSNetGraph(nn.Module):
         n = crop.shape[1]
         nst = self.num_stuff
         dev = sem.device
-        neg_inf = torch.full((), float("-inf"), device=dev)
-        zero = torch.zeros((), device=dev)
-        # Y_i: the semantic logit of instance i's class inside its crop box, 0 outside; Z_i = Y_i + M_i.
-        rows = torch.arange(h, device=dev)[None, None, :, None]
-        cols = torch.arange(w, device=dev)[None, None, None, :]
-        inside = ((rows >= crop[..., 0, None, None]) & (rows < crop[..., 1, None, None])
-                  & (cols >= crop[..., 2, None, None]) & (cols < crop[..., 3, None, None]))
+        # Y_i: the semantic logit of instance i's class inside its crop box, 0 outside; Z_i = Y_i + M_i. One
+        # (B, N, H, W) work tensor, filled in place (Y, then Z): with the masks that is the graph's whole memory
+        # at full size (8 images of 1024x2048 with 100 slots: 6.7 GB each).
         things = sem[:, nst:]
         idx = labels.clamp(0, max(c - nst - 1, 0))[:, :, None, None].expand(b, n, h, w)
-        y = torch.where(inside, torch.gather(things, 1, idx), zero)
-        z = y + masks
-        live = valid[:, :, None, None]
-        ival = torch.where(live, z, neg_inf).amax(1)
-        first = torch.where(live, z, neg_inf).argmax(1)  # first maximum: the earlier instance wins ties
+        y = torch.gather(things, 1, idx)
+        rows = torch.arange(h, device=dev)
+        cols = torch.arange(w, device=dev)
+        y.masked_fill_(((rows < crop[..., 0, None]) | (rows >= crop[..., 1, None]))[..., None], 0.0)
+        y.masked_fill_(((cols < crop[..., 2, None]) | (cols >= crop[..., 3, None]))[..., None, :], 0.0)
+        y.masked_fill_(~valid[:, :, None, None], float("-inf"))  # padding slots take part in no maximum
         any_valid = valid.any(1)[:, None, None]
-        ymax = torch.where(any_valid, torch.where(live, y, neg_inf).amax(1), zero)  # N = 0: max over crops is 0
+        ymax = torch.where(any_valid, y.amax(1), 0.0)  # N = 0: the max over crops is 0
+        z = y.add_(masks)
+        ival, first = z.max(1)  # the first maximum: the earlier instance wins ties
         unk = nst + n  # the unknown channel
         key = torch.where(any_valid, nst + first, unk)
         best = ival
