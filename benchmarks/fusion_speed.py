@@ -216,11 +216,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", choices=["auto", "torch", "native"], default="auto",
                    help="per-pixel passes of the fusions: auto (the C extension when built) or torch (the fallback "
                         "of an install without a C compiler)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (the tables above) or cuda / cuda:N: the batched table of benchmarks/fusion_device.py "
+                        "(per-image loop vs batched=True vs the graph alone, per image, with the host-sync check)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="run the batched table (fusion_device.py) with this batch size on --device (default 8)")
     p.add_argument("--family", choices=["instances", "queries", "centre"], default="instances",
                    help="instances: UPSNet / heuristic (above); queries: MaskFormerFusion against HF transformers' "
                         "post-processing (see query_speed); centre: CentreOffsetFusion against detectron2's "
                         "Panoptic-DeepLab post-processing (see centre_family)")
     args = p.parse_args(argv)
+    if args.batch is not None and args.batch < 1:
+        p.error("--batch must be >= 1")
+    if args.device != "cpu" or args.batch is not None:
+        from fusion_device import device_table  # this folder is on sys.path when the script runs
+
+        with ops.backend(args.backend):
+            res = device_table(args, make_inputs, machine_info(args.repeats or 0, os.getloadavg()))
+        if res is None:
+            return 2
+        write_json(args.json, res)
+        return 0
     if args.family == "queries":
         return query_speed(args)
     if args.family == "centre":

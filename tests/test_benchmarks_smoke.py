@@ -41,3 +41,18 @@ def test_pq_speed_quick_smoke(tmp_path: Path) -> None:
     assert data["max_abs_diff"] < 1e-12  # against panopticapi, or hotcoco, or our own files run
     for name in ("panopticapi", "hotcoco"):  # timed when installed, else skipped with a message
         assert data[f"{name}_s"] > 0 or f"{name} is not installed" in proc.stderr
+
+
+def test_fusion_speed_batched_table_smoke(tmp_path: Path) -> None:
+    """The table `--device cuda` prints on a GPU, run on the CPU (`--batch`): identical results, per-image times."""
+    out = tmp_path / "device.json"
+    script = SCRIPT.parent / "fusion_speed.py"
+    cmd = [sys.executable, str(script), "--device", "cpu", "--batch", "2", "--quick", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["device"] == "cpu" and data["batch"] == 2 and data["target_met"] is None
+    row = data["rows"]["20"]
+    assert row["loop_ms_per_image"] > 0 and row["batched_ms_per_image"] > 0 and row["graph_ms_per_image"] > 0
+    assert 0 < row["kept"] <= 20
+    assert "| 20 (" in proc.stdout

@@ -172,6 +172,24 @@ def test_exported_graph_holds_the_whole_per_pixel_path(exported) -> None:
     assert not aten_ops & {"nonzero", "item", "_local_scalar_dense", "masked_select", "index"}, aten_ops
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_batched_on_cuda_equals_the_loop_and_the_graph_never_syncs() -> None:
+    fusion, batched = UPSNetFusion(SYNTHETIC, stuff_area_limit=16), UPSNetFusion(SYNTHETIC, stuff_area_limit=16,
+                                                                                 batched=True)
+    for seed in range(10):
+        sem, inst = _random_batch(seed, max_side=40, max_n=12, table=SYNTHETIC)
+        sem, inst = sem.cuda(), [i.to("cuda") for i in inst]
+        _assert_same(fusion(sem, inst), batched(sem, inst))
+        packed = pack(batched, sem, inst)
+        graph = fusion_graph(batched)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # any host synchronisation inside the graph raises
+        try:
+            graph(*packed.args)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
 def test_export_refuses_other_fusions_with_a_clear_error() -> None:
     from panoptic.fusion import PanopticFusion
 
