@@ -1,4 +1,4 @@
-"""panoptic.heads.roi_align: torchvision's RoIAlign output, and its gradient from the separable form."""
+"""panoptic.heads._roi_align: torchvision's RoIAlign output, and its gradient from the separable form."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from panoptic.heads.roi_align import (
+from panoptic.heads._roi_align import (
     MultiScaleRoIAlign,
     _SeparableRoIAlign,
     axis_weights,

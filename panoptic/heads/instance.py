@@ -1,7 +1,7 @@
 """Mask R-CNN instance head composed from torchvision parts, exposing raw 28x28 mask **logits**.
 
 Parts: ``AnchorGenerator`` + ``RPNHead`` + ``RegionProposalNetwork`` on P2..P6; ``RoIHeads`` with
-``MultiScaleRoIAlign`` on P2..P5 (torchvision's output; the CPU gradient of :mod:`panoptic.heads.roi_align`),
+``MultiScaleRoIAlign`` on P2..P5 (torchvision's output; the CPU gradient of :mod:`panoptic.heads._roi_align`),
 ``TwoMLPHead`` + ``FastRCNNPredictor`` (class-specific boxes) and ``MaskRCNNHeads`` + ``MaskRCNNPredictor``
 (class-specific ``2 * mask_roi_size`` masks).
 
@@ -33,7 +33,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
 from ..structures import Instances
-from .roi_align import MultiScaleRoIAlign
+from ._roi_align import MultiScaleRoIAlign
 
 __all__ = [
     "InstanceHead",

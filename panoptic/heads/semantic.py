@@ -38,7 +38,7 @@ from torchvision.ops import DeformConv2d
 
 from ..constants import IGNORE_INDEX
 from ._deform import deform_conv2d_sampled
-from .roi_align import roi_align
+from ._roi_align import roi_align
 
 __all__ = [
     "SemanticHead",

@@ -31,7 +31,8 @@ from torchvision.ops import MultiScaleRoIAlign as _TorchvisionMultiScaleRoIAlign
 from torchvision.ops import roi_align as _tv_roi_align
 from torchvision.ops.poolers import LevelMapper
 
-__all__ = ["MultiScaleRoIAlign", "roi_align", "separable_pays"]
+# Machinery of the heads (the Mask R-CNN head and the semantic head's RoI loss use it), not API.
+__all__: list[str] = []
 
 # Break-even measured on 2 cores (torch 2.x, mkldnn matmul): torchvision's CPU backward costs about 19 ns per
 # sampling point of every output value; the separable form about (H * W / Q + W) multiply-adds per output value at
