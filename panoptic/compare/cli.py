@@ -25,8 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "schedule (UPSNet-CP reuses UPSNet's weights; cached checkpoints with the same config are reused), "
                     "evaluate them on the held-out split and write the main table (Table 7), the ablation (Table 6), "
                     "the run-time table (Table 5) as Markdown/CSV/JSON and a Figure-4-style PNG to --out.",
-        epilog="default (3 seeds): about 44 minutes on 2 quiet CPU cores, --seeds 1 about 15; --quick: a few minutes "
-               "(numbers not meaningful).")
+        epilog="default (3 seeds): about 1.5 hours on 2 CPU cores (97 minutes measured for the saved run), --seeds 1 "
+               "a third of that; --quick: a few minutes (numbers not meaningful).")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny data, 30 iterations, narrow networks")
     p.add_argument("--models", default=",".join(MODEL_IDS), metavar="LIST",
                    help="comma-separated subset of %(default)s")

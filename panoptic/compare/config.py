@@ -1,7 +1,7 @@
 """What ``panoptic compare`` runs: the models, the data, the training schedule and the evaluation, as one dataclass.
 
 Two presets: :meth:`CompareConfig.default` (the paper's comparison on the synthetic benchmark with 3 seeds, about
-15 minutes per seed on 2 quiet CPU cores) and :meth:`CompareConfig.quick` (a smoke run of about a minute, one
+30 minutes per seed on 2 CPU cores) and :meth:`CompareConfig.quick` (a smoke run of about a minute, one
 seed, used by CI and the tutorial). Everything else is an explicit field, so a run is reproducible from its saved
 ``config``.
 """
