@@ -21,6 +21,7 @@ On the CPU (``--device cpu --batch B``) the same table runs (the sync check does
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -37,8 +38,10 @@ TARGET_MS = 3.0
 
 
 def device_table(args: argparse.Namespace, make_inputs: Callable[..., tuple[torch.Tensor, Instances]],
-                 machine: dict[str, Any]) -> dict[str, Any] | None:
-    """Run the table; ``None`` (with a message) when the device is not usable here."""
+                 machine_info: Callable[[int, tuple[float, float, float]], dict[str, Any]]) -> dict[str, Any] | None:
+    """Run the table; ``None`` (with a message) when the device is not usable here. ``make_inputs`` and
+    ``machine_info`` are fusion_speed.py's scene builder and run record."""
+    load_start = os.getloadavg()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print(f"--device {args.device}: no CUDA device on this machine (torch {torch.__version__}, "
@@ -57,7 +60,8 @@ def device_table(args: argparse.Namespace, make_inputs: Callable[..., tuple[torc
     if device.type == "cuda" and not args.quick and batch == 8:
         target = last["batched_ms_per_image"] <= TARGET_MS and last["sync_free"] is True
     out = {"device": str(device), "device_name": _device_name(device), "batch": batch, "image": [h, w],
-           "repeats": repeats, "rows": rows, "target_met": target, "machine": machine}
+           "repeats": repeats, "rows": rows, "target_met": target,
+           "machine": machine_info(repeats, load_start)}
     _print(out)
     return out
 

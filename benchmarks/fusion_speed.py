@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         from fusion_device import device_table  # this folder is on sys.path when the script runs
 
         with ops.backend(args.backend):
-            res = device_table(args, make_inputs, machine_info(args.repeats or 0, os.getloadavg()))
+            res = device_table(args, make_inputs, machine_info)
         if res is None:
             return 2
         write_json(args.json, res)

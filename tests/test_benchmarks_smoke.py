@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "model_speed.py"
 
 
@@ -56,3 +59,14 @@ def test_fusion_speed_batched_table_smoke(tmp_path: Path) -> None:
     assert row["loop_ms_per_image"] > 0 and row["batched_ms_per_image"] > 0 and row["graph_ms_per_image"] > 0
     assert 0 < row["kept"] <= 20
     assert "| 20 (" in proc.stdout
+    assert data["machine"]["repeats"] == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_fusion_speed_cuda_without_a_gpu_says_so() -> None:
+    script = SCRIPT.parent / "fusion_speed.py"
+    proc = subprocess.run([sys.executable, str(script), "--device", "cuda"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "no CUDA device on this machine" in proc.stderr and "--device cpu" in proc.stderr
+    assert "Traceback" not in proc.stderr
