@@ -59,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,7 @@ import torch
 import torch.nn.functional as F
 
 from panoptic import CategoryTable, Instances, ops
+from panoptic._ops.threads import CHOSEN
 from panoptic.fusion import UPSNetFusion, box_regions, paste_masks
 from panoptic.fusion.pruning import prune_instances
 
@@ -314,6 +316,10 @@ def _run(args: argparse.Namespace) -> int:
         out[str(n)] = {f"{k}_ms": (round(statistics.median(v), 2) if v else None)
                        for k, v in times[n].items()}
         out[str(n)]["upsnet_kept"] = scenes[n].kept
+        # the floor is memory-bound and drifts with the host's other traffic: the median of each repetition's
+        # ratio (measured seconds apart) cancels a drift the ratio of the medians keeps
+        pairs = [u / f for u, f in zip(times[n]["upsnet"], times[n]["floor"], strict=True)]
+        out[str(n)]["upsnet_floor_paired"] = round(statistics.median(pairs), 3) if pairs else None
     out["machine"] = {
         "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "numpy": np.__version__, "python": platform.python_version(), "processor": platform.processor(),
@@ -336,13 +342,14 @@ def _run(args: argparse.Namespace) -> int:
           f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, load average {load_start[0]:.2f} at the start, "
           f"{os.getloadavg()[0]:.2f} at the end, {fusion_backend()} passes\n")
     print("| instances (kept by UPSNet) | upsnet | heuristic | panopticapi | dense | floor | upsnet / floor "
-          "| panopticapi / heuristic | dense / upsnet |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| paired | panopticapi / heuristic | dense / upsnet |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n in COUNTS:
         r = out[str(n)]
         u, hh, pa, d, f = (r[f"{k}_ms"] for k in IMPLS)
+        paired = "n/a" if r["upsnet_floor_paired"] is None else f"{r['upsnet_floor_paired']:.2f}x"
         print(f"| {n} ({r['upsnet_kept']}) | {fmt(u)} | {fmt(hh)} | {fmt(pa)} | {fmt(d)} | {fmt(f)} "
-              f"| {ratio(u, f)} | {ratio(pa, hh)} | {ratio(d, u)} |")
+              f"| {ratio(u, f)} | {paired} | {ratio(pa, hh)} | {ratio(d, u)} |")
     if not args.quick or args.load:
         sizes = SIZES[:1] if args.quick else SIZES
         out["sizes"] = thread_table(table, sizes, repeats, args.seed, args.load)
@@ -420,25 +427,37 @@ def busy_processes(k: int, seconds: float = LOAD_MAX_S) -> Iterator[None]:
             pr.wait(timeout=10)
 
 
-def _time_threads(calls: dict[str, Callable[[], Any]], default: int, repeats: int) -> dict[str, float]:
+def _time_threads(calls: dict[str, Callable[[], Any]], default: int, repeats: int) -> dict[str, Any]:
     """Median ms of every call with ``default`` and with 1 torch thread, interleaved, in alternating order (a call
-    right after another of the same work finds warmer caches and, under load, another share of the cores), and
+    right after another of the same work finds warmer caches and, under load, another share of the cores), each
+    timed call after an untimed one at the same setting,
     ``{name}_paired``: the median of the ratios of the two calls of each repetition, which cancels the drift of
-    the other processes' load between repetitions (the ratio of the medians does not)."""
+    the other processes' load between repetitions (the ratio of the medians does not), and
+    ``{name}_default_threads``: how many of the default calls ran with each thread count (the fusions' thread
+    rule, ``panoptic._ops.threads``), so that a ratio can be read as "the same code on as many threads" or not."""
     times: dict[str, list[float]] = {}
+    chosen: dict[str, Counter[int]] = {name: Counter() for name in calls}
     pair = (("1t", 1), ("default", default))
     for rep in range(repeats):
         for name, fn in calls.items():
             for label, n in (pair if rep % 2 == 0 else pair[::-1]):
+                # Switching the count right before a call costs that call a price no caller with a fixed thread
+                # count pays (10-15% of a 1024x2048 call beside 2 busy processes, measured 2026-12-07): one
+                # untimed call at the new setting first, then the timed one, as in a caller's loop.
                 torch.set_num_threads(n)
+                fn()
+                before = Counter(CHOSEN)
                 t0 = time.perf_counter()
                 fn()
                 times.setdefault(f"{name}_{label}_ms", []).append(1000 * (time.perf_counter() - t0))
+                if label == "default":
+                    chosen[name] += Counter(CHOSEN) - before
     torch.set_num_threads(default)
-    out = {k: round(statistics.median(v), 2) for k, v in times.items()}
+    out: dict[str, Any] = {k: round(statistics.median(v), 2) for k, v in times.items()}
     for name in calls:
         ratios = [d / o for d, o in zip(times[f"{name}_default_ms"], times[f"{name}_1t_ms"], strict=True)]
         out[f"{name}_paired"] = round(statistics.median(ratios), 3)
+        out[f"{name}_default_threads"] = {str(k): v for k, v in sorted(chosen[name].items())}
     return out
 
 
@@ -482,8 +501,8 @@ def print_thread_table(res: dict[str, Any]) -> None:
     print(f"\ndefault ({res['default_threads']} threads) vs 1 thread, median ms, {res['load_processes']} busy "
           "processes in the load phase\n")
     print("| size | phase | instances | upsnet 1t | upsnet default | ratio | paired | heuristic 1t | heuristic default "
-          "| ratio | paired |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| ratio | paired | default's threads (upsnet / heuristic) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size, entry in res.items():
         if not isinstance(entry, dict):
             continue
@@ -493,7 +512,13 @@ def print_thread_table(res: dict[str, Any]) -> None:
                 h1, hd = r[f"heuristic{n}_1t_ms"], r[f"heuristic{n}_default_ms"]
                 print(f"| {size} | {phase} (load {r['loadavg']}) | {n} | {u1:.1f} | {ud:.1f} | {ud / u1:.2f}x "
                       f"| {r[f'upsnet{n}_paired']:.2f}x | {h1:.1f} | {hd:.1f} | {hd / h1:.2f}x "
-                      f"| {r[f'heuristic{n}_paired']:.2f}x |")
+                      f"| {r[f'heuristic{n}_paired']:.2f}x "
+                      f"| {_threads(r, f'upsnet{n}')} / {_threads(r, f'heuristic{n}')} |")
+
+
+def _threads(r: dict[str, Any], name: str) -> str:
+    """``"1t x 12"``-style summary of the thread counts the default calls of ``name`` ran with."""
+    return ", ".join(f"{k}t x {v}" for k, v in r.get(f"{name}_default_threads", {}).items()) or "n/a"
 
 
 def family_threads(calls: dict[str, dict[str, Callable[[], Any]]], repeats: int, load: int) -> dict[str, Any]:
@@ -506,8 +531,8 @@ def family_threads(calls: dict[str, dict[str, Callable[[], Any]]], repeats: int,
             result[scene] = quiet_and_load(c, default, repeats, load)
     print(f"\ndefault ({default} threads) vs 1 thread, median ms of {repeats}, {load} busy processes in the load "
           "phase\n")
-    print("| scene | phase | call | 1 thread | default | default / 1 thread | paired |")
-    print("|---|---|---|---|---|---|---|")
+    print("| scene | phase | call | 1 thread | default | default / 1 thread | paired | default's threads |")
+    print("|---|---|---|---|---|---|---|---|")
     for scene, entry in result.items():
         if not isinstance(entry, dict):
             continue
@@ -515,7 +540,7 @@ def family_threads(calls: dict[str, dict[str, Callable[[], Any]]], repeats: int,
             for name in calls[scene]:
                 one, dflt = r[f"{name}_1t_ms"], r[f"{name}_default_ms"]
                 print(f"| {scene} | {phase} (load {r['loadavg']}) | {name} | {one:.1f} | {dflt:.1f} "
-                      f"| {dflt / one:.2f}x | {r[f'{name}_paired']:.2f}x |")
+                      f"| {dflt / one:.2f}x | {r[f'{name}_paired']:.2f}x | {_threads(r, name)} |")
     return result
 
 

@@ -3,6 +3,7 @@ large ones, the caller's count restored after, also with calls from several thre
 
 from __future__ import annotations
 
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -47,6 +48,16 @@ def test_small_images_run_on_one_thread_and_the_count_is_restored(two_threads):
 def test_large_images_use_the_free_cores_at_most_the_callers_count(two_threads, monkeypatch, free, expected):
     monkeypatch.setattr(ops_threads, "free_cores", lambda: free)
     assert _call(512, 1024) == ([expected], 2)
+
+
+@pytest.mark.parametrize(("free", "expected"), [(1, 1), (2, 2)])
+def test_the_chosen_count_is_recorded_once_per_call(two_threads, monkeypatch, free, expected):
+    # the benchmark reads CHOSEN to tell "the same code on as many threads" from a real difference
+    monkeypatch.setattr(ops_threads, "free_cores", lambda: free)
+    before = ops_threads.CHOSEN.copy()
+    _call(512, 1024)  # one outer call; the per-image step inside does not count again
+    _call(64, 128)
+    assert ops_threads.CHOSEN - before == Counter({expected: 1}) + Counter({1: 1})
 
 
 def test_concurrent_calls_restore_the_callers_count(two_threads):

@@ -14,6 +14,7 @@ import math
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -28,6 +29,10 @@ PARALLEL_PIXELS = 1 << 19
 
 #: Counters younger than this are not re-read: the previous estimate stands.
 _MIN_INTERVAL_S = 0.05
+
+#: How many fusion calls ran with each thread count (outermost calls on the CPU), for the benchmarks: a reader
+#: snapshots it around a call to see what the rule chose.
+CHOSEN: Counter[int] = Counter()
 
 _LOCK = threading.Lock()
 _state: dict[str, float | int | None] = {"depth": 0, "before": None, "t": None, "busy": None, "total": None,
@@ -104,6 +109,8 @@ def fusion_threads(pixels: int, device: torch.device) -> Iterator[int]:
                 n = before if free is None else min(before, free)
             if n != before:
                 torch.set_num_threads(n)
+            with _LOCK:
+                CHOSEN[n] += 1
         yield torch.get_num_threads()
     finally:
         with _LOCK:
