@@ -25,8 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "schedule (UPSNet-CP reuses UPSNet's weights; cached checkpoints with the same config are reused), "
                     "evaluate them on the held-out split and write the main table (Table 7), the ablation (Table 6), "
                     "the run-time table (Table 5) as Markdown/CSV/JSON and a Figure-4-style PNG to --out.",
-        epilog="default (3 seeds): about 1.5 hours on 2 CPU cores (97 minutes measured for the saved run), --seeds 1 "
-               "a third of that; --quick: a few minutes (numbers not meaningful).")
+        epilog="default (3 seeds): under 45 minutes on 2 CPU cores with bfloat16 hardware (Intel AMX: training in "
+               "bfloat16 autocast), about 1.5 hours on 2 cores without (float32); --seeds 1 a third of that; --quick: "
+               "a minute (numbers not meaningful).")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny data, 30 iterations, narrow networks")
     p.add_argument("--models", default=",".join(MODEL_IDS), metavar="LIST",
                    help="comma-separated subset of %(default)s")
@@ -62,6 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_threads_argument(r)
     r.add_argument("--jobs", type=int, metavar="N", help="trainings at once on the CPU, each with threads/N threads "
                    "(default 1; 2 on 2 cores trains about 1.6x faster, other weights than 1 job)")
+    amp = r.add_mutually_exclusive_group()
+    amp.add_argument("--cpu-amp", dest="cpu_amp", action="store_true", default=None,
+                     help="train with bfloat16 autocast on the CPU (default: where the CPU has AMX or AVX512-BF16, "
+                          "about 2x faster there)")
+    amp.add_argument("--no-cpu-amp", dest="cpu_amp", action="store_false", help="train in float32 on every CPU")
     r.add_argument("--eval-images", type=int, metavar="N", help="evaluate on the first N held-out images")
     r.add_argument("--out", metavar="DIR", help="output folder (default panoptic-compare)")
     r.add_argument("--cache", metavar="DIR", help="checkpoint cache (default $PANOPTIC_CACHE/compare)")
@@ -84,6 +90,7 @@ def _config(args: argparse.Namespace) -> Any:
                                               ("lr", args.lr), ("seed", args.seed), ("seeds", args.seeds),
                                               ("device", args.device),
                                               ("threads", args.threads), ("jobs", args.jobs),
+                                              ("cpu_amp", args.cpu_amp),
                                               ("eval_images", args.eval_images),
                                               ("out_dir", args.out), ("cache_dir", args.cache)) if v is not None}
     if args.pretrained:

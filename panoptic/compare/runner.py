@@ -17,6 +17,7 @@ import torch
 from ..atomic import AtomicFiles
 from ..data import PanopticDataError
 from ..data.writer import encode_png
+from ..engine._precision import autocast_dtype
 from ..engine.checkpoint import CheckpointError, load_checkpoint
 from ..engine.config import TrainConfig
 from ..engine.data import build_datasets, synthetic_benchmark
@@ -151,7 +152,7 @@ def _run(config: CompareConfig, log: Callable[[str], None], t_start: float) -> C
     device = resolve_device(config.device)
     names = ", ".join(DISPLAY_NAMES[m] for m in config.models)
     log(f"panoptic compare: {names} on {device} (preset {config.preset}, {config.iterations} iterations x "
-        f"{config.batch_size} images)")
+        f"{config.batch_size} images, trained in {_training_precision(config, device)})")
 
     train_set, val_set = _data(config, log)  # 1. data
     table = train_set.table
@@ -339,8 +340,15 @@ def _results(config: CompareConfig, rows: list[Row], runs: list[SeedRun], device
                      for net in runs[0].trained},
         "num_images": n_eval,
         "machine": machine_info(device),
+        "training_precision": _training_precision(config, device),
         "config": config.to_dict(),
     }
+
+
+def _training_precision(config: CompareConfig, device: torch.device) -> str:
+    """How the networks were trained: ``"float32"``, ``"bfloat16 autocast"`` (CPU) or ``"float16 autocast"`` (CUDA)."""
+    dtype = autocast_dtype(device, config.train_config("upsnet", "").amp, config.training_cpu_amp)
+    return "float32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
 
 
 def _spread(per_seed: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, float]]:
@@ -402,7 +410,8 @@ def _write_outputs(results: dict[str, Any], rows: list[Row], evals: dict[str, Ne
         m = results["machine"]
         lines = [f"# panoptic compare ({results['num_images']} held-out images)", "",
                  f"Measured on {m['processor']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, "
-                 f"device {m.get('gpu', m['device'])}, torch {m['torch']}; total wall time {results['wall_s']:.0f} s.",
+                 f"device {m.get('gpu', m['device'])}, torch {m['torch']}, trained in "
+                 f"{results.get('training_precision', 'float32')}; total wall time {results['wall_s']:.0f} s.",
                  "", *sections]
         if results["claims"]:
             b = results["bootstrap"]

@@ -104,6 +104,8 @@ def _add_run_flags(r: argparse._ArgumentGroup) -> None:
     r.add_argument("--seed", type=int, metavar="N")
     r.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     r.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    r.add_argument("--cpu-amp", action="store_true", help="bfloat16 mixed precision on the CPU: about 2x faster "
+                   "where the CPU has AMX or AVX512-BF16, slower elsewhere")
     r.add_argument("--eval-every", type=int, metavar="N")
     r.add_argument("--checkpoint-every", type=int, metavar="N")
     r.add_argument("--log-every", type=int, metavar="N")
@@ -167,7 +169,7 @@ def build_config(args: argparse.Namespace) -> Any:
         over["optim.clip_grad_norm"] = args.clip_grad or None
     if args.progress is not None:
         over["progress"] = args.progress
-    switches = (("no_amp", "amp", False),
+    switches = (("no_amp", "amp", False), ("cpu_amp", "cpu_amp", True),
                 ("no_tensorboard", "tensorboard", False), ("debug_rank_digest", "debug_rank_digest", True),
                 ("pretrained", "pretrained", True))
     for flag, key, value in switches:

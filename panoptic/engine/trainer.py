@@ -20,6 +20,7 @@ import re
 import sys
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from ..errors import Interrupted
 from ..models import TrainableModel
 from ._interrupt import StopRequest
 from ._optim import build_optimizer, build_scheduler
+from ._precision import autocast_dtype
 from ._rng import capture_rng_state, restore_rng_state
 from ._table_check import check_table
 from .checkpoint import CheckpointError, build_named_model, load_state, read_checkpoint, save_checkpoint
@@ -173,7 +175,8 @@ class Trainer:
         self.parts = model_parts(self.model)
         self.optimizers = {k: build_optimizer(p, cfg.optim) for k, p in self.parts.items()}
         self.schedulers = {k: build_scheduler(o, cfg.optim) for k, o in self.optimizers.items()}
-        self.amp = cfg.amp and info.device.type == "cuda"
+        self.amp = cfg.amp and info.device.type == "cuda"  # float16: needs gradient scaling
+        self.autocast = autocast_dtype(info.device, cfg.amp, cfg.cpu_amp)
         self.scalers = {k: torch.amp.GradScaler("cuda", enabled=self.amp) for k in self.parts}
         workers = cfg.data.num_workers
         self.num_workers = workers if workers is not None else (min(4, os.cpu_count() or 1)
@@ -251,7 +254,7 @@ class Trainer:
         clip = self.config.optim.clip_grad_norm
         for name, part in parts.items():
             opt, scaler = self.optimizers[name], self.scalers[name]
-            with torch.autocast(dev.type, dtype=torch.float16, enabled=self.amp):
+            with (torch.autocast(dev.type, dtype=self.autocast) if self.autocast is not None else nullcontext()):
                 losses = part(x, targets)
             total = sum(losses.values())
             opt.zero_grad(set_to_none=True)
