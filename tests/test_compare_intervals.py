@@ -171,9 +171,9 @@ def test_saved_run_reproduces_its_tables_claims_and_the_documented_held_out_size
              "UPSNet beats UPSNet-C (PQ)": ("upsnet", "upsnet_c"),
              "unknown prediction improves PQ": ("ablation/+ unknown", "ablation/+ ICA")}
     # docs/tutorials/compare.md: gap, width, seeds alone, width with 800 / 1600 / 3200 images
-    documented = {"upsnet_mrcnn_psp": (0.36, 0.64, 0.30, 0.51, 0.42, 0.38),
-                  "upsnet_upsnet_c": (0.17, 0.84, 0.63, 0.73, 0.72, 0.63),
-                  "ablation/+ unknown_ablation/+ ICA": (4.52, 0.76, 0.23, 0.56, 0.42, 0.33)}
+    documented = {"upsnet_mrcnn_psp": (0.63, 0.91, 0.77, 0.80, 0.76, 0.73),
+                  "upsnet_upsnet_c": (0.61, 0.93, 0.79, 0.82, 0.79, 0.76),
+                  "ablation/+ unknown_ablation/+ ICA": (4.49, 0.78, 0.42, 0.60, 0.52, 0.44)}
     for claim in saved["claims"]:
         a, b = (stats[k] for k in pairs[claim["claim"]])
         iv = paired_bootstrap(a, b)
