@@ -70,3 +70,20 @@ def test_fusion_speed_cuda_without_a_gpu_says_so() -> None:
     assert proc.returncode == 2
     assert "no CUDA device on this machine" in proc.stderr and "--device cpu" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_training_precision_smoke(tmp_path: Path) -> None:
+    """benchmarks/training_precision.py times float32 and bfloat16 steps of a compare network and writes its JSON."""
+    out = tmp_path / "precision.json"
+    script = SCRIPT.parent / "training_precision.py"
+    cmd = [sys.executable, str(script), "--steps", "1", "--networks", "upsnet_c", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    from panoptic.engine._precision import cpu_bf16_native
+
+    assert data["cpu_bf16_native"] == cpu_bf16_native()
+    row = data["networks"]["upsnet_c"]
+    assert row["float32_s"] > 0 and row["bfloat16_s"] > 0
+    assert row["ratio"] == pytest.approx(row["bfloat16_s"] / row["float32_s"])
+    assert "| upsnet_c |" in proc.stdout

@@ -62,11 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     add_threads_argument(r)
     r.add_argument("--jobs", type=int, metavar="N", help="trainings at once on the CPU, each with threads/N threads "
-                   "(default 1; 2 on 2 cores trains about 1.6x faster, other weights than 1 job)")
+                   "(default 1; on 2 cores 2 train small networks up to 1.6x faster, the default run no faster; "
+                   "other weights than 1 job)")
     amp = r.add_mutually_exclusive_group()
     amp.add_argument("--cpu-amp", dest="cpu_amp", action="store_true", default=None,
                      help="train with bfloat16 autocast on the CPU (default: where the CPU has AMX or AVX512-BF16, "
-                          "about 2x faster there)")
+                          "1.3-2x faster steps there)")
     amp.add_argument("--no-cpu-amp", dest="cpu_amp", action="store_false", help="train in float32 on every CPU")
     r.add_argument("--eval-images", type=int, metavar="N", help="evaluate on the first N held-out images")
     r.add_argument("--out", metavar="DIR", help="output folder (default panoptic-compare)")

@@ -75,11 +75,12 @@ class CompareConfig:
         threads: CPU threads (``torch.set_num_threads``) for training and timing; ``None``: torch's default.
         cpu_amp: Train on the CPU with bfloat16 autocast (:attr:`TrainConfig.cpu_amp
             <panoptic.engine.config.TrainConfig.cpu_amp>`); ``None``: where the CPU computes bfloat16 in hardware
-            (Intel AMX or AVX512-BF16), where it halves the training time. Part of each checkpoint's cache key;
-            the run records the value used. Evaluation always runs in float32.
+            (Intel AMX or AVX512-BF16), where it makes the training steps 1.3-2x faster. Part of each
+            checkpoint's cache key; the run records the value used. Evaluation always runs in float32.
         jobs: Trainings run at once (CPU only), each in its own process with ``threads // jobs`` threads (at least
-            one). Small networks use a second core poorly: on 2 cores two 1-thread trainings run 1.6x the
-            iterations per second of one 2-thread training. The thread count is part of a checkpoint's cache key,
+            one). Small networks use a second core poorly: on 2 cores two 1-thread trainings of the small networks
+            ran 1.4-1.6x the iterations per second of one 2-thread training, but the default run's MR-CNN-PSP keeps
+            both cores busy and was no faster with 2 jobs. The thread count is part of a checkpoint's cache key,
             so ``jobs=2`` trains (and caches) other weights than ``jobs=1``. Default 1.
         eval_images: Evaluate on the first this many validation images; ``None``: all.
         timing_warmup: Images run before timing starts (not counted).

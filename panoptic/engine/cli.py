@@ -104,8 +104,8 @@ def _add_run_flags(r: argparse._ArgumentGroup) -> None:
     r.add_argument("--seed", type=int, metavar="N")
     r.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     r.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    r.add_argument("--cpu-amp", action="store_true", help="bfloat16 mixed precision on the CPU: about 2x faster "
-                   "where the CPU has AMX or AVX512-BF16, slower elsewhere")
+    r.add_argument("--cpu-amp", action="store_true", help="bfloat16 mixed precision on the CPU: 1.3-2x faster "
+                   "steps where the CPU has AMX or AVX512-BF16, slower elsewhere")
     r.add_argument("--eval-every", type=int, metavar="N")
     r.add_argument("--checkpoint-every", type=int, metavar="N")
     r.add_argument("--log-every", type=int, metavar="N")

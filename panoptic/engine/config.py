@@ -180,10 +180,10 @@ class TrainConfig:
         seed: Seeds model initialization, data order, augmentation and the training RNGs.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         amp: Mixed precision (float16 autocast + gradient scaling); only takes effect on CUDA.
-        cpu_amp: bfloat16 autocast on the CPU (no gradient scaling: bfloat16 keeps float32's range). About 2x
+        cpu_amp: bfloat16 autocast on the CPU (no gradient scaling: bfloat16 keeps float32's range). 1.3-2x
             faster training steps where the CPU computes bfloat16 in hardware (Intel AMX or AVX512-BF16),
             slower elsewhere; the weights differ from float32 training in their last bits and beyond. Off by
-            default, so a run gives the same numbers on every CPU.
+            default, so what a run computes does not depend on whether the CPU has that hardware.
         out_dir: Run folder: ``config.json``, ``metrics.jsonl``, checkpoints, TensorBoard events.
         log_every: Log the losses every this many iterations (and at the last one).
         eval_every: Evaluate every this many iterations; 0: only at the end.
