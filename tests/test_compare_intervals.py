@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from panoptic.compare.intervals import (
     BootstrapConfig,
+    HeldOutSize,
     held_out_size,
     metric_stats,
     paired_bootstrap,
@@ -147,13 +148,35 @@ def test_held_out_size_says_when_only_more_seeds_help():
     b[..., 3] -= 0.002  # a gap of 0.2 PQ on top
     size = held_out_size(a, b)
     assert size.gap < size.seeds_only and size.estimate is None
-    assert "no held-out size makes it narrower than the gap; more seeds are needed" in size.describe()
+    assert "no held-out size makes it narrower than the gap; " in size.describe()
+    more = size.seeds_estimate
+    if more is None:
+        assert size.describe().endswith("more seeds are needed")
+    else:
+        assert more > size.seeds and size.describe().endswith(f"about {more} seeds would (estimate)")
     # a clear gap: the images at hand are enough
     a, b = _two_models(0.05)
     assert held_out_size(a, b).describe().endswith("narrower than the gap")
     # identical rows: gap 0, nothing to resolve
     same = held_out_size(a, a.copy())
     assert same.gap == 0.0 and same.width == 0.0 and same.estimate is None
+
+
+def test_seeds_estimate_by_hand():
+    # width 1.0, seeds alone 0.8 with 3 seeds: the images' share is 1.0 - 0.64 = 0.36 (squared widths). A gap of
+    # 0.7 leaves 0.49 - 0.36 = 0.13 for the seeds: 3 * 0.64 / 0.13 = 14.8, so 15 seeds.
+    size = HeldOutSize(gap=0.7, width=1.0, images=400, seeds_only=0.8, widths={400: 1.0}, needed=None, seeds=3)
+    assert size.estimate is None and size.seeds_estimate == 15
+    assert size.describe().endswith("no held-out size makes it narrower than the gap; about 15 seeds would (estimate)")
+    assert size.as_dict()["seeds_estimate"] == 15
+    # a gap of 0.6 or 0.5: the images' share alone (0.6 wide) fills it, so seeds alone cannot do it
+    assert HeldOutSize(0.6, 1.0, 400, 0.8, {400: 1.0}, None, 3).seeds_estimate is None
+    assert HeldOutSize(0.5, 1.0, 400, 0.8, {400: 1.0}, None, 3).seeds_estimate is None
+    # already narrower than the gap, or one seed: no estimate
+    assert HeldOutSize(1.2, 1.0, 400, 0.8, {400: 1.0}, 400, 3).seeds_estimate is None
+    assert HeldOutSize(0.7, 1.0, 400, 0.0, {400: 1.0}, None, 1).seeds_estimate is None
+    # a width equal to the gap: the law gives the seeds at hand (3 * 0.25 / 0.25), and one more is asked for
+    assert HeldOutSize(1.0, 1.0, 400, 0.5, {400: 1.0}, None, 3).seeds_estimate == 4
 
 
 def test_saved_run_reproduces_its_tables_claims_and_the_documented_held_out_sizes():

@@ -10,7 +10,7 @@ the held-out split and writes, under the output folder:
   "gt_ica", "gt_seg", "PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st", "changed_px",
   "unknown_px", "dropped", "std", "per_seed_PQ"}], "runtime": [...], "claims": [{"claim", "a", "b", "pq_diff",
   "lo", "hi", "level", "images", "seeds", "holds", "text", "held_out": {"gap", "width", "seeds_only", "widths":
-  {images: width}, "needed", "estimate", "text"}}], "checks": {claim: bool}, "seeds": [...],
+  {images: width}, "needed", "estimate", "seeds_estimate", "text"}}], "checks": {claim: bool}, "seeds": [...],
   "bootstrap": {...}, "training": {network: [one entry per seed]}, "num_images", "machine": {...}, "config":
   {...}, "wall_s"}`` (metrics are seed means; percentages, milliseconds, seconds; ``null`` for a metric that
   does not apply);

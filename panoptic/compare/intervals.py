@@ -178,11 +178,24 @@ class HeldOutSize:
         image_part = max(self.width ** 2 - self.seeds_only ** 2, 0.0)
         return max(1, math.ceil(self.images * image_part / (self.gap ** 2 - self.seeds_only ** 2)))
 
+    @property
+    def seeds_estimate(self) -> int | None:
+        """Seeds for a width below the gap with the images at hand, by the ``1 / sqrt(S)`` law of the seeds'
+        share: ``width(S')**2 = (width**2 - seeds_only**2) + seeds_only**2 * S / S'``. ``None`` when the interval
+        is already narrower than the gap, with one seed (the seeds' share is not measured), or when the images'
+        share alone is at least as wide as the gap (then more images are needed as well)."""
+        if self.width < self.gap or self.seeds < 2:
+            return None
+        room = self.gap ** 2 - max(self.width ** 2 - self.seeds_only ** 2, 0.0)
+        if room <= 1e-9:  # (squared PQ points) no room, up to rounding: the images' share fills the gap
+            return None
+        return max(self.seeds + 1, math.ceil(self.seeds * self.seeds_only ** 2 / room))
+
     def as_dict(self) -> dict[str, Any]:
         """The claim's ``held_out`` entry of ``results.json`` (widths keyed by image count as strings)."""
         return {"gap": self.gap, "width": self.width, "seeds_only": self.seeds_only,
                 "widths": {str(m): w for m, w in self.widths.items()}, "needed": self.needed,
-                "estimate": self.estimate, "text": self.describe()}
+                "estimate": self.estimate, "seeds_estimate": self.seeds_estimate, "text": self.describe()}
 
     def describe(self) -> str:
         """One sentence: how wide, why, and how many images would make it narrower than the gap."""
@@ -195,7 +208,9 @@ class HeldOutSize:
             return f"{head}: the rows do not differ, so no held-out size resolves a gap"
         estimate = self.estimate
         if estimate is None:
-            return f"{head}: no held-out size makes it narrower than the gap; more seeds are needed"
+            more = self.seeds_estimate
+            seeds = f"about {more} seeds would (estimate)" if more is not None else "more seeds are needed"
+            return f"{head}: no held-out size makes it narrower than the gap; {seeds}"
         if estimate > 100 * self.images:
             return f"{head}: a gap this small needs more than 100 times these images"
         tried = max(self.widths)
