@@ -2,8 +2,9 @@
 
 bfloat16 keeps float32's exponent range, so the CPU path needs no gradient scaling. It pays off only where the CPU
 computes bfloat16 in hardware (Intel AMX or AVX512-BF16, through oneDNN): there a ``cpu_small`` training step of
-``panoptic compare`` took 0.53x (UPSNet), 0.56x (UPSNet-C) and 0.49x (MR-CNN-PSP) of its float32 time
-(docs/benchmarks.md); elsewhere bfloat16 is emulated and slower than float32.
+``panoptic compare`` took 0.49-0.76x of its float32 time, depending on the network and on the moment (the float32
+speed of a shared host moves; docs/benchmarks.md, ``benchmarks/training_precision.py``); elsewhere bfloat16 is
+emulated and slower than float32.
 """
 
 from __future__ import annotations

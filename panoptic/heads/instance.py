@@ -124,7 +124,7 @@ class InstanceHeadConfig:
 
         RPN 300/150 proposals (train) and 150/50 (test), 128 anchors and 64 RoIs sampled per image, a 256-d
         box head, a 2-conv 128-d mask head, 30 detections, anchors 16..256 for small objects. Even so the mask
-        head is about 40% of a ``upsnet_cpu_small`` training step's convolution time at 128 px (its 2 convs and the
+        head is about half of a ``upsnet_cpu_small`` training step's convolution time at 128 px (its 2 convs and the
         transposed conv run on up to 64 positive RoIs of 14x14; see ``docs/benchmarks.md``).
         """
         base = cls(anchor_sizes=(16, 32, 64, 128, 256), rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150,
