@@ -55,6 +55,19 @@ def _conv_dtypes(tmp_path, cache, cpu_amp: bool) -> set[torch.dtype]:
     return seen
 
 
+def test_cpu_amp_without_bfloat16_hardware_says_it_is_emulated(tmp_path, cache, monkeypatch, capsys):
+    import panoptic.engine.trainer as trainer_module
+
+    for native in (False, True):
+        monkeypatch.setattr(trainer_module, "cpu_bf16_native", lambda native=native: native)
+        Trainer(tiny_config(tmp_path / str(native), cache, cpu_amp=True), init_distributed("cpu"))
+        err = capsys.readouterr().err
+        assert ("no bfloat16 hardware" in err and "slower than float32" in err) is not native, err
+    monkeypatch.setattr(trainer_module, "cpu_bf16_native", lambda: False)
+    Trainer(tiny_config(tmp_path / "off", cache, cpu_amp=False), init_distributed("cpu"))  # float32: nothing to say
+    assert "bfloat16" not in capsys.readouterr().err
+
+
 def test_the_step_runs_its_convolutions_in_bfloat16_only_when_asked(tmp_path, cache):
     assert _conv_dtypes(tmp_path / "a", cache, cpu_amp=True) == {torch.bfloat16}
     assert _conv_dtypes(tmp_path / "b", cache, cpu_amp=False) == {torch.float32}

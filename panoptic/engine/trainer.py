@@ -35,7 +35,7 @@ from ..errors import Interrupted
 from ..models import TrainableModel
 from ._interrupt import StopRequest
 from ._optim import build_optimizer, build_scheduler
-from ._precision import autocast_dtype
+from ._precision import autocast_dtype, cpu_bf16_native
 from ._rng import capture_rng_state, restore_rng_state
 from ._table_check import check_table
 from .checkpoint import CheckpointError, build_named_model, load_state, read_checkpoint, save_checkpoint
@@ -177,6 +177,10 @@ class Trainer:
         self.schedulers = {k: build_scheduler(o, cfg.optim) for k, o in self.optimizers.items()}
         self.amp = cfg.amp and info.device.type == "cuda"  # float16: needs gradient scaling
         self.autocast = autocast_dtype(info.device, cfg.amp, cfg.cpu_amp)
+        if self.autocast == torch.bfloat16 and info.is_main and not cpu_bf16_native():
+            print("cpu_amp: this CPU has no bfloat16 hardware (AMX or AVX512-BF16), so bfloat16 autocast is emulated "
+                  "and slower than float32; leave --cpu-amp (TrainConfig.cpu_amp) off unless you want its numerics",
+                  file=sys.stderr)
         self.scalers = {k: torch.amp.GradScaler("cuda", enabled=self.amp) for k in self.parts}
         workers = cfg.data.num_workers
         self.num_workers = workers if workers is not None else (min(4, os.cpu_count() or 1)
