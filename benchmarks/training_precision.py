@@ -12,6 +12,7 @@ AMX or AVX512-BF16 through oneDNN). Where it does not, bfloat16 is emulated and 
 Usage::
 
     python benchmarks/training_precision.py                  # about 1 minute on 2 cores
+    python benchmarks/training_precision.py --quick          # UPSNet-C, 2 timed steps: a smoke run
     python benchmarks/training_precision.py --steps 12 --json precision.json
 """
 
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from panoptic.atomic import atomic_write_text
 from panoptic.compare import CompareConfig
 from panoptic.engine._precision import cpu_bf16_native
 from panoptic.engine.data import train_loader
@@ -48,8 +50,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=8, help="timed steps per precision and network (after 1 warm-up)")
     ap.add_argument("--networks", default=",".join(NETWORKS), help="comma-separated subset of %(default)s")
+    ap.add_argument("--quick", action="store_true", help="smoke run: upsnet_c only, 2 timed steps")
     ap.add_argument("--json", type=Path, help="write the numbers here")
     args = ap.parse_args()
+    networks = ["upsnet_c"] if args.quick else args.networks.split(",")
+    steps = 2 if args.quick else args.steps
+    unknown = sorted(set(networks) - set(NETWORKS))
+    if unknown or steps < 1:
+        ap.error(f"--networks takes names from {','.join(NETWORKS)} (got {','.join(unknown)})" if unknown
+                 else "--steps must be at least 1")
 
     out: dict = {"cpu_bf16_native": cpu_bf16_native(), "threads": torch.get_num_threads(),
                  "cpu_count": os.cpu_count(), "torch": torch.__version__, "networks": {}}
@@ -57,13 +66,13 @@ def main() -> None:
     print("| network | float32 s/step | bfloat16 s/step | bfloat16 / float32 |")
     print("|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
-        for network in args.networks.split(","):
+        for network in networks:
             trainers = {amp: _trainer(network, amp, tmp) for amp in (False, True)}
             first = trainers[False]
-            loader = iter(train_loader(first.train_set, first.config.batch_size, 0, first.info, 0, 4, 0))
-            batches = list(loader)
+            batches = list(train_loader(first.train_set, first.config.batch_size, seed=0, info=first.info, start=0,
+                                        end=4, num_workers=0))
             times: dict[bool, list[float]] = {False: [], True: []}
-            for i in range(args.steps + 1):
+            for i in range(steps + 1):
                 for amp, tr in trainers.items():
                     images, targets = batches[i % len(batches)]
                     t0 = time.perf_counter()
@@ -75,7 +84,7 @@ def main() -> None:
                                         "float32_all_s": times[False], "bfloat16_all_s": times[True]}
             print(f"| {network} | {f32:.3f} | {bf16:.3f} | {bf16 / f32:.2f} |")
     if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(out, indent=2) + "\n")  # no partial file
 
 
 if __name__ == "__main__":

@@ -87,3 +87,7 @@ def test_training_precision_smoke(tmp_path: Path) -> None:
     assert row["float32_s"] > 0 and row["bfloat16_s"] > 0
     assert row["ratio"] == pytest.approx(row["bfloat16_s"] / row["float32_s"])
     assert "| upsnet_c |" in proc.stdout
+    bad = subprocess.run([sys.executable, str(script), "--networks", "upsnet,maskformer"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2
+    assert "--networks takes names from upsnet,upsnet_c,mrcnn_psp (got maskformer)" in bad.stderr
