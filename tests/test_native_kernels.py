@@ -84,6 +84,37 @@ def test_upsnet_native_equals_torch(case):
     assert torch.equal(a.score.nan_to_num(-1), b.score.nan_to_num(-1))
 
 
+@settings(max_examples=60, deadline=None)
+@given(case=upsnet_cases(), big=st.booleans())
+def test_upsnet_keys_count_their_keys_in_the_pass(case, big):
+    from panoptic.fusion.pruning import local_mask_logits
+
+    fusion, sem, inst = case
+    if big:  # several blocks and row chunks, two threads sharing the count table
+        sem = sem.repeat(1, 40, 60)
+        inst = Instances(inst.boxes * 50, inst.scores, inst.labels, inst.mask_logits)
+    size = (int(sem.shape[1]), int(sem.shape[2]))
+    local = local_mask_logits(inst, size)
+    for backend in ("native", "torch"):
+        for pairs in (False, True):
+            with ops.backend(backend):
+                keys, counts, _, _ = fusion._keys(sem, inst, local, pairs and len(inst) > 0, True, False)
+            q = counts.numel()
+            assert torch.equal(counts, torch.bincount(keys.reshape(-1).long(), minlength=q))
+            assert q == fusion.table.num_stuff + len(inst) * (fusion.table.num_stuff + 1 if pairs and len(inst) else 1) + 1
+
+
+def test_upsnet_keys_reject_a_counts_table_of_the_wrong_size():
+    from panoptic._ops import upsnet_keys
+
+    sem, out = torch.randn(3, 4, 5), torch.empty(4, 5, dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"counts must be a \(3,\) int64"):  # 2 stuff keys and unknown
+        upsnet_keys(sem, [], [], [], [], 2, False, True, out, counts=torch.zeros(4, dtype=torch.int64))
+    counts = torch.full((3,), 99, dtype=torch.int64)  # overwritten, not added to
+    upsnet_keys(sem, [], [], [], [], 2, False, True, out, counts=counts)
+    assert torch.equal(counts, torch.bincount(out.reshape(-1).long(), minlength=3)) and int(counts.sum()) == 20
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_upsnet_torch_path_in_several_row_bands_equals_native_and_dense(seed):
     from panoptic._ops.rows import row_bands
@@ -125,7 +156,7 @@ def test_upsnet_native_path_is_taken_by_two_threads_sharing_a_row_counter(monkey
                 return fn
 
             def wrapped(*args):
-                calls.append((name, args[6], args[7], args[-2], args[-1]))  # rows, counter, chunk
+                calls.append((name, args[6], args[7], args[-3], args[-2], args[-1]))  # rows, counter, chunk, counts
                 return fn(*args)
             return wrapped
 
@@ -135,6 +166,8 @@ def test_upsnet_native_path_is_taken_by_two_threads_sharing_a_row_counter(monkey
     assert [c[:3] for c in calls] == [("upsnet_keys", 0, 64)] * 2
     counter, chunk = calls[0][3], calls[0][4]
     assert calls[1][3] is counter and chunk >= 4 and int(counter[0]) >= 64  # every chunk was taken
+    counts = calls[0][5]
+    assert calls[1][5] is counts and int(counts.sum()) == 64 * 16  # both threads added their pixels to one table
     monkeypatch.setattr(switch, "_built", real)
     with ops.backend("torch"):
         ref = UPSNetFusion(table)(sem[None], [inst])[0]

@@ -7,6 +7,7 @@ import torch
 
 from ..fusion.base import FiniteCheck, scratch
 from .argmax import first_argmax, sample_grid
+from .keys import count_keys
 from .rows import as_native, row_bands, run_rows
 from .switch import native_kernels
 
@@ -18,7 +19,8 @@ Region = tuple[int, int, int, int]
 @torch.no_grad()
 def upsnet_keys(sem: torch.Tensor, crop: list[Region], paste: list[Region], masks: list[torch.Tensor],
                 channels: list[int], num_stuff: int, pairs: bool, unknown: bool, out: torch.Tensor,
-                samples: torch.Tensor | None = None, stride: int = 1, finite: FiniteCheck | None = None) -> None:
+                samples: torch.Tensor | None = None, stride: int = 1, finite: FiniteCheck | None = None,
+                counts: torch.Tensor | None = None) -> None:
     """Write the key of the first maximal panoptic channel of every pixel into ``out``.
 
     The channels are UPSNet's ``[X_stuff, Y_i + M_i for each instance i, U]`` (see
@@ -44,15 +46,25 @@ def upsnet_keys(sem: torch.Tensor, crop: list[Region], paste: list[Region], mask
         samples: Optional ``(C, ceil(H / stride), ceil(W / stride))`` tensor for ``sem[:, ::stride, ::stride]``.
         stride: Sampling stride.
         finite: Optional check the logits are handed to.
+        counts: Optional ``(Nst + N * step + 1,)`` int64 output: the number of pixels of every key,
+            ``count_keys(out, Nst + N * step + 1)`` (the C kernel counts each block of keys while it is in cache).
     """
+    n = len(crop)
+    q = num_stuff + n * (num_stuff + 1 if pairs else 1) + 1
+    if counts is not None and (counts.shape != (q,) or counts.dtype != torch.int64):
+        raise ValueError(f"counts must be a ({q},) int64 tensor, got {tuple(counts.shape)} {counts.dtype}.")
     args = (sem, crop, paste, masks, channels, num_stuff, pairs, unknown, out, samples, stride, finite)
-    if not _native_keys(*args):
-        _torch_keys(*args)  # the specification
+    if _native_keys(*args, counts):
+        return
+    _torch_keys(*args)  # the specification
+    if counts is not None:
+        counts.copy_(count_keys(out, q))
 
 
 def _native_keys(sem: torch.Tensor, crop: list[Region], paste: list[Region], masks: list[torch.Tensor],
                  channels: list[int], num_stuff: int, pairs: bool, unknown: bool, out: torch.Tensor,
-                 samples: torch.Tensor | None, stride: int, finite: FiniteCheck | None) -> bool:
+                 samples: torch.Tensor | None, stride: int, finite: FiniteCheck | None,
+                 counts: torch.Tensor | None = None) -> bool:
     """:func:`upsnet_keys` with the C kernel; ``False`` (nothing written) where it does not apply."""
     c, h, w = (int(s) for s in sem.shape)
     nst, n = int(num_stuff), len(crop)
@@ -64,11 +76,15 @@ def _native_keys(sem: torch.Tensor, crop: list[Region], paste: list[Region], mas
     mbuf = None
     if src is not None and (samples is None or smp is not None) and out.dtype == torch.int32 and out.is_contiguous():
         mbuf = [as_native(m.contiguous()) if m.numel() else _NO_MASK for m in masks]
-    if mbuf is not None and all(m is not None for m in mbuf) and unk < 1 << 31:
+    cbuf = None
+    if counts is not None:
+        cbuf = counts.zero_().numpy() if counts.device.type == "cpu" and counts.is_contiguous() else None
+    if (mbuf is not None and all(m is not None for m in mbuf) and unk < (1 << 31) - 1
+            and (counts is None or cbuf is not None)):
         geometry = _native_geometry(crop, paste, h, w, channels)
         dst = out.numpy()
         ok = run_rows(lambda r0, r1, cnt, ch: kernels.upsnet_keys(src, dst, c, h, w, nst, r0, r1, geometry, mbuf, step,
-                                                                   unk, pairs, unknown, smp, stride, cnt, ch), h)
+                                                                   unk, pairs, unknown, smp, stride, cnt, ch, cbuf), h)
         if finite is not None:
             finite.add_flag(ok)
         return True

@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .._ops import count_keys, upsnet_keys
+from .._ops import upsnet_keys
 from ..categories import CategoryTable
 from ..segments import assemble_from_keys
 from ..structures import Instances, PanopticResult
@@ -224,10 +224,10 @@ class UPSNetFusion(PanopticFusion):
         if want_samples:
             samples = scratch("upsnet.samples", (sem.shape[0], -(-h // stride), -(-w // stride)), sem.dtype, dev)
         finite = FiniteCheck(sem)
+        counts = torch.empty(unk + 1, dtype=torch.int64, device=dev)
         upsnet_keys(sem, local.regions.crop, local.regions.paste, local.logits, (inst.labels + nst).tolist(), nst,
-                    pairs, self.unknown, keys, samples, stride, finite)
+                    pairs, self.unknown, keys, samples, stride, finite, counts)
         finite.raise_if_not_finite()
-        counts = count_keys(keys, unk + 1)
         # One full-map compare, and only when some pixel is unknown (the caller's all-False default is cheaper).
         unknown = torch.eq(keys, unk) if want_unknown and bool(counts[unk]) else None
         return keys, counts, unknown, None if samples is None else samples.reshape(samples.shape[0], -1)
