@@ -24,7 +24,11 @@ and 100 instances, the UPSNet and heuristic calls with torch's default thread co
 threads inside, :mod:`panoptic._ops.threads`) against ``torch.set_num_threads(1)``, interleaved; first on the
 machine as it is (``quiet``), then beside ``K`` busy processes (``load``: pure-Python spin loops, bounded to
 :data:`LOAD_MAX_S` seconds, stopping by themselves). Target: default <= 1.25x one thread at every size under
-``--load 2`` on 2 cores. ``--json`` stores both sections per size.
+``--load 2`` on 2 cores, read from the median of the paired ratios and its distribution-free 95% interval
+(``met`` when the whole interval is at most 1.25x, ``missed`` when all of it is above, else ``undecided``):
+beside busy processes single ratios scatter 0.6-1.7x for identical code, so the verdict takes about 200
+repetitions at 1024x2048 (``--threads-only --load 2 --repeats 200``, about 10 minutes). ``--json`` stores both
+sections per size.
 
 Usage::
 
@@ -86,6 +90,9 @@ COUNTS = (20, 50, 100)
 SIZES = ((64, 128), (256, 512), (1024, 2048))
 #: A busy process of ``--load`` stops by itself after this many seconds at the latest.
 LOAD_MAX_S = 600.0
+
+#: The busy-machine target: the default thread count's call at most this many times the one-thread call.
+LOAD_TARGET = 1.25
 IMPLS = ("upsnet", "heuristic", "panopticapi", "dense", "floor")
 
 
@@ -432,7 +439,9 @@ def _time_threads(calls: dict[str, Callable[[], Any]], default: int, repeats: in
     right after another of the same work finds warmer caches and, under load, another share of the cores), each
     timed call after an untimed one at the same setting,
     ``{name}_paired``: the median of the ratios of the two calls of each repetition, which cancels the drift of
-    the other processes' load between repetitions (the ratio of the medians does not), and
+    the other processes' load between repetitions (the ratio of the medians does not), ``{name}_paired_ci``: its
+    95% interval (see :func:`median_interval`; beside busy processes single ratios scatter 0.6-1.7x for
+    identical code, so a median of a few repetitions settles nothing), and
     ``{name}_default_threads``: how many of the default calls ran with each thread count (the fusions' thread
     rule, ``panoptic._ops.threads``), so that a ratio can be read as "the same code on as many threads" or not."""
     times: dict[str, list[float]] = {}
@@ -457,8 +466,59 @@ def _time_threads(calls: dict[str, Callable[[], Any]], default: int, repeats: in
     for name in calls:
         ratios = [d / o for d, o in zip(times[f"{name}_default_ms"], times[f"{name}_1t_ms"], strict=True)]
         out[f"{name}_paired"] = round(statistics.median(ratios), 3)
+        out[f"{name}_paired_ci"] = [round(v, 3) if math.isfinite(v) else None for v in median_interval(ratios)]
         out[f"{name}_default_threads"] = {str(k): v for k, v in sorted(chosen[name].items())}
     return out
+
+
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Distribution-free interval of the median of ``values``: order statistics ``x_(j)`` and ``x_(n+1-j)`` with the
+    largest ``j`` whose binomial tail ``P(Binomial(n, 1/2) < j)`` is at most ``(1 - level) / 2``, so that the
+    interval covers the median with probability at least ``level`` whatever the distribution of the ratios
+    (heavy-tailed beside busy processes). ``(-inf, inf)`` below 6 values, where no such interval exists.
+
+    Example:
+        >>> median_interval([1.0, 2.0, 3.0])
+        (-inf, inf)
+        >>> median_interval([float(v) for v in range(1, 21)])  # x_(6) and x_(15) of 20
+        (6.0, 15.0)
+    """
+    x, n = sorted(values), len(values)
+    tail, j, below = (1 - level) / 2, 0, 0.0
+    while j < n // 2 and below + math.comb(n, j) / 2**n <= tail:  # below = P(Binomial(n, 1/2) < j + 1)
+        below += math.comb(n, j) / 2**n
+        j += 1
+    return (x[j - 1], x[n - j]) if j else (-math.inf, math.inf)
+
+
+def load_verdict(ci: list[float], limit: float = LOAD_TARGET) -> str:
+    """``"met"`` if the whole interval of the paired ratio is at most ``limit``, ``"missed"`` if all of it is
+    above, else ``"undecided"`` (more ``--repeats`` narrow it)."""
+    lo, hi = (-math.inf if ci[0] is None else ci[0]), (math.inf if ci[1] is None else ci[1])
+    return "met" if hi <= limit else "missed" if lo > limit else "undecided"
+
+
+def print_load_verdicts(res: dict[str, Any], names: list[str] | None = None) -> None:
+    """One line per phase: in how many cells the busy-machine target is met / missed / undecided."""
+    for phase in ("quiet", "load"):
+        verdicts: Counter[str] = Counter()
+        for entry in res.values():
+            if isinstance(entry, dict) and phase in entry:
+                r = entry[phase]
+                for key in r:
+                    if key.endswith("_paired_ci") and (names is None or key[:-len("_paired_ci")] in names):
+                        verdicts[load_verdict(r[key])] += 1
+        if verdicts:
+            print(f"{phase}: default <= {LOAD_TARGET}x one thread (95% interval of the paired median, order "
+                  f"statistics): met in {verdicts['met']}, missed in {verdicts['missed']}, undecided in "
+                  f"{verdicts['undecided']} of {sum(verdicts.values())} cells")
+
+
+def _paired(r: dict[str, Any], name: str) -> str:
+    ci = r.get(f"{name}_paired_ci")
+    if not ci or ci[0] is None:
+        return f"{r[f'{name}_paired']:.2f}x [too few repeats]"
+    return f"{r[f'{name}_paired']:.2f}x [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
 def thread_table(table: CategoryTable, sizes: tuple[tuple[int, int], ...], repeats: int, seed: int,
@@ -500,8 +560,8 @@ def print_thread_table(res: dict[str, Any]) -> None:
     """Markdown table: default / 1-thread ratio per size, count and phase."""
     print(f"\ndefault ({res['default_threads']} threads) vs 1 thread, median ms, {res['load_processes']} busy "
           "processes in the load phase\n")
-    print("| size | phase | instances | upsnet 1t | upsnet default | ratio | paired | heuristic 1t | heuristic default "
-          "| ratio | paired | default's threads (upsnet / heuristic) |")
+    print("| size | phase | instances | upsnet 1t | upsnet default | ratio | paired [95%] | heuristic 1t "
+          "| heuristic default | ratio | paired [95%] | default's threads (upsnet / heuristic) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size, entry in res.items():
         if not isinstance(entry, dict):
@@ -511,9 +571,11 @@ def print_thread_table(res: dict[str, Any]) -> None:
                 u1, ud = r[f"upsnet{n}_1t_ms"], r[f"upsnet{n}_default_ms"]
                 h1, hd = r[f"heuristic{n}_1t_ms"], r[f"heuristic{n}_default_ms"]
                 print(f"| {size} | {phase} (load {r['loadavg']}) | {n} | {u1:.1f} | {ud:.1f} | {ud / u1:.2f}x "
-                      f"| {r[f'upsnet{n}_paired']:.2f}x | {h1:.1f} | {hd:.1f} | {hd / h1:.2f}x "
-                      f"| {r[f'heuristic{n}_paired']:.2f}x "
+                      f"| {_paired(r, f'upsnet{n}')} | {h1:.1f} | {hd:.1f} | {hd / h1:.2f}x "
+                      f"| {_paired(r, f'heuristic{n}')} "
                       f"| {_threads(r, f'upsnet{n}')} / {_threads(r, f'heuristic{n}')} |")
+    print()
+    print_load_verdicts(res)
 
 
 def _threads(r: dict[str, Any], name: str) -> str:
@@ -531,7 +593,7 @@ def family_threads(calls: dict[str, dict[str, Callable[[], Any]]], repeats: int,
             result[scene] = quiet_and_load(c, default, repeats, load)
     print(f"\ndefault ({default} threads) vs 1 thread, median ms of {repeats}, {load} busy processes in the load "
           "phase\n")
-    print("| scene | phase | call | 1 thread | default | default / 1 thread | paired | default's threads |")
+    print("| scene | phase | call | 1 thread | default | default / 1 thread | paired [95%] | default's threads |")
     print("|---|---|---|---|---|---|---|---|")
     for scene, entry in result.items():
         if not isinstance(entry, dict):
@@ -540,7 +602,8 @@ def family_threads(calls: dict[str, dict[str, Callable[[], Any]]], repeats: int,
             for name in calls[scene]:
                 one, dflt = r[f"{name}_1t_ms"], r[f"{name}_default_ms"]
                 print(f"| {scene} | {phase} (load {r['loadavg']}) | {name} | {one:.1f} | {dflt:.1f} "
-                      f"| {dflt / one:.2f}x | {r[f'{name}_paired']:.2f}x | {_threads(r, name)} |")
+                      f"| {dflt / one:.2f}x | {_paired(r, name)} | {_threads(r, name)} |")
+    print_load_verdicts(result)
     return result
 
 

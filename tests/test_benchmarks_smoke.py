@@ -91,3 +91,33 @@ def test_training_precision_smoke(tmp_path: Path) -> None:
                          text=True, timeout=120)
     assert bad.returncode == 2
     assert "--networks takes names from upsnet,upsnet_c,mrcnn_psp (got maskformer)" in bad.stderr
+
+
+def _fusion_speed_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fusion_speed_intervals", SCRIPT.parent / "fusion_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_fusion_speed_busy_machine_verdict_uses_an_interval_of_the_paired_median() -> None:
+    """The --load verdict: order-statistic interval of the median (hand-computed), and met / missed / undecided."""
+    import math
+    import random
+
+    bench = _fusion_speed_module()
+    assert bench.median_interval([1.0, 2.0, 3.0, 4.0, 5.0]) == (-math.inf, math.inf)  # no 95% interval below 6
+    assert bench.median_interval([3.0, 1.0, 6.0, 2.0, 5.0, 4.0]) == (1.0, 6.0)  # P(all 6 on one side) = 1/32
+    assert bench.median_interval([float(v) for v in range(1, 21)]) == (6.0, 15.0)  # the textbook pair for n = 20
+    rng, hits = random.Random(0), 0
+    for _ in range(2000):  # coverage on a skewed distribution (median log 2)
+        lo, hi = bench.median_interval([rng.expovariate(1.0) for _ in range(25)])
+        hits += lo <= math.log(2) <= hi
+    assert 0.94 <= hits / 2000 <= 0.995
+    assert bench.load_verdict([0.92, 1.10]) == "met"
+    assert bench.load_verdict([1.26, 1.40]) == "missed"
+    assert bench.load_verdict([0.90, 1.30]) == "undecided"
+    assert bench.load_verdict([None, None]) == "undecided"  # too few repeats for an interval

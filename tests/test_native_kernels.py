@@ -101,7 +101,8 @@ def test_upsnet_keys_count_their_keys_in_the_pass(case, big):
                 keys, counts, _, _ = fusion._keys(sem, inst, local, pairs and len(inst) > 0, True, False)
             q = counts.numel()
             assert torch.equal(counts, torch.bincount(keys.reshape(-1).long(), minlength=q))
-            assert q == fusion.table.num_stuff + len(inst) * (fusion.table.num_stuff + 1 if pairs and len(inst) else 1) + 1
+            nst = fusion.table.num_stuff
+            assert q == nst + len(inst) * (nst + 1 if pairs and len(inst) else 1) + 1
 
 
 def test_upsnet_keys_reject_a_counts_table_of_the_wrong_size():
