@@ -4,6 +4,8 @@ results (``panoptic.ops.backend("native")`` against ``backend("torch")``), key f
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from conftest import require_native, tiny_table
@@ -136,10 +138,31 @@ def test_upsnet_torch_path_in_several_row_bands_equals_native_and_dense(seed):
     assert torch.equal(ref[0], fusion.panoptic_logits(sem, inst).argmax(0))
     assert torch.equal(native[1].segment_map, ref[1].segment_map)
     assert torch.equal(native[1].unknown_mask, ref[1].unknown_mask)
+    # stuff scores come from samples each band takes (stride 2 here; a band of 187 rows ends between samples)
+    assert torch.equal(native[1].score.nan_to_num(-1), ref[1].score.nan_to_num(-1))
+    heuristic = HeuristicFusion(table)
+    hn, hr = _run_both(lambda: heuristic(sem[None], [inst])[0])
+    assert torch.equal(hn.segment_map, hr.segment_map) and torch.equal(hn.score.nan_to_num(-1), hr.score.nan_to_num(-1))
     bad = sem.clone()
     bad[2, h - 1, w - 1] = float("-inf")  # in the last band only
     with ops.backend("torch"), pytest.raises(ValueError, match="NaN or inf"):
         fusion(bad[None], [inst])
+
+
+@settings(max_examples=60, deadline=None)
+@given(h=st.integers(1, 40), w=st.integers(1, 9), stride=st.integers(1, 6), cuts=st.lists(st.integers(0, 40)))
+def test_sample_grid_band_by_band_equals_the_whole_grid(h, w, stride, cuts):
+    from panoptic._ops.argmax import sample_grid
+
+    x = torch.randn(3, h, w)
+    whole = torch.full((3, -(-h // stride), -(-w // stride)), float("nan"))
+    sample_grid(x, whole, stride)
+    assert torch.equal(whole, x[:, ::stride, ::stride])
+    bands = torch.full_like(whole, float("nan"))
+    edges = sorted({0, h, *(c for c in cuts if c < h)})
+    for r0, r1 in itertools.pairwise(edges):
+        sample_grid(x, bands, stride, r0, r1)
+    assert torch.equal(bands, whole)  # every sample written once, none missed
 
 
 def test_upsnet_native_path_is_taken_by_two_threads_sharing_a_row_counter(monkeypatch):

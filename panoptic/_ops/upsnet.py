@@ -96,14 +96,14 @@ def _torch_keys(sem: torch.Tensor, crop: list[Region], paste: list[Region], mask
                 samples: torch.Tensor | None, stride: int, finite: FiniteCheck | None) -> None:
     """:func:`upsnet_keys` in plain torch: the instance channels reduced box by box over the whole image, then
     the per-pixel rule band by band (see :func:`row_bands`)."""
-    if samples is not None:
-        sample_grid(sem, samples, stride)
     n = len(crop)
     unk = num_stuff + n * (num_stuff + 1 if pairs else 1)
     inst = instance_max(sem, crop, paste, masks, channels) if n else None
     for r0, r1 in row_bands(sem):
         if finite is not None:
             finite.add(sem[:, r0:r1])  # while the band is in cache
+        if samples is not None:
+            sample_grid(sem, samples, stride, r0, r1)
         band = None if inst is None else tuple(t[r0:r1] for t in inst)
         out[r0:r1] = keys_rule(sem[:, r0:r1], band, n, num_stuff, pairs, unknown, unk)
 
