@@ -92,8 +92,8 @@ HOT int32_t reduce_row(const float *logits, Py_ssize_t C, Py_ssize_t plane, Py_s
     return bad;
 }
 
-/* Pixels per block of whole rows (at least one row): the block's running maxima and indices stay in L2
- * while each channel is streamed through once, in long contiguous runs the prefetcher follows. */
+/* Pixels per block of whole rows (at least one row): the block's logits, maxima and instance maps stay in L2
+ * while the reduction (in spans, see SPAN), the instance maps and the decision work through it. */
 #define BLOCK 8192
 /* Floats between work rows: rows a multiple of 4 KiB apart alias in the L1 cache and the store buffer. */
 #define PAD 48
@@ -322,19 +322,33 @@ typedef struct {
 } Work;
 
 /* Add the n keys k to the 4 interleaved (q,) histograms hist: neighbouring pixels mostly share a key, and one
- * histogram would make every increment wait for the previous store to the same counter (~3x slower).  The
- * pass's keys lie in 0..q-1 by construction; one that did not would be counted as key 0, never written
- * outside the tables. */
-HOT void count_block(const int32_t *restrict k, Py_ssize_t n, int64_t *restrict hist, uint32_t q) {
+ * histogram would make every increment wait for the previous store to the same counter (~3x slower).  Returns
+ * nonzero, having stopped, at the first key outside 0..q-1 (the histograms are then incomplete). */
+HOT uint32_t count_block(const int32_t *restrict k, Py_ssize_t n, int64_t *restrict hist, uint32_t q) {
     Py_ssize_t i = 0;
     for (; i + 4 <= n; i += 4) {
         uint32_t a = (uint32_t)k[i], b = (uint32_t)k[i + 1], c = (uint32_t)k[i + 2], d = (uint32_t)k[i + 3];
-        hist[a < q ? a : 0]++;
-        hist[q + (b < q ? b : 0)]++;
-        hist[2 * (size_t)q + (c < q ? c : 0)]++;
-        hist[3 * (size_t)q + (d < q ? d : 0)]++;
+        if ((a >= q) | (b >= q) | (c >= q) | (d >= q)) return 1; /* predictable: never taken on valid keys */
+        hist[a]++;
+        hist[q + b]++;
+        hist[2 * (size_t)q + c]++;
+        hist[3 * (size_t)q + d]++;
     }
-    for (; i < n; i++) hist[(uint32_t)k[i] < q ? (uint32_t)k[i] : 0]++;
+    for (; i < n; i++) {
+        uint32_t a = (uint32_t)k[i];
+        if (a >= q) return 1;
+        hist[a]++;
+    }
+    return 0;
+}
+
+/* counts[j] += the 4 interleaved histograms' entries for key j (atomically: threads running one call share
+ * counts). */
+static void add_histograms(const int64_t *hist, size_t q, int64_t *counts) {
+    for (size_t j = 0; j < q; j++) {
+        int64_t v = hist[j] + hist[q + j] + hist[2 * q + j] + hist[3 * q + j];
+        if (v) FETCH_ADD(counts + j, v);
+    }
 }
 
 /* Rows row0..row1-1 of upsnet_keys, in blocks of whole rows; every Work array holds max(W, BLOCK). */
@@ -365,7 +379,7 @@ TARGETS static int32_t upsnet_rows(const float *lg, int32_t *out, Py_ssize_t C, 
         else
             memcpy(o, wk->sidx, sizeof(int32_t) * (size_t)np);
         if (wk->hist != NULL) /* while the block's keys are in L1: no second read of the map */
-            count_block(o, np, wk->hist, wk->q);
+            (void)count_block(o, np, wk->hist, wk->q); /* the pass's keys lie in 0..q-1 by construction */
     }
     return bad;
 }
@@ -482,14 +496,7 @@ static PyObject *upsnet_keys(PyObject *self, PyObject *args) {
     while (next_rows(&rs, &a, &b))
         bad |= upsnet_rows((const float *)cm.logits.buf, (int32_t *)cm.out.buf, cm.C, cm.H, cm.W, nst, a, b, inst, n,
                            (int32_t)step, (int32_t)unk, pairs, unknown, &wk, samples, stride);
-    if (hist != NULL) { /* this thread's share into the counts the call's threads share */
-        int64_t *counts = (int64_t *)cb.buf;
-        const size_t q = (size_t)unk + 1;
-        for (size_t j = 0; j < q; j++) {
-            int64_t v = hist[j] + hist[q + j] + hist[2 * q + j] + hist[3 * q + j];
-            if (v) FETCH_ADD(counts + j, v);
-        }
-    }
+    if (hist != NULL) add_histograms(hist, (size_t)unk + 1, (int64_t *)cb.buf); /* this thread's share */
     Py_END_ALLOW_THREADS
     result = PyBool_FromLong(!bad);
 done:
@@ -632,38 +639,19 @@ static PyObject *count_keys(PyObject *self, PyObject *args) {
     Py_buffer *bufs[] = {&kb, &cb};
     PyObject *result = NULL;
     const Py_ssize_t n = kb.len / 4, q = cb.len / 8;
-    if (kb.len % 4 != 0 || cb.len % 8 != 0 || q == 0) {
-        PyErr_SetString(PyExc_ValueError, "keys int32, counts (Q,) int64 with Q >= 1 expected");
+    if (kb.len % 4 != 0 || cb.len % 8 != 0 || q == 0 || q > (Py_ssize_t)UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "keys int32, counts (Q,) int64 with 1 <= Q < 2**32 expected");
         goto done;
     }
-    /* Four interleaved histograms: neighbouring pixels mostly share a key, and one histogram would make every
-     * increment wait for the previous store to the same counter (~3x slower). */
     int64_t *hist = (int64_t *)PyMem_RawCalloc(4 * (size_t)q, sizeof(int64_t));
     if (hist == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    const int32_t *k = (const int32_t *)kb.buf;
-    int64_t *counts = (int64_t *)cb.buf;
     uint32_t bad = 0;
     Py_BEGIN_ALLOW_THREADS
-    const uint32_t uq = (uint32_t)q;
-    Py_ssize_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        uint32_t a = (uint32_t)k[i], b = (uint32_t)k[i + 1], c = (uint32_t)k[i + 2], d = (uint32_t)k[i + 3];
-        bad |= (uint32_t)(a >= uq) | (uint32_t)(b >= uq) | (uint32_t)(c >= uq) | (uint32_t)(d >= uq);
-        if (bad) break;
-        hist[a]++;
-        hist[q + b]++;
-        hist[2 * q + c]++;
-        hist[3 * q + d]++;
-    }
-    for (; i < n && !bad; i++) {
-        uint32_t a = (uint32_t)k[i];
-        bad |= (uint32_t)(a >= uq);
-        if (!bad) hist[a]++;
-    }
-    for (Py_ssize_t j = 0; j < q; j++) counts[j] += hist[j] + hist[q + j] + hist[2 * q + j] + hist[3 * q + j];
+    bad = count_block((const int32_t *)kb.buf, n, hist, (uint32_t)q);
+    add_histograms(hist, (size_t)q, (int64_t *)cb.buf);
     Py_END_ALLOW_THREADS
     PyMem_RawFree(hist);
     result = PyBool_FromLong(!bad);
