@@ -182,3 +182,61 @@ def test_resized_logits_pass_equals_the_two_steps(threads: int, monkeypatch: pyt
             assert torch.equal(got.region_area, torch.bincount(owner.reshape(-1), minlength=n))
     finally:
         torch.set_num_threads(torch_threads)
+
+
+@pytest.mark.skipif(not NATIVE and not REQUIRE_NATIVE, reason="C kernels not built")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_resize_each_equals_one_interpolate_per_map(threads: int) -> None:
+    """300 random ROI-mask pastes (28x28 and other sources, outputs 1..300 a side, so both of torch's routes),
+    each map resized on its own: bit for bit ``F.interpolate``, with most maps in the one C call."""
+    from panoptic._ops.resize import resize_each
+
+    before = torch.get_num_threads()
+    g = torch.Generator().manual_seed(threads)
+    try:
+        torch.set_num_threads(threads)
+        native_maps = 0
+        for _ in range(30):
+            n = int(torch.randint(1, 20, (), generator=g))
+            other = tuple(int(v) for v in torch.randint(1, 40, (2,), generator=g))
+            h, w = (28, 28) if torch.rand((), generator=g) < 0.5 else other
+            x = torch.randn(n, h, w, generator=g) * 4
+            sizes = [tuple(int(v) for v in torch.randint(1, 300, (2,), generator=g)) for _ in range(n)]
+            out = resize_each(x, sizes)
+            for i, size in enumerate(sizes):
+                ref = F.interpolate(x[i][None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+                assert out[i].shape == size and torch.equal(out[i], ref), (h, w, size)
+                native_maps += size[0] + size[1] > 128
+            with panoptic.ops.backend("torch"):  # the specification gives the same maps
+                assert all(torch.equal(a, b) for a, b in zip(out, resize_each(x, sizes), strict=True))
+        assert native_maps > 150
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_resize_each_rejects_a_size_per_map_mismatch() -> None:
+    from panoptic._ops.resize import resize_each
+
+    with pytest.raises(ValueError, match="one output size of at least"):
+        resize_each(torch.zeros(2, 3, 3), [(4, 4)])
+    with pytest.raises(ValueError, match="one output size of at least"):
+        resize_each(torch.zeros(1, 3, 3), [(0, 4)])
+
+
+def test_pasted_masks_keep_their_gradient_and_equal_the_no_grad_paste() -> None:
+    """Training pastes with torch (differentiable); inference pastes the same values through resize_each."""
+    from panoptic.fusion.paste import box_regions, paste_masks
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(6, 28, 28, generator=g) * 3).requires_grad_()
+    boxes = torch.tensor([[0.0, 0.0, 200.0, 150.0], [10.0, 5.0, 30.0, 20.0], [50.0, 60.0, 49.0, 80.0],
+                          [5.0, 5.0, 300.0, 250.0], [399.0, 0.0, 420.0, 10.0], [1.0, 2.0, 3.0, 4.0]])
+    regions = box_regions(boxes, (240, 400))
+    trained = paste_masks(logits, regions)
+    assert trained[0].requires_grad
+    sum(t.sum() for t in trained).backward()
+    assert logits.grad is not None and bool(logits.grad.abs().sum() > 0)
+    with torch.no_grad():
+        fused = paste_masks(logits, regions)
+    assert [tuple(t.shape) for t in fused] == [tuple(t.shape) for t in trained]
+    assert all(torch.equal(a.detach(), b) for a, b in zip(trained, fused, strict=True))

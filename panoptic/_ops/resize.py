@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .rows import as_native, run_rows
 from .switch import native_kernels
 
-__all__ = ["native_resize_mode", "resize_bilinear"]
+__all__ = ["native_resize_mode", "resize_bilinear", "resize_each"]
 
 #: torch's CPU kernel takes other routes, with other arithmetic, when the output's ``H + W`` is at most this, for
 #: exactly 3 channels on one thread (separable passes) and for channels-last inputs of more than 3 channels (which
@@ -56,6 +56,58 @@ def resize_bilinear(x: torch.Tensor, size: tuple[int, int], channels: int | None
     run_rows(lambda r0, r1, cnt, ch: kernels.bilinear_resize(src, dst, n, h, w, size[0], size[1], mode, r0, r1, 0,
                                                               cnt, ch), size[0])
     return out
+
+
+@torch.no_grad()
+def resize_each(x: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """``F.interpolate(x[i][None, None], size=sizes[i], mode="bilinear", align_corners=False)[0, 0]`` for every
+    map ``i``, bit for bit: each map resized on its own to its own size (the ROI masks pasted into their boxes).
+
+    The C kernel resizes all maps whose output torch resizes by its generic route (``H + W`` above
+    :data:`_SEPARABLE_MAX`) in one call; the others, and every map when the kernel does not apply, go to torch.
+
+    Args:
+        x: ``(n, h, w)`` floating-point maps.
+        sizes: ``n`` output sizes ``(H, W)``, each at least ``(1, 1)``.
+
+    Returns:
+        ``n`` tensors of shape ``sizes[i]`` (new memory).
+
+    Example:
+        >>> out = resize_each(torch.arange(4.0).view(1, 2, 2), [(2, 4)])
+        >>> out[0]
+        tensor([[0.0000, 0.2500, 0.7500, 1.0000],
+                [2.0000, 2.2500, 2.7500, 3.0000]])
+    """
+    n, h, w = (int(v) for v in x.shape)
+    if len(sizes) != n or any(hh < 1 or ww < 1 for hh, ww in sizes):
+        raise ValueError(f"resize_each needs one output size of at least (1, 1) per map: {n} maps, sizes {sizes}.")
+    out: list[torch.Tensor | None] = [None] * n
+    contract = _native_contract(x)
+    if contract is not None:
+        big = [i for i, (hh, ww) in enumerate(sizes) if hh + ww > _SEPARABLE_MAX]
+        if big:
+            areas = [sizes[i][0] * sizes[i][1] for i in big]
+            flat = torch.empty(sum(areas), dtype=x.dtype)
+            size_table = np.zeros((n, 2), dtype=np.int64)  # 0 x 0: left to torch below
+            size_table[big] = [sizes[i] for i in big]
+            offsets = np.zeros(n, dtype=np.int64)
+            offsets[big] = np.cumsum([0, *areas[:-1]])
+            native_kernels().bilinear_resize_each(as_native(x), flat.numpy(), size_table, offsets, n, h, w, contract)
+            for i, part in zip(big, flat.split(areas), strict=True):
+                out[i] = part.view(sizes[i])
+    for i in range(n):
+        if out[i] is None:  # the specification (and torch's other routes)
+            out[i] = F.interpolate(x[i][None, None], size=sizes[i], mode="bilinear", align_corners=False)[0, 0]
+    return out  # type: ignore[return-value]
+
+
+def _native_contract(x: torch.Tensor) -> int | None:
+    """The C resize's ``contract`` for maps ``x`` ``(n, h, w)``, or ``None`` if the kernel does not apply (backend,
+    device, dtype, layout, or a torch whose arithmetic the kernel does not reproduce)."""
+    if native_kernels() is None or as_native(x, 3) is None or x.shape[0] < 1 or max(x.shape) >= 1 << 31:
+        return None
+    return _torch_contraction()
 
 
 def _maps_for_route(n: int, batch: int, size: tuple[int, int]) -> int:

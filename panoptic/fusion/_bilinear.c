@@ -302,6 +302,77 @@ done:
     return result;
 }
 
+const char bilinear_resize_each_doc[] =
+    "bilinear_resize_each(src, dst, sizes, offsets, n, h, w, contract) -> bool\n\n"
+    "Each of n maps on its own, as F.interpolate(src[i][None, None], sizes[i], mode='bilinear',\n"
+    "align_corners=False) (one map a call: the ROI masks pasted into their boxes). src: contiguous float32\n"
+    "(n, h, w); sizes: contiguous int64 (n, 2), (H_i, W_i), a map with H_i * W_i == 0 is skipped; offsets:\n"
+    "contiguous int64 (n,), where map i's H_i * W_i outputs start in dst (writable contiguous float32);\n"
+    "contract as in bilinear_resize.";
+
+PyObject *bilinear_resize_each(PyObject *self, PyObject *args) {
+    Resize rz = {0};
+    Py_buffer db = {0}, zb = {0}, ob = {0};
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*w*y*y*nnnp", &rz.src, &db, &zb, &ob, &rz.n, &rz.h, &rz.w, &rz.contract))
+        return NULL;
+    Py_buffer *bufs[] = {&rz.src, &db, &zb, &ob};
+    PyObject *result = NULL;
+    void *mem = NULL;
+    const int64_t *sizes = (const int64_t *)zb.buf, *offsets = (const int64_t *)ob.buf;
+    const Py_ssize_t total = db.len / 4;
+    Py_ssize_t most_h = 1, most_w = 1;
+    int ok = rz.n >= 0 && rz.h >= 1 && rz.w >= 1 && rz.src.itemsize == 4 && rz.src.len == rz.n * rz.h * rz.w * 4 &&
+             db.itemsize == 4 && zb.itemsize == 8 && zb.len == rz.n * 16 && ob.itemsize == 8 && ob.len == rz.n * 8;
+    for (Py_ssize_t i = 0; ok && i < rz.n; i++) {
+        const int64_t H = sizes[2 * i], W = sizes[2 * i + 1];
+        ok = H >= 0 && W >= 0 && H < INT32_MAX && W < INT32_MAX && offsets[i] >= 0 &&
+             (H * W == 0 || offsets[i] + H * W <= total);
+        most_h = H > most_h ? H : most_h, most_w = W > most_w ? W : most_w;
+    }
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "src (n, h, w) float32, sizes (n, 2) int64 >= 0, offsets (n,) int64 with "
+                                          "each map's outputs inside dst (float32) expected");
+        goto done;
+    }
+    /* one set of axis tables and row buffers, sized for the largest map */
+    const size_t cells = (size_t)(most_h + most_w);
+    mem = PyMem_RawMalloc(cells * (2 * sizeof(int32_t) + 2 * sizeof(float)) + 2 * sizeof(float) * (size_t)most_w);
+    if (mem == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    int32_t *ib = (int32_t *)mem;
+    float *fb = (float *)(ib + 2 * cells), *rows = fb + 2 * cells;
+    const Py_buffer whole = rz.src;
+    for (Py_ssize_t i = 0; i < rz.n; i++) {
+        const Py_ssize_t H = (Py_ssize_t)sizes[2 * i], W = (Py_ssize_t)sizes[2 * i + 1];
+        if (H * W == 0) continue;
+        Resize one = rz; /* map i alone: a batch of one */
+        one.src.buf = (char *)whole.buf + (size_t)(i * rz.h * rz.w) * sizeof(float);
+        one.n = 1, one.H = H, one.W = W;
+        one.ay = (Axis){ib, ib + H, fb, fb + H};
+        one.ax = (Axis){ib + 2 * H, ib + 2 * H + W, fb + 2 * H, fb + 2 * H + W};
+        axis_weights(rz.h, H, rz.contract, &one.ay);
+        axis_weights(rz.w, W, rz.contract, &one.ax);
+        float *dst = (float *)db.buf + offsets[i];
+#if FMA_BUILD
+        if (has_fma()) {
+            resize_rows_fma(&one, dst, 0, H, 0, H, rows);
+            continue;
+        }
+#endif
+        resize_rows_base(&one, dst, 0, H, 0, H, rows);
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_True);
+done:
+    PyMem_RawFree(mem);
+    release(bufs, 4);
+    return result;
+}
+
 const char bilinear_assign_doc[] =
     "bilinear_assign(src, scores, n, h, w, H, W, contract, threshold, weighted, owner, owner_fg, fg_area, region,\n"
     "                row0, row1[, counter, chunk]) -> bool\n\n"

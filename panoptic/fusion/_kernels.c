@@ -704,6 +704,7 @@ static PyMethodDef methods[] = {
     {"count_keys", count_keys, METH_VARARGS, count_keys_doc},
     {"relabel_keys", relabel_keys, METH_VARARGS, relabel_keys_doc},
     {"bilinear_resize", bilinear_resize, METH_VARARGS, bilinear_resize_doc},
+    {"bilinear_resize_each", bilinear_resize_each, METH_VARARGS, bilinear_resize_each_doc},
     {"bilinear_assign", bilinear_assign, METH_VARARGS, bilinear_assign_doc},
     {"query_assign", query_assign, METH_VARARGS, query_assign_doc},
     {NULL, NULL, 0, NULL},

@@ -74,8 +74,9 @@ static inline void release(Py_buffer *bufs[], int n) {
 
 /* The Python entry points of _bilinear.c (the method table lives in _kernels.c). */
 PyObject *bilinear_resize(PyObject *self, PyObject *args);
+PyObject *bilinear_resize_each(PyObject *self, PyObject *args);
 PyObject *bilinear_assign(PyObject *self, PyObject *args);
 PyObject *query_assign(PyObject *self, PyObject *args);
-extern const char bilinear_resize_doc[], bilinear_assign_doc[], query_assign_doc[];
+extern const char bilinear_resize_doc[], bilinear_resize_each_doc[], bilinear_assign_doc[], query_assign_doc[];
 
 #endif
