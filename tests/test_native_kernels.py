@@ -310,10 +310,30 @@ def test_backend_switch_is_scoped_validated_and_per_context():
 
 def test_native_without_the_extension_names_the_fix(monkeypatch):
     monkeypatch.setattr(switch, "_built", None)
-    with pytest.raises(RuntimeError, match="build_ext"), ops.backend("native"):
+    monkeypatch.setattr(switch, "_found", None)
+    with pytest.raises(RuntimeError, match="not built: install a C compiler"), ops.backend("native"):
         pass
     with ops.backend("auto"):
         assert switch.native_kernels() is None  # auto falls back to torch
+
+
+def test_an_extension_built_from_other_sources_is_not_called(monkeypatch):
+    """An editable install whose sources moved on: the old build is refused with a warning naming the rebuild,
+    and the fusions take the torch path (same results) rather than call kernels with other arguments."""
+    import types
+
+    assert switch._checked(switch._found) is switch._found  # this build matches these sources
+    assert switch._checked(None) is None
+    for old in (types.SimpleNamespace(), types.SimpleNamespace(API_VERSION=switch.API_VERSION - 1)):
+        with pytest.warns(RuntimeWarning, match=r"built from other sources .*pip install -e \."):
+            assert switch._checked(old) is None
+    monkeypatch.setattr(switch, "_found", types.SimpleNamespace(API_VERSION=1))
+    monkeypatch.setattr(switch, "_built", None)
+    with pytest.raises(RuntimeError, match="the one installed is older: rebuild"), ops.backend("native"):
+        pass
+    sem = torch.randn(4, 12, 10)
+    inst = Instances(torch.tensor([[1.0, 2.0, 8.0, 9.0]]), torch.tensor([0.9]), torch.tensor([1]), torch.randn(1, 6, 6))
+    assert UPSNetFusion(tiny_table(2, 2))(sem[None], [inst])[0].num_segments > 0  # the torch path runs
 
 
 @settings(max_examples=60, deadline=None)
