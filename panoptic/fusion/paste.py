@@ -84,18 +84,17 @@ def paste_masks(mask_logits: torch.Tensor, regions: BoxRegions) -> list[torch.Te
         (possibly empty). Differentiable with respect to ``mask_logits``.
     """
     filled = [i for i, (y0, y1, x0, x1) in enumerate(regions.paste) if y1 > y0 and x1 > x0]
-    out = [mask_logits.new_zeros(0, 0)] * len(regions.paste)
-    if not filled:
-        return out
     sizes = [(regions.paste[i][1] - regions.paste[i][0], regions.paste[i][3] - regions.paste[i][2]) for i in filled]
-    if torch.is_grad_enabled() and mask_logits.requires_grad:  # training: the differentiable specification
+    if not filled:
+        resized = []
+    elif torch.is_grad_enabled() and mask_logits.requires_grad:  # training: the differentiable specification
         resized = [F.interpolate(mask_logits[i][None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
                    for i, size in zip(filled, sizes, strict=True)]
     else:  # one C call for the masks torch resizes by its generic route, bit for bit
-        resized = resize_each(mask_logits[filled] if len(filled) < len(out) else mask_logits.contiguous(), sizes)
-    for i, r in zip(filled, resized, strict=True):
-        out[i] = r
-    return out
+        some = len(filled) < len(regions.paste)
+        resized = resize_each(mask_logits[filled] if some else mask_logits.contiguous(), sizes)
+    out = dict(zip(filled, resized, strict=True))
+    return [out[i] if i in out else mask_logits.new_zeros(0, 0) for i in range(len(regions.paste))]
 
 
 def paste_masks_dense(mask_logits: torch.Tensor, regions: BoxRegions, image_size: tuple[int, int]) -> torch.Tensor:
