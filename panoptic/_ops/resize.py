@@ -85,17 +85,12 @@ def resize_each(x: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Ten
     out: list[torch.Tensor | None] = [None] * n
     contract = _native_contract(x)
     if contract is not None:
-        big = [i for i, (hh, ww) in enumerate(sizes) if hh + ww > _SEPARABLE_MAX]
-        if big:
-            areas = [sizes[i][0] * sizes[i][1] for i in big]
-            flat = torch.empty(sum(areas), dtype=x.dtype)
-            size_table = np.zeros((n, 2), dtype=np.int64)  # 0 x 0: left to torch below
-            size_table[big] = [sizes[i] for i in big]
-            offsets = np.zeros(n, dtype=np.int64)
-            offsets[big] = np.cumsum([0, *areas[:-1]])
-            native_kernels().bilinear_resize_each(as_native(x), flat.numpy(), size_table, offsets, n, h, w, contract)
-            for i, part in zip(big, flat.split(areas), strict=True):
-                out[i] = part.view(sizes[i])
+        # each map in its own tensor (not views of one block, which would keep the block alive with any of them)
+        dsts = [torch.empty(size, dtype=x.dtype) if size[0] + size[1] > _SEPARABLE_MAX else None for size in sizes]
+        if any(d is not None for d in dsts):
+            native_kernels().bilinear_resize_each(as_native(x), [None if d is None else d.numpy() for d in dsts],
+                                                  n, h, w, contract)
+            out = dsts
     for i in range(n):
         if out[i] is None:  # the specification (and torch's other routes)
             out[i] = F.interpolate(x[i][None, None], size=sizes[i], mode="bilinear", align_corners=False)[0, 0]

@@ -11,7 +11,7 @@ from typing import Literal
 
 #: The ``API_VERSION`` of ``panoptic/fusion/_kernels.c`` these sources call (raised with every entry point added or
 #: changed there).
-API_VERSION = 2
+API_VERSION = 3
 
 
 def _checked(module: ModuleType | None) -> ModuleType | None:

@@ -303,37 +303,45 @@ done:
 }
 
 const char bilinear_resize_each_doc[] =
-    "bilinear_resize_each(src, dst, sizes, offsets, n, h, w, contract) -> bool\n\n"
-    "Each of n maps on its own, as F.interpolate(src[i][None, None], sizes[i], mode='bilinear',\n"
+    "bilinear_resize_each(src, dsts, n, h, w, contract) -> bool\n\n"
+    "Each of n maps on its own, as F.interpolate(src[i][None, None], (H_i, W_i), mode='bilinear',\n"
     "align_corners=False) (one map a call: the ROI masks pasted into their boxes). src: contiguous float32\n"
-    "(n, h, w); sizes: contiguous int64 (n, 2), (H_i, W_i), a map with H_i * W_i == 0 is skipped; offsets:\n"
-    "contiguous int64 (n,), where map i's H_i * W_i outputs start in dst (writable contiguous float32);\n"
-    "contract as in bilinear_resize.";
+    "(n, h, w); dsts: n entries, each None (map skipped) or a writable contiguous float32 (H_i, W_i) buffer, which\n"
+    "gives the size; contract as in bilinear_resize.";
 
 PyObject *bilinear_resize_each(PyObject *self, PyObject *args) {
     Resize rz = {0};
-    Py_buffer db = {0}, zb = {0}, ob = {0};
-    (void)self;
-    if (!PyArg_ParseTuple(args, "y*w*y*y*nnnp", &rz.src, &db, &zb, &ob, &rz.n, &rz.h, &rz.w, &rz.contract))
-        return NULL;
-    Py_buffer *bufs[] = {&rz.src, &db, &zb, &ob};
-    PyObject *result = NULL;
+    PyObject *dobj, *dseq = NULL, *result = NULL;
+    Py_buffer *dbufs = NULL;
     void *mem = NULL;
-    const int64_t *sizes = (const int64_t *)zb.buf, *offsets = (const int64_t *)ob.buf;
-    const Py_ssize_t total = db.len / 4;
-    Py_ssize_t most_h = 1, most_w = 1;
-    int ok = rz.n >= 0 && rz.h >= 1 && rz.w >= 1 && rz.src.itemsize == 4 && rz.src.len == rz.n * rz.h * rz.w * 4 &&
-             db.itemsize == 4 && zb.itemsize == 8 && zb.len == rz.n * 16 && ob.itemsize == 8 && ob.len == rz.n * 8;
-    for (Py_ssize_t i = 0; ok && i < rz.n; i++) {
-        const int64_t H = sizes[2 * i], W = sizes[2 * i + 1];
-        ok = H >= 0 && W >= 0 && H < INT32_MAX && W < INT32_MAX && offsets[i] >= 0 &&
-             (H * W == 0 || offsets[i] + H * W <= total);
-        most_h = H > most_h ? H : most_h, most_w = W > most_w ? W : most_w;
-    }
-    if (!ok) {
-        PyErr_SetString(PyExc_ValueError, "src (n, h, w) float32, sizes (n, 2) int64 >= 0, offsets (n,) int64 with "
-                                          "each map's outputs inside dst (float32) expected");
+    Py_ssize_t i, n = 0, most_h = 1, most_w = 1;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*Onnnp", &rz.src, &dobj, &rz.n, &rz.h, &rz.w, &rz.contract)) return NULL;
+    Py_buffer *bufs[] = {&rz.src};
+    dseq = PySequence_Fast(dobj, "dsts must be a sequence of buffers or None");
+    if (dseq == NULL) goto done;
+    n = PySequence_Fast_GET_SIZE(dseq);
+    dbufs = (Py_buffer *)PyMem_RawCalloc((size_t)(n > 0 ? n : 1), sizeof(Py_buffer));
+    if (dbufs == NULL) {
+        PyErr_NoMemory();
         goto done;
+    }
+    if (n != rz.n || rz.n < 0 || rz.h < 1 || rz.w < 1 || rz.src.itemsize != 4 ||
+        rz.src.len != rz.n * rz.h * rz.w * 4) {
+        PyErr_SetString(PyExc_ValueError, "src must be a contiguous (n, h, w) float32 buffer and dsts hold n entries");
+        goto done;
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *d = PySequence_Fast_GET_ITEM(dseq, i);
+        if (d == Py_None) continue;
+        if (PyObject_GetBuffer(d, dbufs + i, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE | PyBUF_ND) < 0) goto done;
+        const Py_buffer *b = dbufs + i;
+        if (b->itemsize != 4 || b->ndim != 2 || b->shape[0] < 1 || b->shape[1] < 1 || b->shape[0] >= INT32_MAX ||
+            b->shape[1] >= INT32_MAX) {
+            PyErr_Format(PyExc_ValueError, "dsts[%zd] must be a writable contiguous (H, W) float32 buffer", i);
+            goto done;
+        }
+        most_h = b->shape[0] > most_h ? b->shape[0] : most_h, most_w = b->shape[1] > most_w ? b->shape[1] : most_w;
     }
     /* one set of axis tables and row buffers, sized for the largest map */
     const size_t cells = (size_t)(most_h + most_w);
@@ -346,9 +354,9 @@ PyObject *bilinear_resize_each(PyObject *self, PyObject *args) {
     int32_t *ib = (int32_t *)mem;
     float *fb = (float *)(ib + 2 * cells), *rows = fb + 2 * cells;
     const Py_buffer whole = rz.src;
-    for (Py_ssize_t i = 0; i < rz.n; i++) {
-        const Py_ssize_t H = (Py_ssize_t)sizes[2 * i], W = (Py_ssize_t)sizes[2 * i + 1];
-        if (H * W == 0) continue;
+    for (i = 0; i < n; i++) {
+        if (dbufs[i].obj == NULL) continue;
+        const Py_ssize_t H = dbufs[i].shape[0], W = dbufs[i].shape[1];
         Resize one = rz; /* map i alone: a batch of one */
         one.src.buf = (char *)whole.buf + (size_t)(i * rz.h * rz.w) * sizeof(float);
         one.n = 1, one.H = H, one.W = W;
@@ -356,7 +364,7 @@ PyObject *bilinear_resize_each(PyObject *self, PyObject *args) {
         one.ax = (Axis){ib + 2 * H, ib + 2 * H + W, fb + 2 * H, fb + 2 * H + W};
         axis_weights(rz.h, H, rz.contract, &one.ay);
         axis_weights(rz.w, W, rz.contract, &one.ax);
-        float *dst = (float *)db.buf + offsets[i];
+        float *dst = (float *)dbufs[i].buf;
 #if FMA_BUILD
         if (has_fma()) {
             resize_rows_fma(&one, dst, 0, H, 0, H, rows);
@@ -368,8 +376,13 @@ PyObject *bilinear_resize_each(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_True);
 done:
+    if (dbufs != NULL)
+        for (i = 0; i < n; i++)
+            if (dbufs[i].obj != NULL) PyBuffer_Release(dbufs + i);
+    PyMem_RawFree(dbufs);
     PyMem_RawFree(mem);
-    release(bufs, 4);
+    Py_XDECREF(dseq);
+    release(bufs, 1);
     return result;
 }
 

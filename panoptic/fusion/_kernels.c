@@ -718,7 +718,7 @@ static struct PyModuleDef module = {
 
 /* Raised whenever an entry point is added or its arguments change: panoptic._ops.switch refuses a build from
  * other sources (an editable install whose sources moved on) instead of calling it with the wrong arguments. */
-#define API_VERSION 2
+#define API_VERSION 3
 
 PyMODINIT_FUNC PyInit__kernels(void) {
     PyObject *m = PyModule_Create(&module);
