@@ -240,3 +240,19 @@ def test_pasted_masks_keep_their_gradient_and_equal_the_no_grad_paste() -> None:
         fused = paste_masks(logits, regions)
     assert [tuple(t.shape) for t in fused] == [tuple(t.shape) for t in trained]
     assert all(torch.equal(a.detach(), b) for a, b in zip(trained, fused, strict=True))
+
+
+@pytest.mark.skipif(not NATIVE and not REQUIRE_NATIVE, reason="C kernels not built")
+def test_resize_each_kernel_checks_its_buffers() -> None:
+    import numpy as np
+
+    k = native_kernels()
+    src = np.zeros((2, 3, 3), np.float32)
+    ok = [np.zeros((100, 60), np.float32), None]
+    assert k.bilinear_resize_each(src, ok, 2, 3, 3, 1) is True
+    with pytest.raises(ValueError, match="dsts hold n entries"):
+        k.bilinear_resize_each(src, ok[:1], 2, 3, 3, 1)
+    with pytest.raises(ValueError, match=r"dsts\[1\] must be a writable contiguous \(H, W\) float32"):
+        k.bilinear_resize_each(src, [ok[0], np.zeros((100, 60), np.float64)], 2, 3, 3, 1)
+    with pytest.raises(ValueError, match=r"dsts\[0\]"):
+        k.bilinear_resize_each(src, [np.zeros(60, np.float32), None], 2, 3, 3, 1)
