@@ -249,6 +249,18 @@ static int has_fma(void) {
 }
 #endif
 
+/* resize_rows in the build this CPU runs. */
+static void resize_rows_any(const Resize *rz, float *dst, Py_ssize_t d0, Py_ssize_t R, Py_ssize_t a, Py_ssize_t b,
+                            float *rows) {
+#if FMA_BUILD
+    if (has_fma()) {
+        resize_rows_fma(rz, dst, d0, R, a, b, rows);
+        return;
+    }
+#endif
+    resize_rows_base(rz, dst, d0, R, a, b, rows);
+}
+
 const char bilinear_resize_doc[] =
     "bilinear_resize(src, dst, n, h, w, H, W, contract, row0, row1, dst_row0[, counter, chunk]) -> bool\n\n"
     "Rows [row0, row1) of F.interpolate(src[None], (H, W), mode='bilinear', align_corners=False)[0] into dst.\n"
@@ -284,15 +296,7 @@ PyObject *bilinear_resize(PyObject *self, PyObject *args) {
     }
     Py_BEGIN_ALLOW_THREADS
     Py_ssize_t a, b;
-    while (next_rows(&rs, &a, &b)) {
-#if FMA_BUILD
-        if (has_fma()) {
-            resize_rows_fma(&rz, (float *)db.buf, d0, R, a, b, rows);
-            continue;
-        }
-#endif
-        resize_rows_base(&rz, (float *)db.buf, d0, R, a, b, rows);
-    }
+    while (next_rows(&rs, &a, &b)) resize_rows_any(&rz, (float *)db.buf, d0, R, a, b, rows);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_True);
 done:
@@ -364,14 +368,7 @@ PyObject *bilinear_resize_each(PyObject *self, PyObject *args) {
         one.ax = (Axis){ib + 2 * H, ib + 2 * H + W, fb + 2 * H, fb + 2 * H + W};
         axis_weights(rz.h, H, rz.contract, &one.ay);
         axis_weights(rz.w, W, rz.contract, &one.ax);
-        float *dst = (float *)dbufs[i].buf;
-#if FMA_BUILD
-        if (has_fma()) {
-            resize_rows_fma(&one, dst, 0, H, 0, H, rows);
-            continue;
-        }
-#endif
-        resize_rows_base(&one, dst, 0, H, 0, H, rows);
+        resize_rows_any(&one, (float *)dbufs[i].buf, 0, H, 0, H, rows);
     }
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_True);
