@@ -117,16 +117,16 @@ def native_resize_mode(x: torch.Tensor, size: tuple[int, int], channels: int | N
     """The ``contract`` argument of the C resize that reproduces torch's kernel for this call (``x`` standing for
     a batch of ``channels`` maps, default its own count), or ``None`` when the call must stay with torch (backend,
     device, dtype, or one of the shapes torch resizes by another route)."""
-    if native_kernels() is None or as_native(x, 3) is None:
+    contract = _native_contract(x)
+    if contract is None:
         return None
     n, h, w = (int(v) for v in x.shape)
     batch = n if channels is None else int(channels)
-    big, narrow = max(n, h, w, size[0], size[1]), min(n, h, w, size[0], size[1])
-    if narrow < 1 or big >= 1 << 31 or size[0] + size[1] <= _SEPARABLE_MAX:
+    if min(h, w, size[0], size[1]) < 1 or max(size) >= 1 << 31 or size[0] + size[1] <= _SEPARABLE_MAX:
         return None
     if (batch == 3 and torch.get_num_threads() == 1) or (h == 1 and w == 1 and batch > 3):
         return None
-    return _torch_contraction()
+    return contract
 
 
 @functools.cache
