@@ -27,8 +27,8 @@ machine as it is (``quiet``), then beside ``K`` busy processes (``load``: pure-P
 ``--load 2`` on 2 cores, read from the median of the paired ratios and its distribution-free 95% interval
 (``met`` when the whole interval is at most 1.25x, ``missed`` when all of it is above, else ``undecided``):
 beside busy processes single ratios scatter 0.6-1.7x for identical code, so the verdict takes about 200
-repetitions at 1024x2048 (``--threads-only --load 2 --repeats 200``, about 10 minutes). ``--json`` stores both
-sections per size.
+repetitions at 1024x2048 (``--threads-only --load 2 --repeats 200``, about 10 minutes; ``--sizes 1024x2048``
+measures that size alone). ``--json`` stores both sections per size.
 
 Usage::
 
@@ -36,6 +36,7 @@ Usage::
     python benchmarks/fusion_speed.py --repeats 9 --json fusion_speed.json
     python benchmarks/fusion_speed.py --threads 1    # steadier on a busy machine
     python benchmarks/fusion_speed.py --load 2 --json fusion_speed.json    # default vs 1 thread beside 2 busy processes
+    python benchmarks/fusion_speed.py --threads-only --load 2 --sizes 1024x2048 --repeats 600    # settle one size
     OMP_WAIT_POLICY=PASSIVE python benchmarks/fusion_speed.py --repeats 9    # busy machine, two threads
 
 On a shared machine the multi-threaded numbers of the many-op implementations (UPSNet's fast path, the
@@ -88,8 +89,9 @@ def fusion_backend() -> str:
     return "c" if native_kernels() is not None else "torch"
 COUNTS = (20, 50, 100)
 SIZES = ((64, 128), (256, 512), (1024, 2048))
-#: A busy process of ``--load`` stops by itself after this many seconds at the latest.
-LOAD_MAX_S = 600.0
+#: A busy process of ``--load`` stops by itself after this many seconds at the latest (it also stops when the
+#: benchmark is gone); a phase that outlives it is flagged (``load_held``: false).
+LOAD_MAX_S = 7200.0
 
 #: The busy-machine target: the default thread count's call at most this many times the one-thread call.
 LOAD_TARGET = 1.25
@@ -209,6 +211,8 @@ def _heuristic() -> tuple[Any, str | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from _args import parse_sizes  # this folder is on sys.path when the script runs
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke run (< 60 s): 1 repetition at 512x1024")
     p.add_argument("--repeats", type=int, default=None,
@@ -222,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                    "family: our calls only)")
     p.add_argument("--load", type=int, default=0, metavar="K",
                    help="also measure default vs 1 thread beside K busy processes (bounded, stop by themselves)")
+    p.add_argument("--sizes", type=parse_sizes, default=None,
+                   help="comma-separated HxW of the default-vs-1-thread table (default 64x128,256x512,1024x2048; "
+                        "64x128 with --quick), e.g. 1024x2048 alone to settle its cells with many --repeats")
     p.add_argument("--backend", choices=["auto", "torch", "native"], default="auto",
                    help="per-pixel passes of the fusions: auto (the C extension when built) or torch (the fallback "
                         "of an install without a C compiler)")
@@ -254,6 +261,14 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
 
 
+def _thread_sizes(args: argparse.Namespace) -> tuple[tuple[int, int], ...]:
+    """The image sizes of the default-vs-1-thread table: ``--sizes``, else all of :data:`SIZES` (the first with
+    ``--quick``)."""
+    if args.sizes is not None:
+        return args.sizes
+    return SIZES[:1] if args.quick else SIZES
+
+
 # Over 60 lines: a benchmark script read top to bottom (arguments, one interleaved timing loop, the report).
 def _run(args: argparse.Namespace) -> int:
     if args.threads is not None:
@@ -261,7 +276,7 @@ def _run(args: argparse.Namespace) -> int:
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 7)
     if args.threads_only:
         table = CategoryTable.cityscapes()
-        res = {"sizes": thread_table(table, SIZES[:1] if args.quick else SIZES, repeats, args.seed, args.load)}
+        res = {"sizes": thread_table(table, _thread_sizes(args), repeats, args.seed, args.load)}
         print_thread_table(res["sizes"])
         write_json(args.json, res)
         return 0
@@ -358,8 +373,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"| {n} ({r['upsnet_kept']}) | {fmt(u)} | {fmt(hh)} | {fmt(pa)} | {fmt(d)} | {fmt(f)} "
               f"| {ratio(u, f)} | {paired} | {ratio(pa, hh)} | {ratio(d, u)} |")
     if not args.quick or args.load:
-        sizes = SIZES[:1] if args.quick else SIZES
-        out["sizes"] = thread_table(table, sizes, repeats, args.seed, args.load)
+        out["sizes"] = thread_table(table, _thread_sizes(args), repeats, args.seed, args.load)
         print_thread_table(out["sizes"])
     if args.json is not None and not args.quick:
         out["export"] = export_check(table, args.seed, repeats)
@@ -419,14 +433,28 @@ def write_json(path: Path | None, obj: Any) -> None:
     tmp_json.replace(path)
 
 
+#: What a busy process of ``--load`` runs: a spin loop that stops when its parent (the benchmark) is gone, or after
+#: ``seconds`` at the latest.
+_SPIN = ("import os, time\n"
+         "parent, end = {parent}, time.monotonic() + {seconds}\n"
+         "while os.getppid() == parent and time.monotonic() < end:\n"
+         "    for _ in range(100000): pass\n")
+
+
 @contextlib.contextmanager
-def busy_processes(k: int, seconds: float = LOAD_MAX_S) -> Iterator[None]:
-    """``k`` processes that keep one core busy each, for at most ``seconds``, stopped on exit."""
-    procs = [subprocess.Popen([sys.executable, "-c", f"import time\nend = time.monotonic() + {seconds}\n"
-                               "while time.monotonic() < end: pass"]) for _ in range(k)]
+def busy_processes(k: int, seconds: float = LOAD_MAX_S) -> Iterator[Callable[[], bool]]:
+    """``k`` processes that keep one core busy each, stopped on exit; they also stop by themselves when this
+    process is gone, or after ``seconds``.
+
+    Yields:
+        A function that says whether all ``k`` still run, for the caller to check at the end of its measurement
+        (a phase that outlived its load measured a quiet machine).
+    """
+    procs = [subprocess.Popen([sys.executable, "-c", _SPIN.format(parent=os.getpid(), seconds=float(seconds))])
+             for _ in range(k)]
     try:
         time.sleep(0.5)  # let them reach the scheduler
-        yield
+        yield lambda: all(pr.poll() is None for pr in procs)
     finally:
         for pr in procs:
             pr.terminate()
@@ -499,7 +527,8 @@ def load_verdict(ci: list[float], limit: float = LOAD_TARGET) -> str:
 
 
 def print_load_verdicts(res: dict[str, Any], names: list[str] | None = None) -> None:
-    """One line per phase: in how many cells the busy-machine target is met / missed / undecided."""
+    """One line per phase: in how many cells the busy-machine target is met / missed / undecided, and in how many
+    the load ended before the measurement did (no verdict: ``load_held`` false)."""
     for phase in ("quiet", "load"):
         verdicts: Counter[str] = Counter()
         for entry in res.values():
@@ -507,11 +536,12 @@ def print_load_verdicts(res: dict[str, Any], names: list[str] | None = None) -> 
                 r = entry[phase]
                 for key in r:
                     if key.endswith("_paired_ci") and (names is None or key[:-len("_paired_ci")] in names):
-                        verdicts[load_verdict(r[key])] += 1
+                        verdicts["load lost" if r.get("load_held") is False else load_verdict(r[key])] += 1
         if verdicts:
+            lost = f", load lost in {verdicts['load lost']}" if verdicts["load lost"] else ""
             print(f"{phase}: default <= {LOAD_TARGET}x one thread (95% interval of the paired median, order "
                   f"statistics): met in {verdicts['met']}, missed in {verdicts['missed']}, undecided in "
-                  f"{verdicts['undecided']} of {sum(verdicts.values())} cells")
+                  f"{verdicts['undecided']}{lost} of {sum(verdicts.values())} cells")
 
 
 def _paired(r: dict[str, Any], name: str) -> str:
@@ -548,11 +578,15 @@ def quiet_and_load(calls: dict[str, Callable[[], Any]], default: int, repeats: i
     entry = {"quiet": _time_threads(calls, default, repeats)}
     entry["quiet"]["loadavg"] = round(os.getloadavg()[0], 2)
     if load:
-        with busy_processes(load):
+        with busy_processes(load) as running:
             for fn in calls.values():  # warm-up beside the load
                 fn()
             entry["load"] = _time_threads(calls, default, repeats)
             entry["load"]["loadavg"] = round(os.getloadavg()[0], 2)
+            entry["load"]["load_held"] = running()
+        if not entry["load"]["load_held"]:
+            print(f"warning: a busy process ended before the load phase did (after {LOAD_MAX_S:.0f} s at the "
+                  "latest): its numbers are partly from a quiet machine", file=sys.stderr)
     return entry
 
 

@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _args import parse_sizes  # this folder is on sys.path when the script runs
 from torch import nn
 
 from panoptic import CategoryTable
@@ -145,20 +146,6 @@ class TimedFusion(nn.Module):
         self.fed += [len(i) for i in prepared]
         self.results += out
         return out
-
-
-def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
-    """``"512x1024,1024x2048"`` -> ``((512, 1024), (1024, 2048))``."""
-    sizes = []
-    for part in text.split(","):
-        try:
-            h, w = (int(v) for v in part.lower().split("x"))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"bad size {part!r}; use HxW, e.g. 512x1024") from None
-        if h < 32 or w < 32:
-            raise argparse.ArgumentTypeError(f"size {part!r} is too small; use at least 32x32")
-        sizes.append((h, w))
-    return tuple(sizes)
 
 
 def build_models(table: CategoryTable, seed: int, device: torch.device, detections: int | None,

@@ -121,3 +121,23 @@ def test_fusion_speed_busy_machine_verdict_uses_an_interval_of_the_paired_median
     assert bench.load_verdict([1.26, 1.40]) == "missed"
     assert bench.load_verdict([0.90, 1.30]) == "undecided"
     assert bench.load_verdict([None, None]) == "undecided"  # too few repeats for an interval
+
+
+def test_fusion_speed_busy_processes_report_a_load_that_ended_early(capsys: pytest.CaptureFixture[str]) -> None:
+    """A busy process stops when its time is up or its parent is gone; the phase it left is flagged, not judged."""
+    import time
+
+    bench = _fusion_speed_module()
+    with bench.busy_processes(1, seconds=60.0) as running:
+        assert running()
+    with bench.busy_processes(1, seconds=0.1) as running:
+        time.sleep(1.5)
+        assert not running()
+    t = time.monotonic()  # a spin loop whose parent is another process ends at once
+    subprocess.run([sys.executable, "-c", bench._SPIN.format(parent=-1, seconds=60.0)], check=True, timeout=30)
+    assert time.monotonic() - t < 20
+    cell = {"upsnet20_paired_ci": [0.9, 1.1], "heuristic20_paired_ci": [0.9, 1.1]}
+    bench.print_load_verdicts({"64x128": {"quiet": dict(cell), "load": {**cell, "load_held": False}}})
+    out = capsys.readouterr().out
+    assert "quiet: default <= 1.25x one thread" in out and "met in 2, missed in 0, undecided in 0 of 2" in out
+    assert "load: default" in out and "met in 0, missed in 0, undecided in 0, load lost in 2 of 2 cells" in out
