@@ -143,3 +143,14 @@ def test_fusion_speed_busy_processes_report_a_load_that_ended_early(capsys: pyte
     out = capsys.readouterr().out
     assert "quiet: default <= 1.25x one thread" in out and "met in 2, missed in 0, undecided in 0 of 2" in out
     assert "load: default" in out and "met in 0, missed in 0, undecided in 0, load lost in 2 of 2 cells" in out
+
+
+def test_fusion_speed_refuses_bad_sizes_with_a_usage_error() -> None:
+    """--sizes takes comma-separated HxW of at least 32x32; anything else is a usage error that names the form."""
+    script = SCRIPT.parent / "fusion_speed.py"
+    for value, message in (("512by1024", "bad size '512by1024'; use HxW, e.g. 512x1024"),
+                           ("64x128,16x16", "size '16x16' is too small; use at least 32x32")):
+        bad = subprocess.run([sys.executable, str(script), "--threads-only", "--sizes", value], capture_output=True,
+                             text=True, timeout=120)
+        assert bad.returncode == 2
+        assert message in bad.stderr and "Traceback" not in bad.stderr
