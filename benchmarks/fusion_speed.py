@@ -15,6 +15,14 @@ For 20, 50 and 100 instances, all in one run and interleaved inside every repeti
   argmax are timed); it is asserted equal to the channel map of the fast path once, outside the timer;
 * ``floor``: one ``amax`` over the channels of the ``(1, 19, H, W)`` semantic logits.
 
+**Quiet-machine targets**, each decided per instance count from the median of the repetitions' paired ratios and
+its distribution-free 95% interval (see :func:`median_interval`; ``met`` when the whole interval is on the right
+side of the limit, ``missed`` when all of it is on the wrong one, else ``undecided``): ``upsnet`` at most
+:data:`FLOOR_TARGET` times the floor (4x with the C passes, 8x with ``--backend torch``) and ``panopticapi`` at
+least :data:`PANOPTICAPI_TARGET` times ``heuristic``. The floor drifts with the host's other memory traffic by
+more than the margin of these targets between runs, so one run's ratio of medians does not settle them; about 41
+repetitions do at 1024x2048 (``--repeats 41``). ``--json`` stores them under ``targets``.
+
 Scenes are synthetic but structured: smooth semantic logits (random values on a coarse grid, upsampled
 bicubically), thing channels raised under each instance's mask, boxes with log-uniform sides in 20-400 px,
 28x28 elliptical ROI mask logits with smooth noise, scores in (0.5, 1).
@@ -95,6 +103,10 @@ LOAD_MAX_S = 7200.0
 
 #: The busy-machine target: the default thread count's call at most this many times the one-thread call.
 LOAD_TARGET = 1.25
+#: The quiet-machine targets: UPSNet's call at most this many times the floor, per backend of the passes.
+FLOOR_TARGET = {"c": 4.0, "torch": 8.0}
+#: The quiet-machine target of the heuristic: panopticapi's combine at least this many times its call.
+PANOPTICAPI_TARGET = 10.0
 IMPLS = ("upsnet", "heuristic", "panopticapi", "dense", "floor")
 
 
@@ -340,8 +352,11 @@ def _run(args: argparse.Namespace) -> int:
         out[str(n)]["upsnet_kept"] = scenes[n].kept
         # the floor is memory-bound and drifts with the host's other traffic: the median of each repetition's
         # ratio (measured seconds apart) cancels a drift the ratio of the medians keeps
+        # (its distribution-free interval decides the target: a run-to-run drift moves the ratio by more than 5%)
         pairs = [u / f for u, f in zip(times[n]["upsnet"], times[n]["floor"], strict=True)]
-        out[str(n)]["upsnet_floor_paired"] = round(statistics.median(pairs), 3) if pairs else None
+        out[str(n)].update(_paired_ratio("upsnet_floor", pairs))
+        pairs = [p / h for p, h in zip(times[n]["panopticapi"], times[n]["heuristic"])]
+        out[str(n)].update(_paired_ratio("panopticapi_heuristic", pairs))
     out["machine"] = {
         "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "numpy": np.__version__, "python": platform.python_version(), "processor": platform.processor(),
@@ -364,14 +379,18 @@ def _run(args: argparse.Namespace) -> int:
           f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, load average {load_start[0]:.2f} at the start, "
           f"{os.getloadavg()[0]:.2f} at the end, {fusion_backend()} passes\n")
     print("| instances (kept by UPSNet) | upsnet | heuristic | panopticapi | dense | floor | upsnet / floor "
-          "| paired | panopticapi / heuristic | dense / upsnet |")
+          "| paired [95%] | panopticapi / heuristic | dense / upsnet |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n in COUNTS:
         r = out[str(n)]
         u, hh, pa, d, f = (r[f"{k}_ms"] for k in IMPLS)
-        paired = "n/a" if r["upsnet_floor_paired"] is None else f"{r['upsnet_floor_paired']:.2f}x"
+        paired = "n/a" if r["upsnet_floor_paired"] is None else _paired(r, "upsnet_floor")
         print(f"| {n} ({r['upsnet_kept']}) | {fmt(u)} | {fmt(hh)} | {fmt(pa)} | {fmt(d)} | {fmt(f)} "
               f"| {ratio(u, f)} | {paired} | {ratio(pa, hh)} | {ratio(d, u)} |")
+    if (h, w) == (H, W):  # the targets are set at 1024x2048 (--quick runs a smaller image)
+        out["targets"] = quiet_verdicts(out, FLOOR_TARGET[out["machine"]["backend"]],
+                                        heuristic=out["machine"]["backend"] == "c")
+        print_quiet_verdicts(out["targets"])
     if not args.quick or args.load:
         out["sizes"] = thread_table(table, _thread_sizes(args), repeats, args.seed, args.load)
         print_thread_table(out["sizes"])
@@ -519,11 +538,52 @@ def median_interval(values: list[float], level: float = 0.95) -> tuple[float, fl
     return (x[j - 1], x[n - j]) if j else (-math.inf, math.inf)
 
 
-def load_verdict(ci: list[float], limit: float = LOAD_TARGET) -> str:
-    """``"met"`` if the whole interval of the paired ratio is at most ``limit``, ``"missed"`` if all of it is
-    above, else ``"undecided"`` (more ``--repeats`` narrow it)."""
+def load_verdict(ci: list[float | None], limit: float = LOAD_TARGET, at_least: bool = False) -> str:
+    """``"met"`` if the whole interval of the paired ratio is at most ``limit`` (with ``at_least``: at least
+    ``limit``), ``"missed"`` if all of it is on the other side, else ``"undecided"`` (more ``--repeats`` narrow
+    it). ``None`` bounds (too few repetitions) are unbounded."""
     lo, hi = (-math.inf if ci[0] is None else ci[0]), (math.inf if ci[1] is None else ci[1])
+    if at_least:
+        return "met" if lo >= limit else "missed" if hi < limit else "undecided"
     return "met" if hi <= limit else "missed" if lo > limit else "undecided"
+
+
+def _paired_ratio(name: str, ratios: list[float]) -> dict[str, Any]:
+    """``{name}_paired`` (the median of the repetitions' ratios) and ``{name}_paired_ci`` (its 95% interval,
+    :func:`median_interval`; ``None`` bounds below 6 repetitions); both ``None`` without ratios."""
+    if not ratios:
+        return {f"{name}_paired": None, f"{name}_paired_ci": None}
+    return {f"{name}_paired": round(statistics.median(ratios), 3),
+            f"{name}_paired_ci": [round(v, 3) if math.isfinite(v) else None for v in median_interval(ratios)]}
+
+
+def quiet_verdicts(res: dict[str, Any], floor_limit: float, heuristic: bool = True) -> dict[str, Any]:
+    """Per instance count, the verdicts of the quiet-machine targets from the paired intervals: UPSNet's call
+    ``<= floor_limit`` times the floor and, with ``heuristic`` (the default passes: the target is theirs),
+    panopticapi's combine ``>=`` :data:`PANOPTICAPI_TARGET` times the heuristic's call (absent without
+    panopticapi)."""
+    out: dict[str, Any] = {"upsnet_floor": {"limit": floor_limit, "at_most": True, "verdicts": {}}}
+    if heuristic:
+        out["panopticapi_heuristic"] = {"limit": PANOPTICAPI_TARGET, "at_most": False, "verdicts": {}}
+    for n, r in res.items():
+        if not isinstance(r, dict) or "upsnet_floor_paired_ci" not in r:
+            continue
+        for name, target in out.items():
+            ci = r.get(f"{name}_paired_ci")
+            if ci is not None:
+                target["verdicts"][n] = load_verdict(ci, target["limit"], at_least=not target["at_most"])
+    return out
+
+
+def print_quiet_verdicts(targets: dict[str, Any]) -> None:
+    """One line per quiet-machine target: its verdict per instance count."""
+    labels = {"upsnet_floor": "upsnet <= {limit:g}x the floor",
+              "panopticapi_heuristic": "panopticapi >= {limit:g}x the heuristic"}
+    for name, target in targets.items():
+        if target["verdicts"]:
+            cells = ", ".join(f"{v} at {n}" for n, v in target["verdicts"].items())
+            print(f"{labels[name].format(limit=target['limit'])} (95% interval of the paired median, order "
+                  f"statistics): {cells} instances")
 
 
 def print_load_verdicts(res: dict[str, Any], names: list[str] | None = None) -> None:

@@ -121,6 +121,30 @@ def test_fusion_speed_busy_machine_verdict_uses_an_interval_of_the_paired_median
     assert bench.load_verdict([1.26, 1.40]) == "missed"
     assert bench.load_verdict([0.90, 1.30]) == "undecided"
     assert bench.load_verdict([None, None]) == "undecided"  # too few repeats for an interval
+    assert bench.load_verdict([10.5, 14.0], 10.0, at_least=True) == "met"  # a lower bound: panopticapi / heuristic
+    assert bench.load_verdict([7.0, 9.9], 10.0, at_least=True) == "missed"
+    assert bench.load_verdict([9.0, 12.0], 10.0, at_least=True) == "undecided"
+
+
+def test_fusion_speed_quiet_targets_are_judged_from_the_paired_intervals(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each quiet-machine target gets a verdict per instance count from its paired ratios' interval."""
+    bench = _fusion_speed_module()
+    ratios = [7.0 + 0.01 * k for k in range(41)]  # median 7.2, interval well below 8
+    cell = {**bench._paired_ratio("upsnet_floor", ratios), **bench._paired_ratio("panopticapi_heuristic", [])}
+    assert cell["upsnet_floor_paired"] == 7.2 and cell["upsnet_floor_paired_ci"][1] < 8
+    wide = bench._paired_ratio("upsnet_floor", [6.0 + 0.1 * k for k in range(41)])  # median 8.0: straddles 8
+    pa = bench._paired_ratio("panopticapi_heuristic", [9.0 + 0.2 * k for k in range(41)])  # all >= 9, median 13
+    res = {"20": cell, "100": {**wide, **pa}, "machine": {"backend": "torch"}}
+    targets = bench.quiet_verdicts(res, bench.FLOOR_TARGET["torch"])
+    assert targets["upsnet_floor"]["verdicts"] == {"20": "met", "100": "undecided"}
+    assert targets["panopticapi_heuristic"]["verdicts"] == {"100": "met"}  # absent where panopticapi did not run
+    assert bench.quiet_verdicts(res, bench.FLOOR_TARGET["c"])["upsnet_floor"]["verdicts"] == {"20": "missed",
+                                                                                           "100": "missed"}
+    assert "panopticapi_heuristic" not in bench.quiet_verdicts(res, 8.0, heuristic=False)  # torch passes: no target
+    bench.print_quiet_verdicts(targets)
+    out = capsys.readouterr().out
+    assert "upsnet <= 8x the floor" in out and "met at 20, undecided at 100 instances" in out
+    assert "panopticapi >= 10x the heuristic" in out
 
 
 def test_fusion_speed_busy_processes_report_a_load_that_ended_early(capsys: pytest.CaptureFixture[str]) -> None:
