@@ -20,8 +20,9 @@ its distribution-free 95% interval (see :func:`median_interval`; ``met`` when th
 side of the limit, ``missed`` when all of it is on the wrong one, else ``undecided``): ``upsnet`` at most
 :data:`FLOOR_TARGET` times the floor (4x with the C passes, 8x with ``--backend torch``) and ``panopticapi`` at
 least :data:`PANOPTICAPI_TARGET` times ``heuristic``. The floor drifts with the host's other memory traffic by
-more than the margin of these targets between runs, so one run's ratio of medians does not settle them; about 41
-repetitions do at 1024x2048 (``--repeats 41``). ``--json`` stores them under ``targets``.
+more than the margin of these targets between runs, so one run's ratio of medians does not settle them; on a quiet
+host about 41 repetitions narrow the interval to +-5% at 1024x2048 (``--repeats 41``, about 5 minutes); a busy
+host widens it. ``--json`` stores them under ``targets``.
 
 Scenes are synthetic but structured: smooth semantic logits (random values on a coarse grid, upsampled
 bicubically), thing channels raised under each instance's mask, boxes with log-uniform sides in 20-400 px,
