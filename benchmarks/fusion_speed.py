@@ -352,8 +352,7 @@ def _run(args: argparse.Namespace) -> int:
                        for k, v in times[n].items()}
         out[str(n)]["upsnet_kept"] = scenes[n].kept
         # the floor is memory-bound and drifts with the host's other traffic: the median of each repetition's
-        # ratio (measured seconds apart) cancels a drift the ratio of the medians keeps
-        # (its distribution-free interval decides the target: a run-to-run drift moves the ratio by more than 5%)
+        # ratio (measured seconds apart) cancels a drift the ratio of the medians keeps, and its interval decides
         pairs = [u / f for u, f in zip(times[n]["upsnet"], times[n]["floor"], strict=True)]
         out[str(n)].update(_paired_ratio("upsnet_floor", pairs))
         pairs = [p / h for p, h in zip(times[n]["panopticapi"], times[n]["heuristic"])]
@@ -513,8 +512,7 @@ def _time_threads(calls: dict[str, Callable[[], Any]], default: int, repeats: in
     out: dict[str, Any] = {k: round(statistics.median(v), 2) for k, v in times.items()}
     for name in calls:
         ratios = [d / o for d, o in zip(times[f"{name}_default_ms"], times[f"{name}_1t_ms"], strict=True)]
-        out[f"{name}_paired"] = round(statistics.median(ratios), 3)
-        out[f"{name}_paired_ci"] = [round(v, 3) if math.isfinite(v) else None for v in median_interval(ratios)]
+        out.update(_paired_ratio(name, ratios))
         out[f"{name}_default_threads"] = {str(k): v for k, v in sorted(chosen[name].items())}
     return out
 
@@ -539,7 +537,7 @@ def median_interval(values: list[float], level: float = 0.95) -> tuple[float, fl
     return (x[j - 1], x[n - j]) if j else (-math.inf, math.inf)
 
 
-def load_verdict(ci: list[float | None], limit: float = LOAD_TARGET, at_least: bool = False) -> str:
+def interval_verdict(ci: list[float | None], limit: float = LOAD_TARGET, at_least: bool = False) -> str:
     """``"met"`` if the whole interval of the paired ratio is at most ``limit`` (with ``at_least``: at least
     ``limit``), ``"missed"`` if all of it is on the other side, else ``"undecided"`` (more ``--repeats`` narrow
     it). ``None`` bounds (too few repetitions) are unbounded."""
@@ -572,7 +570,7 @@ def quiet_verdicts(res: dict[str, Any], floor_limit: float, heuristic: bool = Tr
         for name, target in out.items():
             ci = r.get(f"{name}_paired_ci")
             if ci is not None:
-                target["verdicts"][n] = load_verdict(ci, target["limit"], at_least=not target["at_most"])
+                target["verdicts"][n] = interval_verdict(ci, target["limit"], at_least=not target["at_most"])
     return out
 
 
@@ -597,7 +595,7 @@ def print_load_verdicts(res: dict[str, Any], names: list[str] | None = None) -> 
                 r = entry[phase]
                 for key in r:
                     if key.endswith("_paired_ci") and (names is None or key[:-len("_paired_ci")] in names):
-                        verdicts["load lost" if r.get("load_held") is False else load_verdict(r[key])] += 1
+                        verdicts["load lost" if r.get("load_held") is False else interval_verdict(r[key])] += 1
         if verdicts:
             lost = f", load lost in {verdicts['load lost']}" if verdicts["load lost"] else ""
             print(f"{phase}: default <= {LOAD_TARGET}x one thread (95% interval of the paired median, order "

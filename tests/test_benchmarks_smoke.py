@@ -117,13 +117,13 @@ def test_fusion_speed_busy_machine_verdict_uses_an_interval_of_the_paired_median
         lo, hi = bench.median_interval([rng.expovariate(1.0) for _ in range(25)])
         hits += lo <= math.log(2) <= hi
     assert 0.94 <= hits / 2000 <= 0.995
-    assert bench.load_verdict([0.92, 1.10]) == "met"
-    assert bench.load_verdict([1.26, 1.40]) == "missed"
-    assert bench.load_verdict([0.90, 1.30]) == "undecided"
-    assert bench.load_verdict([None, None]) == "undecided"  # too few repeats for an interval
-    assert bench.load_verdict([10.5, 14.0], 10.0, at_least=True) == "met"  # a lower bound: panopticapi / heuristic
-    assert bench.load_verdict([7.0, 9.9], 10.0, at_least=True) == "missed"
-    assert bench.load_verdict([9.0, 12.0], 10.0, at_least=True) == "undecided"
+    assert bench.interval_verdict([0.92, 1.10]) == "met"
+    assert bench.interval_verdict([1.26, 1.40]) == "missed"
+    assert bench.interval_verdict([0.90, 1.30]) == "undecided"
+    assert bench.interval_verdict([None, None]) == "undecided"  # too few repeats for an interval
+    assert bench.interval_verdict([10.5, 14.0], 10.0, at_least=True) == "met"  # a lower bound: panopticapi / heuristic
+    assert bench.interval_verdict([7.0, 9.9], 10.0, at_least=True) == "missed"
+    assert bench.interval_verdict([9.0, 12.0], 10.0, at_least=True) == "undecided"
 
 
 def test_fusion_speed_quiet_targets_are_judged_from_the_paired_intervals(capsys: pytest.CaptureFixture[str]) -> None:
