@@ -22,7 +22,10 @@ side of the limit, ``missed`` when all of it is on the wrong one, else ``undecid
 least :data:`PANOPTICAPI_TARGET` times ``heuristic``. The floor drifts with the host's other memory traffic by
 more than the margin of these targets between runs, so one run's ratio of medians does not settle them; on a quiet
 host about 41 repetitions narrow the interval to +-5% at 1024x2048 (``--repeats 41``, about 5 minutes); a busy
-host widens it. ``--json`` stores them under ``targets``.
+host widens it. ``--json`` stores them under ``targets``. Other processes' memory traffic (on a shared host often
+invisible in the load average) slows the memory-bound floor more than the fusions and so flatters these ratios:
+the run prints the floor's read speed, median and fastest repetition, and flags a median below
+:data:`CONTENDED_FLOOR` of the fastest (``targets.floor_contended``); such a run does not settle a target.
 
 Scenes are synthetic but structured: smooth semantic logits (random values on a coarse grid, upsampled
 bicubically), thing channels raised under each instance's mask, boxes with log-uniform sides in 20-400 px,
@@ -351,6 +354,11 @@ def _run(args: argparse.Namespace) -> int:
         out[str(n)] = {f"{k}_ms": (round(statistics.median(v), 2) if v else None)
                        for k, v in times[n].items()}
         out[str(n)]["upsnet_kept"] = scenes[n].kept
+        # the floor's read speed shows other processes' memory traffic, which the load average does not: the
+        # median against the fastest repetition (the nearest this run came to an uncontended read)
+        gb = scenes[n].sem.numel() * scenes[n].sem.element_size() / 1e6
+        out[str(n)]["floor_gb_s"] = round(gb / out[str(n)]["floor_ms"], 1)
+        out[str(n)]["floor_gb_s_best"] = round(gb / min(times[n]["floor"]), 1)
         # the floor is memory-bound and drifts with the host's other traffic: the median of each repetition's
         # ratio (measured seconds apart) cancels a drift the ratio of the medians keeps, and its interval decides
         pairs = [u / f for u, f in zip(times[n]["upsnet"], times[n]["floor"], strict=True)]
@@ -391,6 +399,8 @@ def _run(args: argparse.Namespace) -> int:
         out["targets"] = quiet_verdicts(out, FLOOR_TARGET[out["machine"]["backend"]],
                                         heuristic=out["machine"]["backend"] == "c")
         print_quiet_verdicts(out["targets"])
+        out["targets"]["floor_contended"] = floor_contended(out)
+        print(floor_speed_line(out))
     if not args.quick or args.load:
         out["sizes"] = thread_table(table, _thread_sizes(args), repeats, args.seed, args.load)
         print_thread_table(out["sizes"])
@@ -574,12 +584,36 @@ def quiet_verdicts(res: dict[str, Any], floor_limit: float, heuristic: bool = Tr
     return out
 
 
+#: A median floor read slower than this fraction of the run's fastest one: other processes' memory traffic.
+CONTENDED_FLOOR = 0.8
+
+
+def floor_contended(res: dict[str, Any]) -> bool:
+    """Whether the floor's median read speed fell below :data:`CONTENDED_FLOOR` of its fastest repetition at some
+    instance count (see :func:`floor_speed_line`)."""
+    return any(res[str(n)]["floor_gb_s"] < CONTENDED_FLOOR * res[str(n)]["floor_gb_s_best"] for n in COUNTS)
+
+
+def floor_speed_line(res: dict[str, Any]) -> str:
+    """The floor's median and fastest read speed per instance count, with a warning where the median is below
+    :data:`CONTENDED_FLOOR` of the fastest: other processes' memory traffic slows the memory-bound floor more than
+    the fusions, which flatters their ratios (the load average does not show traffic from outside this machine's
+    view, such as other tenants of a shared host)."""
+    speeds = " / ".join(f"{res[str(n)]['floor_gb_s']:.1f} (fastest {res[str(n)]['floor_gb_s_best']:.1f})"
+                        for n in COUNTS)
+    line = f"floor read at {speeds} GB/s"
+    if floor_contended(res):
+        line += (f"; a median below {CONTENDED_FLOOR:g}x the fastest: memory traffic of other processes slowed the "
+                 "floor, and the ratios above are flattered; rerun when the host is quiet")
+    return line
+
+
 def print_quiet_verdicts(targets: dict[str, Any]) -> None:
     """One line per quiet-machine target: its verdict per instance count."""
     labels = {"upsnet_floor": "upsnet <= {limit:g}x the floor",
               "panopticapi_heuristic": "panopticapi >= {limit:g}x the heuristic"}
     for name, target in targets.items():
-        if target["verdicts"]:
+        if isinstance(target, dict) and target["verdicts"]:
             cells = ", ".join(f"{v} at {n}" for n, v in target["verdicts"].items())
             print(f"{labels[name].format(limit=target['limit'])} (95% interval of the paired median, order "
                   f"statistics): {cells} instances")

@@ -147,6 +147,18 @@ def test_fusion_speed_quiet_targets_are_judged_from_the_paired_intervals(capsys:
     assert "panopticapi >= 10x the heuristic" in out
 
 
+def test_fusion_speed_flags_a_floor_slowed_by_memory_traffic() -> None:
+    """The floor's read speed is printed per count; a median well below the fastest repetition is flagged."""
+    bench = _fusion_speed_module()
+    quiet = {str(n): {"floor_gb_s": 17.5, "floor_gb_s_best": 19.0} for n in bench.COUNTS}
+    line = bench.floor_speed_line(quiet)
+    assert "17.5 (fastest 19.0)" in line and "flattered" not in line and not bench.floor_contended(quiet)
+    busy = {**quiet, str(bench.COUNTS[-1]): {"floor_gb_s": 7.4, "floor_gb_s_best": 16.0}}
+    assert "ratios above are flattered" in bench.floor_speed_line(busy) and bench.floor_contended(busy)
+    targets = {"upsnet_floor": {"limit": 8.0, "at_most": True, "verdicts": {"20": "met"}}, "floor_contended": True}
+    bench.print_quiet_verdicts(targets)  # the flag beside the targets is not a target
+
+
 def test_fusion_speed_busy_processes_report_a_load_that_ended_early(capsys: pytest.CaptureFixture[str]) -> None:
     """A busy process stops when its time is up or its parent is gone; the phase it left is flagged, not judged."""
     import time
