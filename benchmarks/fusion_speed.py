@@ -571,16 +571,16 @@ def quiet_verdicts(res: dict[str, Any], floor_limit: float, heuristic: bool = Tr
     ``<= floor_limit`` times the floor and, with ``heuristic`` (the default passes: the target is theirs),
     panopticapi's combine ``>=`` :data:`PANOPTICAPI_TARGET` times the heuristic's call (absent without
     panopticapi)."""
-    out: dict[str, Any] = {"upsnet_floor": {"limit": floor_limit, "at_most": True, "verdicts": {}}}
+    out: dict[str, Any] = {"upsnet_floor": {"limit": floor_limit, "at_least": False, "verdicts": {}}}
     if heuristic:
-        out["panopticapi_heuristic"] = {"limit": PANOPTICAPI_TARGET, "at_most": False, "verdicts": {}}
+        out["panopticapi_heuristic"] = {"limit": PANOPTICAPI_TARGET, "at_least": True, "verdicts": {}}
     for n, r in res.items():
         if not isinstance(r, dict) or "upsnet_floor_paired_ci" not in r:
             continue
         for name, target in out.items():
             ci = r.get(f"{name}_paired_ci")
             if ci is not None:
-                target["verdicts"][n] = interval_verdict(ci, target["limit"], at_least=not target["at_most"])
+                target["verdicts"][n] = interval_verdict(ci, target["limit"], target["at_least"])
     return out
 
 

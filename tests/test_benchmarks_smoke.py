@@ -155,7 +155,7 @@ def test_fusion_speed_flags_a_floor_slowed_by_memory_traffic() -> None:
     assert "17.5 (fastest 19.0)" in line and "flattered" not in line and not bench.floor_contended(quiet)
     busy = {**quiet, str(bench.COUNTS[-1]): {"floor_gb_s": 7.4, "floor_gb_s_best": 16.0}}
     assert "ratios above are flattered" in bench.floor_speed_line(busy) and bench.floor_contended(busy)
-    targets = {"upsnet_floor": {"limit": 8.0, "at_most": True, "verdicts": {"20": "met"}}, "floor_contended": True}
+    targets = {"upsnet_floor": {"limit": 8.0, "at_least": False, "verdicts": {"20": "met"}}, "floor_contended": True}
     bench.print_quiet_verdicts(targets)  # the flag beside the targets is not a target
 
 
