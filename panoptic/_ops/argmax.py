@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..fusion.base import FiniteCheck, scratch
+from ..fusion.base import FiniteCheck
 from .rows import as_native, row_bands, run_rows
 from .switch import native_kernels
 
@@ -74,7 +74,7 @@ def first_argmax(x: torch.Tensor, x_max: torch.Tensor | None = None, *,
     if x_max is None:
         x_max = x.amax(0)
     # 1.0 where a channel reaches the maximum; written as float directly (a bool result and a cast cost 5x more)
-    at_max = torch.eq(x, x_max, out=scratch("argmax.at_max", tuple(x.shape), torch.float32, x.device)).reshape(c, -1)
+    at_max = torch.eq(x, x_max, out=torch.empty(x.shape, dtype=torch.float32, device=x.device)).reshape(c, -1)
     weights = torch.pow(2.0, -torch.arange(c, dtype=torch.float32, device=x.device))
     total = (weights @ at_max).reshape(x.shape[1:])
     # The sum lies in [2**-c, 2**(1 - c)) for the first maximum c, so its float32 bit pattern has the biased exponent
