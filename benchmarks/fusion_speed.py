@@ -23,9 +23,10 @@ least :data:`PANOPTICAPI_TARGET` times ``heuristic``. The floor drifts with the 
 more than the margin of these targets between runs, so one run's ratio of medians does not settle them; on a quiet
 host about 41 repetitions narrow the interval to +-5% at 1024x2048 (``--repeats 41``, about 5 minutes); a busy
 host widens it. ``--json`` stores them under ``targets``. Other processes' memory traffic (on a shared host often
-invisible in the load average) slows the memory-bound floor more than the fusions and so flatters these ratios:
-the run prints the floor's read speed, median and fastest repetition, and flags a median below
-:data:`CONTENDED_FLOOR` of the fastest (``targets.floor_contended``); such a run does not settle a target.
+invisible in the load average) slows the memory-bound floor, usually more than the fusions, which flatters these
+ratios (a run where it slowed the fusions more gave a worse one): the run prints the floor's read speed, median and
+fastest repetition, and flags a median below :data:`CONTENDED_FLOOR` of the fastest (``targets.floor_contended``);
+such a run does not settle a target.
 
 Scenes are synthetic but structured: smooth semantic logits (random values on a coarse grid, upsampled
 bicubically), thing channels raised under each instance's mask, boxes with log-uniform sides in 20-400 px,
@@ -596,15 +597,16 @@ def floor_contended(res: dict[str, Any]) -> bool:
 
 def floor_speed_line(res: dict[str, Any]) -> str:
     """The floor's median and fastest read speed per instance count, with a warning where the median is below
-    :data:`CONTENDED_FLOOR` of the fastest: other processes' memory traffic slows the memory-bound floor more than
-    the fusions, which flatters their ratios (the load average does not show traffic from outside this machine's
-    view, such as other tenants of a shared host)."""
+    :data:`CONTENDED_FLOOR` of the fastest: other processes' memory traffic slows the memory-bound floor, usually
+    more than the fusions, which flatters their ratios, and sometimes less (the load average does not show traffic
+    from outside this machine's view, such as other tenants of a shared host)."""
     speeds = " / ".join(f"{res[str(n)]['floor_gb_s']:.1f} (fastest {res[str(n)]['floor_gb_s_best']:.1f})"
                         for n in COUNTS)
     line = f"floor read at {speeds} GB/s"
     if floor_contended(res):
         line += (f"; a median below {CONTENDED_FLOOR:g}x the fastest: memory traffic of other processes slowed the "
-                 "floor, and the ratios above are flattered; rerun when the host is quiet")
+                 "floor, and the ratios above are flattered (or, where it slowed the calls more, made worse); rerun "
+                 "when the host is quiet")
     return line
 
 
