@@ -69,6 +69,20 @@ def test_graph_equals_eager_on_random_batches(flavor: str) -> None:
     assert min(hit.values()) >= 3, hit  # padding, K = 0 images and several centres all reached
 
 
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_graph_breaks_semantic_ties_as_eager(flavor: str) -> None:
+    """Logits rounded to whole numbers tie between classes on many pixels: the first class wins, as in eager."""
+    ties = 0
+    for seed in range(20):
+        images, p = _batch(seed)
+        images = [CentreOffsets(x.semantic.round(), x.centre_heatmap, x.offsets) for x in images]
+        top = [x.semantic.topk(2, 0).values for x in images]
+        ties += sum(int((t[0] == t[1]).sum()) for t in top)
+        fusion = CentreOffsetFusion(TABLE, flavor=flavor, **p)
+        assert_same_results(fusion(images), run_exported(fusion_graph(fusion), fusion, images))
+    assert ties > 100, ties
+
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_graph_equals_eager_on_label_inputs(flavor: str) -> None:
     for seed in range(20):

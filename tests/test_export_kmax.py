@@ -55,6 +55,17 @@ def test_pixelwise_graph_hand_computed() -> None:
     assert out[1].segment_map.tolist() == [[1, 1, 1, 1]]  # one slot: its softmax is 1 everywhere
 
 
+
+def test_pixelwise_graph_gives_a_tied_pixel_to_the_first_slot() -> None:
+    """Two thing slots with equal mask logits everywhere: the first owns every pixel, as in eager."""
+    things = torch.nonzero(TABLE.isthing_tensor()[CLASS_MAP])[:, 0]
+    masks = torch.full((2, 2, 3), 9.0)
+    queries = _slots([int(things[0]), int(things[1])], masks)
+    fusion = _fusion("kmax", mask_threshold=0.2)  # each slot's softmax share is 0.5
+    out = run_exported(fusion_graph(fusion), fusion, [queries])[0]
+    assert_same_results(fusion([queries]), [out])
+    assert out.segment_map.tolist() == [[1] * 3] * 2 and out.source.tolist() == [0]
+
 def test_maskwise_graph_hand_computed() -> None:
     """The paste keeps the first of two overlapping slots (paste order), the second loses its overlap test."""
     masks = torch.full((2, 1, 4), -9.0)

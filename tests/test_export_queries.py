@@ -44,6 +44,24 @@ def test_graph_hand_computed_merge_and_overlap() -> None:
     assert out.source.tolist() == [0] and out.area.tolist() == [16]
 
 
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+@pytest.mark.parametrize("same_category", [True, False])
+def test_graph_gives_a_tied_pixel_to_the_first_query(flavor: str, same_category: bool) -> None:
+    """Two kept thing queries with equal scores and equal masks: every pixel goes to the first, as in eager."""
+    k = len(CLASS_MAP)
+    things = torch.nonzero(TABLE.isthing_tensor()[CLASS_MAP])[:, 0]
+    cls = torch.full((3, k + 1), -9.0)
+    cls[0, int(things[0])] = cls[1, int(things[0] if same_category else things[1])] = 9.0
+    cls[2, k] = 9.0  # "no object"
+    masks = torch.full((3, 4, 5), -9.0)
+    masks[:2, :3] = 9.0
+    fusion = _fusion(flavor)
+    eager = fusion(Queries(cls, masks))[0]
+    out = run_exported(fusion_graph(fusion), fusion, Queries(cls, masks))[0]
+    assert out.equal(eager)
+    assert out.source.tolist() == [0]  # query 1 owns no pixel, so it is no segment
+
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_graph_equals_eager_on_random_batches(flavor: str) -> None:
     fusion = _fusion(flavor)

@@ -76,7 +76,7 @@ class ImageOutput:
 
     def semantic_prediction(self) -> torch.Tensor:
         """``(H0, W0)`` argmax of the semantic logits at the original size, on the CPU."""
-        pred = self.semantic_logits[0].argmax(0).cpu()
+        pred = self.semantic_logits[0].max(0).indices.cpu()  # argmax(0); max runs several times faster on the CPU
         if not self.resized:
             return pred
         return F.interpolate(pred[None, None].float(), size=self.ground_truth.image_size,

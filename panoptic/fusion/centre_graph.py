@@ -55,7 +55,8 @@ class CentreOffsetGraph(nn.Module):
         b, c, h, w = sem.shape
         k = centres.shape[1]
         dev = sem.device
-        labels = sem.argmax(1).reshape(b, h * w)  # first maximum on ties
+        # argmax (first maximum on ties) as max's indices: several times faster on the CPU
+        labels = sem.max(1).indices.reshape(b, h * w)
         thing = self.isthing[labels]
         # each thing pixel's nearest centre to (y + dy, x + dx), squared float32 distances, ties to the first
         ys = torch.arange(h, device=dev).float()[None, :, None] + offsets[:, 0]

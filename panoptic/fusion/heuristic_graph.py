@@ -53,7 +53,8 @@ class HeuristicGraph(nn.Module):
         n, nst, dev = labels.shape[1], self.num_stuff, sem.device
         q = nst + 1
         # Key of a pixel: (painting slot + 1) * (Nst + 1) + its semantic class if stuff, else Nst ("a thing").
-        cls = sem.argmax(1)  # first maximum over all C channels
+        # argmax (first maximum over all C channels) as max's indices: several times faster on the CPU
+        cls = sem.max(1).indices
         sem_key = torch.where(cls < nst, cls, nst)
         key = ((paint + 1) * q + sem_key).reshape(b, h * w)
         counts = torch.zeros(b, (n + 1) * q, dtype=torch.int64, device=dev).scatter_add_(1, key, torch.ones_like(key))

