@@ -162,6 +162,33 @@ def test_exported_program_without_instances_and_unequal_counts(exported) -> None
         _assert_same(fusion(sem, inst), run_exported(program, fusion, sem, inst))
 
 
+
+def test_run_exported_builds_the_program_module_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The module of an ExportedProgram (about 30 ms to build) is built on the first call only, and the cache
+    does not keep the program alive."""
+    import gc
+    import weakref
+
+    fusion = UPSNetFusion(TABLE)
+    sem, inst = _random_batch(3, max_side=10, max_n=4)
+    program = export_fusion(fusion, sem, inst)
+    built = []
+    build = torch.export.ExportedProgram.module
+
+    def counted(self: torch.export.ExportedProgram) -> torch.nn.Module:
+        built.append(1)
+        return build(self)
+
+    monkeypatch.setattr(torch.export.ExportedProgram, "module", counted)
+    for seed in range(3):
+        sem, inst = _random_batch(seed, max_side=10, max_n=4)
+        _assert_same(fusion(sem, inst), run_exported(program, fusion, sem, inst))
+    assert len(built) == 1
+    alive = weakref.ref(program)
+    del program
+    gc.collect()
+    assert alive() is None
+
 def test_exported_graph_holds_the_whole_per_pixel_path(exported) -> None:
     """The CPU stand-in for "no host syncs": one graph from logits to the id map, with no data-dependent ops."""
     _, program, _ = exported
