@@ -163,6 +163,17 @@ def test_exported_program_without_instances_and_unequal_counts(exported) -> None
 
 
 
+
+@pytest.mark.parametrize("rule", ["heuristic", "detector", "semantic"])
+def test_graph_with_a_table_without_thing_classes(rule: str) -> None:
+    """Only stuff categories (no thing channel to read): the graph equals eager (it raised an index error before)."""
+    table = CategoryTable.from_coco([{"id": 1, "isthing": 0}, {"id": 2, "isthing": 0}, {"id": 3, "isthing": 0}])
+    fusion = UPSNetFusion(table, stuff_area_limit=0, class_assignment=rule)
+    sem = torch.randn(2, 3, 8, 9, generator=torch.Generator().manual_seed(1))
+    eager = fusion(sem, [Instances.empty(), Instances.empty()])
+    _assert_same(eager, run_exported(fusion_graph(fusion), fusion, sem, [Instances.empty(), Instances.empty()]))
+    assert sum(int(r.area.sum()) for r in eager) == 2 * 8 * 9
+
 def test_run_exported_builds_the_program_module_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The module of an ExportedProgram (about 30 ms to build) is built on the first call only, and the cache
     does not keep the program alive."""
