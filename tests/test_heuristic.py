@@ -586,6 +586,19 @@ def test_first_argmax_keys_equals_argmax_with_ties(num_first: int, extra: int) -
         assert torch.equal(out.long(), expected)
 
 
+
+@pytest.mark.parametrize("channels", [1, 5, 24, 25, 60])
+def test_first_max_equals_max_with_ties(channels: int) -> None:
+    # Up to 24 channels amax plus the exact power-of-two sum, beyond them torch.max: both as torch.max(0).
+    from panoptic._ops.argmax import first_max
+
+    g = torch.Generator().manual_seed(channels)
+    x = torch.randint(-2, 2, (channels, 40, 30), generator=g).float()
+    values, index = first_max(x, dtype=torch.int32)
+    assert torch.equal(values, x.amax(0)) and torch.equal(index.long(), x.argmax(0)) and index.dtype == torch.int32
+    values, index = first_max(x[:, ::2, 1:])  # strided
+    assert torch.equal(values, x[:, ::2, 1:].amax(0)) and torch.equal(index, x[:, ::2, 1:].argmax(0))
+
 def test_huge_finite_logits_are_accepted() -> None:
     # Finite logits whose sum overflows float32 are valid input (the fast finiteness check must not reject them).
     sem = sem_logits(grid(ALL_S, SEM)) * 3.0e37

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import BACKENDS, same_segmentation, tiny_table
@@ -112,6 +113,25 @@ def test_box_local_fast_path_equals_dense_argmax(scene, unknown, name):
         fast = fusion.panoptic_argmax(sem, inst)
     assert torch.equal(fast, fusion.panoptic_logits(sem, inst).argmax(0))
 
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_fast_path_with_more_stuff_channels_than_the_exact_sum_holds(name):
+    """30 stuff classes (the torch path's first stuff argmax then takes ``max`` instead of its exact power-of-two
+    sum, which holds 24 channels), integer logits: ties among stuff channels decide many pixels."""
+    table = tiny_table(30, 3)
+    fusion = UPSNetFusion(table)
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        h, w, n = 9 + seed % 5, 11 + seed % 7, seed % 5
+        sem = torch.randint(-2, 3, (table.num_classes, h, w), generator=g).float()
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([w - 1.0, h - 1.0])
+        boxes = torch.cat([xy, xy + 1 + torch.rand(n, 2, generator=g) * 6], 1)
+        masks = torch.randint(-3, 4, (n, 5, 5), generator=g).float() * 2 + 1  # odd values: not binary masks
+        inst = Instances(boxes, torch.rand(n, generator=g), torch.randint(0, 3, (n,), generator=g), masks)
+        with ops.backend(name):
+            fast = fusion.panoptic_argmax(sem, inst)
+        assert torch.equal(fast, fusion.panoptic_logits(sem, inst).argmax(0))
 
 @settings(max_examples=40, deadline=None)
 @given(scenes(roi=False), st.sampled_from(BACKENDS))

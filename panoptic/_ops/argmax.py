@@ -8,7 +8,7 @@ from ..fusion.base import FiniteCheck
 from .rows import as_native, row_bands, run_rows
 from .switch import native_kernels
 
-__all__ = ["first_argmax", "first_argmax_keys", "sample_grid"]
+__all__ = ["first_argmax", "first_argmax_keys", "first_max", "sample_grid"]
 
 
 @torch.no_grad()
@@ -82,6 +82,25 @@ def first_argmax(x: torch.Tensor, x_max: torch.Tensor | None = None, *,
     # field 127 - c (bits 23..30, cheaper than frexp), and (2**30 - 1 - bits) >> 23 is c.
     index = torch.rsub(total.view(torch.int32), (1 << 30) - 1).bitwise_right_shift_(23)
     return index if dtype == torch.int32 else index.to(dtype)
+
+
+def first_max(x: torch.Tensor, *, dtype: torch.dtype = torch.int64) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x.max(0)`` of finite ``(C, H, W)`` logits: the maximum ``(H, W)`` and the first channel reaching it
+    ``(H, W)`` (callers check finiteness: up to :data:`_EXACT_CHANNELS` channels a NaN gives no defined index).
+
+    Beyond :data:`_EXACT_CHANNELS` channels one ``max`` gives both (no separate ``amax`` pass); up to it, ``amax``
+    and :func:`first_argmax`, which is faster than ``max`` there.
+
+    Example:
+        >>> values, index = first_max(torch.tensor([[[1.0, 3.0]], [[2.0, 3.0]]]))
+        >>> values.tolist(), index.tolist()
+        ([[2.0, 3.0]], [[1, 0]])
+    """
+    if int(x.shape[0]) > _EXACT_CHANNELS:
+        values, index = x.max(0)
+        return values, index.to(dtype)
+    x_max = x.amax(0)
+    return x_max, first_argmax(x, x_max, dtype=dtype)
 
 
 #: Most channels :func:`first_argmax` sums exactly in float32: ``2**0 .. 2**-23`` fit its 24-bit significand.

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..fusion.base import FiniteCheck, scratch
-from .argmax import first_argmax, sample_grid
+from .argmax import first_max, sample_grid
 from .keys import count_keys
 from .rows import as_native, row_bands, run_rows
 from .switch import native_kernels
@@ -121,8 +121,7 @@ def keys_rule(sem: torch.Tensor, inst: tuple[torch.Tensor, torch.Tensor, torch.T
     step = nst + 1 if pairs else 1
     smax = sidx = tmax = None
     if nst:
-        smax = sem[:nst].amax(0)
-        sidx = first_argmax(sem[:nst], smax, dtype=torch.int32)  # int32 throughout: half the traffic
+        smax, sidx = first_max(sem[:nst], dtype=torch.int32)  # int32 throughout: half the traffic
     if c > nst:
         tmax = sem[nst:].amax(0)
     if inst is None:

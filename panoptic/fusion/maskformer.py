@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .._ops.argmax import first_argmax
+from .._ops.argmax import first_max
 from .._ops.queries import assign_queries, kmax_paste_order, paste_in_order
 from .._ops.resize import resize_bilinear
 from ..categories import CategoryTable
@@ -319,9 +319,8 @@ class MaskFormerFusion(PanopticFusion):
         if q == 0:
             return _empty(size, queries.class_logits.device)
         detected = torch.where(keep.view(-1, 1, 1), logits, torch.full((), KMAX_REJECTED_LOGIT))
-        top = detected.amax(0)
+        top, slot = first_max(detected)
         confident = (torch.softmax(detected, 0).amax(0) > self.mask_threshold) & (logits.amax(0) == top)
-        slot = first_argmax(detected)
         thing = self.table.isthing_tensor(category.device)[category]
         painted = confident & keep.any()  # deeplab2: no kept slot, no segment
         owner = torch.where(painted, slot, q)
