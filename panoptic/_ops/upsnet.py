@@ -134,12 +134,40 @@ def keys_rule(sem: torch.Tensor, inst: tuple[torch.Tensor, torch.Tensor, torch.T
     key = torch.add(nst, first, alpha=step)  # nst + first * step, one pass
     if pairs:  # the pixel's semantic class: a stuff class if it is the semantic argmax, else "a thing" (Nst)
         key += torch.where(smax >= tmax, sidx, nst) if smax is not None else nst
-    best = ival
-    if unknown:
+    return keys_from_maxima(key, ival, ymax, tmax if unknown else None, smax, sidx, unk)
+
+
+def keys_from_maxima(inst_key: torch.Tensor, ival: torch.Tensor, ymax: torch.Tensor, tmax: torch.Tensor | None,
+                     smax: torch.Tensor | None, sidx: torch.Tensor | None, unk: int) -> torch.Tensor:
+    """UPSNet's panoptic argmax of every pixel from the maxima of its channel groups: the one statement of the
+    decision for the eager specification (:func:`keys_rule`) and the exported graph
+    (:class:`~panoptic.fusion.upsnet_graph.UPSNetGraph`); the C kernel implements the same.
+
+    Over ``[X_stuff, Z_i for each instance i, U]`` the first maximum wins: a stuff channel if ``smax`` reaches the
+    best of the rest, else the instance if ``ival`` reaches ``U = tmax - ymax``, else unknown. All tensors have
+    one shape (``(H, W)``, or ``(B, H, W)`` in the graph).
+
+    Args:
+        inst_key: Key of the first instance reaching ``ival`` (integer).
+        ival: ``max_i Z_i``.
+        ymax: ``max_i Y_i`` (0 where no crop box covers the pixel).
+        tmax: Maximum of the thing channels of the semantic logits; ``None`` without the unknown channel.
+        smax: Maximum of the stuff channels; ``None`` without stuff channels.
+        sidx: The first stuff channel reaching ``smax`` (integer, as ``inst_key``); ``None`` with ``smax``.
+        unk: The unknown key.
+
+    Example:
+        >>> t = lambda *v: torch.tensor(v)
+        >>> keys_from_maxima(t(5, 5, 5), t(1.0, 1.0, 0.0), t(0.0, 0.0, 0.0), t(0.5, 0.5, 0.5), t(1.0, 0.0, 0.0),
+        ...                  t(2, 2, 2), 9).tolist()  # stuff on a tie, the instance, unknown above the instance
+        [2, 5, 9]
+    """
+    key, best = inst_key, ival
+    if tmax is not None:  # U comes after the instances: they win ties
         u = tmax - ymax
         key = torch.where(ival >= u, key, unk)
         best = torch.maximum(ival, u)
-    if smax is not None:
+    if smax is not None:  # the stuff channels come first: they win ties
         key = torch.where(smax >= best, sidx, key)
     return key
 

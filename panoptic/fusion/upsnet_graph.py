@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._ops.upsnet import keys_from_maxima
+
 # The traced form of UPSNetFusion that panoptic.export compiles; use export_fusion.
 __all__: list[str] = []
 
@@ -107,16 +109,12 @@ class UPSNetGraph(nn.Module):
         ival, first = z.max(1)  # the first maximum: the earlier instance wins ties
         unk = nst + n  # the unknown channel
         key = torch.where(any_valid, nst + first, unk)
-        best = ival
-        if self.unknown and c > nst:
-            u = things.amax(1) - ymax
-            key = torch.where(ival >= u, key, unk)
-            best = torch.maximum(ival, u)
+        tmax = things.amax(1) if self.unknown and c > nst else None
+        smax = sidx = None
         if nst:
             # max's indices are argmax's (the first maximum); on the CPU they come 4-10x faster than argmax's
             smax, sidx = sem[:, :nst].max(1)
-            key = torch.where(smax >= best, sidx, key)
-        return key
+        return keys_from_maxima(key, ival, ymax, tmax, smax, sidx, unk)
 
     def _assign(self, sem: torch.Tensor, flat: torch.Tensor, ch_area: torch.Tensor,
                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
