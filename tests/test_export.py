@@ -174,6 +174,21 @@ def test_graph_with_a_table_without_thing_classes(rule: str) -> None:
     _assert_same(eager, run_exported(fusion_graph(fusion), fusion, sem, [Instances.empty(), Instances.empty()]))
     assert sum(int(r.area.sum()) for r in eager) == 2 * 8 * 9
 
+
+@pytest.mark.parametrize("unknown", [True, False])
+def test_graph_with_a_table_without_stuff_classes(unknown: bool) -> None:
+    """Only thing categories: an image without instances is all unknown with the unknown channel and all void
+    without it (the graph marked it unknown either way before); an image with instances equals eager too."""
+    table = CategoryTable.from_coco([{"id": 1, "isthing": 1}, {"id": 2, "isthing": 1}])
+    fusion = UPSNetFusion(table, stuff_area_limit=0, unknown=unknown,
+                          pruning=PruningConfig(score_threshold=0.1, overlap_threshold=None))
+    g = torch.Generator().manual_seed(3)
+    sem = torch.randn(2, 2, 8, 9, generator=g)
+    inst = [Instances.empty(), _random_instances(g, 3, 8, 9, table=table)]
+    eager = fusion(sem, inst)
+    _assert_same(eager, run_exported(fusion_graph(fusion), fusion, sem, inst))
+    assert eager[0].num_segments == 0 and int(eager[0].unknown_mask.sum()) == (8 * 9 if unknown else 0)
+
 def test_run_exported_builds_the_program_module_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The module of an ExportedProgram (about 30 ms to build) is built on the first call only, and the cache
     does not keep the program alive."""

@@ -81,7 +81,10 @@ class UPSNetGraph(nn.Module):
         score = torch.cat([torch.full((b, nst), float("nan"), device=dev), scores.float()], 1)
         src = torch.cat([torch.full((b, nst), -1, dtype=torch.int64, device=dev),
                          torch.arange(n, device=dev)[None].expand(b, n)], 1)
-        return segment_map, (key == unk), category, score, area, src
+        # the last key is "unknown" only with the unknown channel; without it, it is "no channel at all" (a table
+        # without stuff classes and an image without instances): void, as in eager
+        unknown = key == unk if self.unknown else torch.zeros_like(key, dtype=torch.bool)
+        return segment_map, unknown, category, score, area, src
 
     def _panoptic_argmax(self, sem: torch.Tensor, crop: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
                          valid: torch.Tensor) -> torch.Tensor:
