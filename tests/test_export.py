@@ -189,6 +189,24 @@ def test_graph_with_a_table_without_stuff_classes(unknown: bool) -> None:
     _assert_same(eager, run_exported(fusion_graph(fusion), fusion, sem, inst))
     assert eager[0].num_segments == 0 and int(eager[0].unknown_mask.sum()) == (8 * 9 if unknown else 0)
 
+@pytest.mark.parametrize("kind", ["upsnet", "heuristic"])
+def test_channels_last_logits_give_the_contiguous_results_in_every_path(kind: str) -> None:
+    """Channels-last logits (a convolutional model's fast layout): eager and the exported path equal the eager
+    results of the contiguous logits bit for bit (the exported path's stuff scores summed the channels in another
+    order, an ulp apart, before)."""
+    if kind == "upsnet":
+        fusion = UPSNetFusion(TABLE, stuff_area_limit=3, pruning=PruningConfig(score_threshold=0.1))
+    else:
+        fusion = HeuristicFusion(TABLE, stuff_area_limit=3)
+    graph = fusion_graph(fusion)
+    for seed in range(0, 24, 2):  # real-valued logits: their scores are not round numbers
+        sem, inst = _random_batch(seed, max_side=30, max_n=8)
+        channels_last = sem.contiguous(memory_format=torch.channels_last)
+        eager = fusion(sem, inst)
+        _assert_same(eager, fusion(channels_last, inst))
+        _assert_same(eager, run_exported(graph, fusion, channels_last, inst))
+
+
 def test_run_exported_builds_the_program_module_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The module of an ExportedProgram (about 30 ms to build) is built on the first call only, and the cache
     does not keep the program alive."""

@@ -296,7 +296,9 @@ def fill_stuff_scores_sampled(result: PanopticResult, samples: torch.Tensor, str
     # thing segments read channel 0 (their score is not replaced): samples may hold the stuff channels only
     own = torch.where(stuff, result.category, 0)
     cat_lut = torch.cat([torch.zeros(1, dtype=torch.int64, device=seg.device), own])
-    x = samples.float()
+    # contiguous: the sum over the channels below then adds in one order whatever the caller's layout (a
+    # channels-last view sums them in another order, which moved scores by an ulp against the eager fusion)
+    x = samples.float().contiguous()
     # softmax(x)[own] = 1 / sum_c exp(x_c - x_own): one exp pass, no normalised (C, S) tensor (softmax over the
     # channel dimension is about 2x slower on the CPU); an overflow to inf gives the limit, probability 0.
     p_own = (x - x.gather(0, cat_lut[seg][None])).exp_().sum(0).reciprocal_()
