@@ -118,6 +118,22 @@ def test_labels_adapter_matches_logits(ops_backend):
     assert not torch.isnan(a.score).any()
 
 
+def test_non_contiguous_inputs_give_the_contiguous_results(ops_backend):
+    """Logits, label maps, heatmaps and offsets stored transposed (views of another layout) fuse as their contiguous
+    copies; a transposed label map raised a raw RuntimeError from a flat view before."""
+    def transposed(t: torch.Tensor) -> torch.Tensor:  # same values, column-major storage
+        return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+    for seed in range(6):
+        logits, heat, off, params = random_case(seed, 20, 28)
+        f = CentreOffsetFusion(TABLE, **params)
+        labels = logits.argmax(0)[None].to(torch.uint8 if seed % 2 else torch.int64)
+        for make, sem in ((CentreOffsets, logits), (CentreOffsets.from_labels, labels)):
+            expected = f([make(sem, heat, off)])[0]
+            got = f([make(transposed(sem), transposed(heat), transposed(off))])[0]
+            assert got.equal(expected)
+
+
 def test_from_batch_splits_images():
     g = torch.Generator().manual_seed(4)
     logits, heat = torch.randn(2, 5, 6, 7, generator=g), torch.rand(2, 1, 6, 7, generator=g)

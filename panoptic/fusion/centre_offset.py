@@ -173,7 +173,7 @@ class CentreOffsetFusion(PanopticFusion):
             ValueError: If the logits hold NaN or inf (checked in the same pass).
         """
         if x.semantic_kind == "labels":
-            return x.semantic[0].long(), None
+            return x.semantic[0].long().contiguous(), None  # row-major: the pixel indices below are flat
         logits = x.semantic
         c, h, w = logits.shape
         stride = score_stride(h, w)
