@@ -220,6 +220,10 @@ def from_pairs(pairs: torch.Tensor, table: CategoryTable, void: int = -1, unknow
     cat, ins = pairs[..., 0].long(), pairs[..., 1].long()
     unknown_mask = cat == unknown if unknown is not None else torch.zeros_like(cat, dtype=torch.bool)
     void_mask = (cat == void) | unknown_mask
+    negative = (ins < 0) & ~void_mask
+    if negative.any():
+        raise ValueError(f"instance ids must be >= 0 (0 for stuff and crowd), got {ins[negative].unique().tolist()[:5]}"
+                         "; set void/unknown to the category codes of the pixels they mark.")
     keys = torch.where(void_mask, torch.full_like(cat, -1), cat * (int(ins.max()) + 1 if ins.numel() else 1) + ins)
     uniq, inverse = torch.unique(keys, return_inverse=True)
     has_void = bool(uniq.numel()) and int(uniq[0]) == -1

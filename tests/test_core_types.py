@@ -162,6 +162,10 @@ def test_coco_import_errors_name_the_problem():
     two_crowds = result_from_labels(torch.tensor([[0, 1]]), TABLE, [2, 2], crowd=[True, True])
     with pytest.raises(ValueError, match="would merge"):
         to_label_divisor(two_crowds)
+    # a negative instance id on a thing pixel (it was read as another category and reported as a stuff pixel)
+    with pytest.raises(ValueError, match=r"instance ids must be >= 0 \(0 for stuff and crowd\), got \[-1\]"):
+        from_pairs(torch.tensor([[[2, -1], [2, 1]]]), TABLE)
+    assert from_pairs(torch.tensor([[[-1, -1], [2, 1]]]), TABLE).num_segments == 1  # void pixels may hold anything
 
 
 @st.composite
