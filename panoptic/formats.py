@@ -119,6 +119,9 @@ def from_coco(png: np.ndarray, segments_info: list[dict[str, Any]], table: Categ
             duplicated id, or an unknown category.
     """
     ids = rgb2id(png) if png.ndim == 3 else np.asarray(png).astype(np.int64)
+    for k, s in enumerate(segments_info):
+        if not isinstance(s, dict) or "id" not in s or "category_id" not in s:
+            raise ValueError(f"{name}: segments_info[{k}] = {s!r} needs 'id' and 'category_id'.")
     seg_ids = [int(s["id"]) for s in segments_info]
     if len(set(seg_ids)) != len(seg_ids):
         raise ValueError(f"{name}: duplicate segment ids in segments_info; each segment needs a unique id.")
@@ -198,6 +201,7 @@ def to_label_divisor(result: PanopticResult, label_divisor: int = 1000, void: in
     Raises:
         ValueError: If an instance number reaches ``label_divisor`` (ids would collide).
     """
+    _check_label_divisor(label_divisor)
     pairs = to_pairs(result, void=void, unknown=unknown, table=table)
     if pairs[..., 1].numel() and int(pairs[..., 1].max()) >= label_divisor:
         raise ValueError(f"an instance id reaches label_divisor={label_divisor}; use a larger label_divisor.")
@@ -217,6 +221,7 @@ def from_pairs(pairs: torch.Tensor, table: CategoryTable, void: int = -1, unknow
     """
     if pairs.ndim != 3 or pairs.shape[-1] != 2:
         raise ValueError(f"pairs must be (H, W, 2), got {tuple(pairs.shape)}.")
+    _check_integers(pairs, "pairs")
     cat, ins = pairs[..., 0].long(), pairs[..., 1].long()
     unknown_mask = cat == unknown if unknown is not None else torch.zeros_like(cat, dtype=torch.bool)
     void_mask = (cat == void) | unknown_mask
@@ -254,6 +259,8 @@ def from_label_divisor(panoptic: torch.Tensor, table: CategoryTable, label_divis
     """
     if panoptic.ndim != 2:
         raise ValueError(f"a label-divisor map must be (H, W), got {tuple(panoptic.shape)}.")
+    _check_label_divisor(label_divisor)
+    _check_integers(panoptic, "a label-divisor map")
     p = panoptic.long()
     special = p < 0
     bad = special & (p != void) & ((p != unknown) if unknown is not None else torch.ones_like(special))
@@ -263,3 +270,17 @@ def from_label_divisor(panoptic: torch.Tensor, table: CategoryTable, label_divis
     cat = torch.where(special, p, p // label_divisor)
     ins = torch.where(special, torch.zeros_like(p), p % label_divisor)
     return from_pairs(torch.stack([cat, ins], -1), table, void=void, unknown=unknown, dataset_ids=dataset_ids)
+
+
+def _check_label_divisor(label_divisor: int) -> None:
+    """``ValueError`` unless ``label_divisor`` is a positive integer."""
+    if isinstance(label_divisor, bool) or not isinstance(label_divisor, int | np.integer) or label_divisor < 1:
+        raise ValueError(f"label_divisor must be a positive integer (detectron2 and Cityscapes use 1000), got "
+                         f"{label_divisor!r}.")
+
+
+def _check_integers(x: torch.Tensor, what: str) -> None:
+    """``ValueError`` if a floating-point ``x`` holds a value that is not a whole number (or NaN / inf)."""
+    if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all() and torch.equal(x, x.round())):
+        raise ValueError(f"{what} must hold integer ids; got values that are not whole numbers (a float map of "
+                         "logits or scores?).")

@@ -166,6 +166,23 @@ def test_coco_import_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"instance ids must be >= 0 \(0 for stuff and crowd\), got \[-1\]"):
         from_pairs(torch.tensor([[[2, -1], [2, 1]]]), TABLE)
     assert from_pairs(torch.tensor([[[-1, -1], [2, 1]]]), TABLE).num_segments == 1  # void pixels may hold anything
+    # a divisor that is not a positive integer (0 raised a raw ZeroDivisionError on import)
+    for divisor in (0, -5, 2.5):
+        with pytest.raises(ValueError, match="label_divisor must be a positive integer"):
+            from_label_divisor(torch.tensor([[2001]]), TABLE, label_divisor=divisor)
+        with pytest.raises(ValueError, match="label_divisor must be a positive integer"):
+            to_label_divisor(res, label_divisor=divisor)
+    # float maps must hold whole numbers (2001.5 was truncated to 2001)
+    assert from_label_divisor(torch.tensor([[2001.0, 0.0]]), TABLE).num_segments == 2
+    for bad in (torch.tensor([[2001.5]]), torch.tensor([[float("nan")]])):
+        with pytest.raises(ValueError, match="must hold integer ids"):
+            from_label_divisor(bad, TABLE)
+    with pytest.raises(ValueError, match="must hold integer ids"):
+        from_pairs(torch.tensor([[[2.0, 0.5]]]), TABLE)
+    # segments_info entries without their keys (a raw KeyError before)
+    for entry in ({"category_id": 1}, {"id": 1}, [1, 1]):
+        with pytest.raises(ValueError, match=r"x.png: segments_info\[0\] = .* needs 'id' and 'category_id'"):
+            from_coco(png, [entry], TABLE, name="x.png")
 
 
 @st.composite
