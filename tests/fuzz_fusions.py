@@ -15,10 +15,13 @@ Each ``check_<name>(seed)`` builds one random case from ``seed`` and raises on a
   bfloat16 / float64 logits, resized outputs: the three paths agree, and a float32 layout changes nothing.
 - ``errors``: malformed inputs (dtypes, shapes, NaN / inf, out-of-range labels, bad sizes) either fuse or raise
   ``ValueError`` / ``TypeError``; any other exception is a missing check at the boundary.
+- ``imports``: the same for the importers of the exchange formats (COCO-panoptic ids and ``segments_info``,
+  (category, instance) pairs, label-divisor maps).
 
 It found (all fixed, each with a test): the UPSNet graph marking "no channel at all" unknown without the unknown
 channel; channels-last logits moving stuff scores by an ulp in the exported path; a transposed label map crashing
-``CentreOffsetFusion``. ``tests/test_fuzz_fusions.py`` runs a few cases of every check in the test suite.
+``CentreOffsetFusion``; a zero ``label_divisor`` and ``segments_info`` entries without their keys raising raw
+errors. ``tests/test_fuzz_fusions.py`` runs a few cases of every check in the test suite.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from test_export import _random_instances
 
 from panoptic import CentreOffsetFusion, CentreOffsets, Instances, MaskFormerFusion, Queries, ops
 from panoptic.export import fusion_graph, run_exported
+from panoptic.formats import from_coco, from_label_divisor, from_pairs
 from panoptic.fusion import HeuristicFusion, UPSNetFusion
 from panoptic.fusion.base import prepare_instances
 from panoptic.fusion.pruning import PruningConfig
@@ -277,8 +281,29 @@ def check_errors(seed: int) -> None:
                                                 threshold=0.1), images)
 
 
+def check_imports(seed: int) -> None:
+    """The importers of the exchange formats (``from_coco``, ``from_pairs``, ``from_label_divisor``) on maps and
+    tables with one random defect: they import or raise ``ValueError`` / ``TypeError``."""
+    r = random.Random(seed)
+    table = tiny_table(2, 3)
+    h, w = r.choice([1, 3, 6]), r.choice([1, 4])
+    cats = torch.tensor([r.choice([-1, 0, 1, 2, 3, 4, 5, 101]) for _ in range(h * w)]).reshape(h, w)
+    inst = torch.tensor([r.choice([0, 0, 1, 2, -1, 999]) for _ in range(h * w)]).reshape(h, w)
+    divisor = r.choice([1000, 1000, 1, 0, -3, 2.5])
+    encoded = torch.where(cats < 0, cats, cats * 1000 + inst)
+    if r.random() < 0.3:
+        encoded = encoded.float() + r.choice([0.0, 0.5, float("nan")])
+    ids = torch.tensor([r.choice([0, 1, 2, 3]) for _ in range(h * w)]).reshape(h, w).numpy()
+    info = [r.choice([{"id": i, "category_id": r.choice([1, 2, 101, 7])}, {"id": i}, {"category_id": 1}, [i]])
+            for i in r.sample([1, 2, 3, 0, 1], r.randrange(4))]
+    refused_or_fused(from_label_divisor, encoded, table, label_divisor=divisor, dataset_ids=r.random() < 0.5)
+    refused_or_fused(from_pairs, torch.stack([cats, inst], -1), table, dataset_ids=r.random() < 0.5)
+    refused_or_fused(from_coco, ids, info, table)
+
+
 CHECKS: dict[str, Callable[[int], None]] = {"instances": check_instances, "queries": check_queries,
-                                             "layouts": check_layouts, "errors": check_errors}
+                                             "layouts": check_layouts, "errors": check_errors,
+                                             "imports": check_imports}
 
 
 def main(argv: list[str] | None = None) -> int:
