@@ -15,4 +15,5 @@ def test_fuzz_check_passes_its_first_cases(name: str) -> None:
 
 def test_fuzz_driver_reports_and_replays(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--cases", "2", "--seed", "40"]) == 0
-    assert "10 cases (errors 2, imports 2, instances 2, layouts 2, queries 2), 0 failed, seeds 41..42" in capsys.readouterr().out
+    summary = "10 cases (errors 2, imports 2, instances 2, layouts 2, queries 2), 0 failed, seeds 41..42"
+    assert summary in capsys.readouterr().out
