@@ -47,7 +47,7 @@ from maskformer_refs import CLASS_MAP
 from maskformer_refs import TABLE as QUERY_TABLE
 from test_export import _random_instances
 
-from panoptic import CentreOffsetFusion, CentreOffsets, Instances, MaskFormerFusion, Queries, ops
+from panoptic import CategoryTable, CentreOffsetFusion, CentreOffsets, Instances, MaskFormerFusion, Queries, ops
 from panoptic.export import fusion_graph, run_exported
 from panoptic.formats import from_coco, from_label_divisor, from_pairs
 from panoptic.fusion import HeuristicFusion, UPSNetFusion
@@ -85,14 +85,24 @@ def upsnet_fusion(table, seed: int, g: torch.Generator) -> UPSNetFusion:
                                               nms_iou=(0.5, None)[seed % 2]))
 
 
-def check_instances(seed: int) -> None:
+def random_batch(seed: int, max_stuff: int, max_things: int, max_side: int, max_n: int,
+                 roi: bool) -> tuple[torch.Generator, CategoryTable, torch.Tensor, list[Instances]]:
+    """A random category table, a batch of 1-2 images' logits ``(B, C, H, W)`` and their instances (0 included),
+    and the generator to draw more from."""
     g = torch.Generator().manual_seed(seed)
-    table = tiny_table(int(torch.randint(0, 31, (), generator=g)), int(torch.randint(1, 9, (), generator=g)))
+    table = tiny_table(int(torch.randint(0, max_stuff + 1, (), generator=g)),
+                       int(torch.randint(1, max_things + 1, (), generator=g)))
     b = int(torch.randint(1, 3, (), generator=g))
-    h, w = (int(v) for v in torch.randint(2, 70, (2,), generator=g))
+    h, w = (int(v) for v in torch.randint(2, max_side, (2,), generator=g))
     sem = random_logits(g, (b, table.num_classes, h, w), seed)
-    roi = seed % 4 != 0
-    inst = [_random_instances(g, int(torch.randint(0, 25, (), generator=g)), h, w, roi, table) for _ in range(b)]
+    inst = [_random_instances(g, int(torch.randint(0, max_n + 1, (), generator=g)), h, w, roi, table)
+            for _ in range(b)]
+    return g, table, sem, inst
+
+
+def check_instances(seed: int) -> None:
+    g, table, sem, inst = random_batch(seed, 30, 8, 70, 24, roi=seed % 4 != 0)
+    b, h, w = sem.shape[0], sem.shape[2], sem.shape[3]
     fusion = upsnet_fusion(table, seed, g)
     three_paths(fusion, sem, inst)
     for i in range(b):
@@ -129,23 +139,19 @@ def check_queries(seed: int) -> None:
 
 
 def check_layouts(seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    table = tiny_table(int(torch.randint(0, 6, (), generator=g)), int(torch.randint(1, 5, (), generator=g)))
-    b = int(torch.randint(1, 3, (), generator=g))
-    h, w = (int(v) for v in torch.randint(2, 40, (2,), generator=g))
-    base = random_logits(g, (b, table.num_classes, h, w), seed)
-    size = None
-    if seed % 4 == 1:
-        size = (int(torch.randint(2, 50, (), generator=g)), int(torch.randint(2, 50, (), generator=g)))
-    roi = seed % 3 != 0 or size is not None  # image-space masks come at the output size
-    inst = [_random_instances(g, int(torch.randint(0, 10, (), generator=g)), h, w, roi, table) for _ in range(b)]
-    layout = seed % 6
+    resize = seed % 4 == 1
+    # image-space masks come at the output size, so a resized batch has ROI masks
+    g, table, base, inst = random_batch(seed, 5, 4, 40, 9, roi=seed % 3 != 0 or resize)
+    size = (int(torch.randint(2, 50, (), generator=g)), int(torch.randint(2, 50, (), generator=g))) if resize else None
+    layout = (seed // 3) % 6  # independent of the kind of logits (seed % 3)
     sem = (transposed(base), base.contiguous(memory_format=torch.channels_last), base.half(), base.double(),
            base.bfloat16(), base)[layout]
     if layout == 5:  # float32 logits, the instances' tensors transposed
         inst = [Instances(transposed(i.boxes), transposed(i.scores), transposed(i.labels).int(),
                           transposed(i.mask_logits), mask_space=i.mask_space) for i in inst]
-    for fusion in (upsnet_fusion(table, seed, g), HeuristicFusion(table, flavor=HEURISTIC_FLAVORS[seed % 4])):
+    heuristic = HeuristicFusion(table, flavor=HEURISTIC_FLAVORS[seed % 4],
+                                stuff_area_limit=int(torch.randint(0, 20, (), generator=g)))  # stuff segments survive
+    for fusion in (upsnet_fusion(table, seed, g), heuristic):
         three_paths(fusion, sem, inst, output_size=size)
         if layout in (0, 1, 5):
             contiguous = [Instances(i.boxes.contiguous(), i.scores.contiguous(), i.labels.contiguous(),
