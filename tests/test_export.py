@@ -191,9 +191,9 @@ def test_graph_with_a_table_without_stuff_classes(unknown: bool) -> None:
 
 @pytest.mark.parametrize("kind", ["upsnet", "heuristic"])
 def test_channels_last_logits_give_the_contiguous_results_in_every_path(kind: str) -> None:
-    """Channels-last logits (a convolutional model's fast layout): eager and the exported path equal the eager
-    results of the contiguous logits bit for bit (the exported path's stuff scores summed the channels in another
-    order, an ulp apart, before)."""
+    """Channels-last logits (a convolutional model's fast layout): eager, logits that require grad and the exported
+    path equal the eager results of the contiguous logits bit for bit (the exported path's and the differentiable
+    stuff scores summed the channels in another order, an ulp apart, before)."""
     if kind == "upsnet":
         fusion = UPSNetFusion(TABLE, stuff_area_limit=3, pruning=PruningConfig(score_threshold=0.1))
     else:
@@ -205,6 +205,9 @@ def test_channels_last_logits_give_the_contiguous_results_in_every_path(kind: st
         eager = fusion(sem, inst)
         _assert_same(eager, fusion(channels_last, inst))
         _assert_same(eager, run_exported(graph, fusion, channels_last, inst))
+        if kind == "upsnet":  # logits that require grad take the differentiable stuff scores, from the same grid
+            for a, b in zip(eager, fusion(channels_last.clone().requires_grad_(True), inst), strict=True):
+                assert torch.equal(a.score.nan_to_num(-1.0), b.score.detach().nan_to_num(-1.0))
 
 
 def test_run_exported_builds_the_program_module_once(monkeypatch: pytest.MonkeyPatch) -> None:
