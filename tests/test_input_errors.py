@@ -109,3 +109,24 @@ def test_the_checkpoint_loader_is_chosen_by_content_not_suffix(tmp_path):
         loaded, _, meta = load_checkpoint(tmp_path / name)
         assert meta.model == "upsnet_cpu_small"
         assert all(torch.equal(a, b) for a, b in zip(loaded.parameters(), model.parameters(), strict=True))
+
+
+# ------------------------------------------------------------------------------------ float64 logits
+def test_float64_logits_beyond_float32_are_named_and_ordinary_ones_fuse_as_float32():
+    """The fusions compute in float32: a finite float64 logit beyond its range was reported as "NaN or inf" by the
+    built-in fusions (and became inf silently in a fusion that leaves the check to prepare_semantic)."""
+    from panoptic.fusion.base import prepare_semantic
+
+    table = synthetic_categories()
+    sem = torch.randn(1, table.num_classes, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for fusion in (UPSNetFusion(table, stuff_area_limit=0), HeuristicFusion(table, stuff_area_limit=0)):
+        assert fusion(sem, [Instances.empty()])[0].equal(fusion(sem.float(), [Instances.empty()])[0])
+    sem[0, 0, 1, 2] = 1e300
+    for fusion in (UPSNetFusion(table), HeuristicFusion(table)):
+        with pytest.raises(ValueError, match="float64 values beyond float32's range"):
+            fusion(sem, [Instances.empty()])
+    with pytest.raises(ValueError, match="float64 values beyond float32's range"):
+        prepare_semantic(sem, table, 1, None, check_finite=True)
+    sem[0, 0, 1, 2] = float("inf")  # a real inf keeps its own message
+    with pytest.raises(ValueError, match="NaN or inf"):
+        prepare_semantic(sem, table, 1, None, check_finite=True)

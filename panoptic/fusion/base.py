@@ -141,9 +141,13 @@ def prepare_semantic(semantic_logits: torch.Tensor, table: CategoryTable, batch:
     resize = output_size is not None and tuple(s.shape[-2:]) != output_size
     if (check_finite or resize) and not _all_finite(s):
         raise ValueError(_NON_FINITE)
+    x = s.float()
+    if s.dtype == torch.float64 and not _all_finite(x) and _all_finite(s):  # finite, but not in float32
+        raise ValueError("semantic_logits hold float64 values beyond float32's range (about 3.4e38), where the "
+                         "fusions compute; scale or clamp the logits first.")
     if resize:
-        s = F.interpolate(s.float(), size=output_size, mode="bilinear", align_corners=False)
-    return s.float()
+        x = F.interpolate(x, size=output_size, mode="bilinear", align_corners=False)
+    return x
 
 
 def checked_output_size(output_size: tuple[int, int] | None) -> tuple[int, int] | None:
