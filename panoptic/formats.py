@@ -115,8 +115,8 @@ def from_coco(png: np.ndarray, segments_info: list[dict[str, Any]], table: Categ
         Segments in ``segments_info`` order, renumbered ``1..S``.
 
     Raises:
-        ValueError: A PNG id missing from ``segments_info``, a ``segments_info`` id with no pixel, a
-            duplicated id, or an unknown category.
+        ValueError: A ``segments_info`` entry without ``id`` or ``category_id``, a PNG id missing from
+            ``segments_info``, a ``segments_info`` id with no pixel, a duplicated id, or an unknown category.
     """
     ids = rgb2id(png) if png.ndim == 3 else np.asarray(png).astype(np.int64)
     for k, s in enumerate(segments_info):
@@ -199,7 +199,8 @@ def to_label_divisor(result: PanopticResult, label_divisor: int = 1000, void: in
     """``(H, W)`` int64 map ``category * label_divisor + instance`` (detectron2 / Cityscapes order).
 
     Raises:
-        ValueError: If an instance number reaches ``label_divisor`` (ids would collide).
+        ValueError: If ``label_divisor`` is not a positive integer, or an instance number reaches it (ids would
+            collide).
     """
     _check_label_divisor(label_divisor)
     pairs = to_pairs(result, void=void, unknown=unknown, table=table)
@@ -217,7 +218,8 @@ def from_pairs(pairs: torch.Tensor, table: CategoryTable, void: int = -1, unknow
     Segments are ordered by (category, instance). Things with instance 0 are crowd segments.
 
     Raises:
-        ValueError: On an unknown category or a stuff pixel with a non-zero instance.
+        ValueError: On an unknown category, a stuff pixel with a non-zero instance, a negative instance, or float
+            pairs that are not whole numbers.
     """
     if pairs.ndim != 3 or pairs.shape[-1] != 2:
         raise ValueError(f"pairs must be (H, W, 2), got {tuple(pairs.shape)}.")
@@ -255,7 +257,10 @@ def from_label_divisor(panoptic: torch.Tensor, table: CategoryTable, label_divis
                        unknown: int | None = None, dataset_ids: bool = False) -> PanopticResult:
     """Import a ``category * label_divisor + instance`` map; the inverse of :func:`to_label_divisor`.
 
-    Values below 0 are only allowed for ``void``/``unknown``.
+    Values below 0 are only allowed for ``void``/``unknown``; a float map must hold whole numbers.
+
+    Raises:
+        ValueError: As :func:`from_pairs`, and for a ``label_divisor`` that is not a positive integer.
     """
     if panoptic.ndim != 2:
         raise ValueError(f"a label-divisor map must be (H, W), got {tuple(panoptic.shape)}.")

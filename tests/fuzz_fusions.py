@@ -20,8 +20,9 @@ Each ``check_<name>(seed)`` builds one random case from ``seed`` and raises on a
 
 It found (all fixed, each with a test): the UPSNet graph marking "no channel at all" unknown without the unknown
 channel; channels-last logits moving stuff scores by an ulp in the exported path; a transposed label map crashing
-``CentreOffsetFusion``; a zero ``label_divisor`` and ``segments_info`` entries without their keys raising raw
-errors. ``tests/test_fuzz_fusions.py`` runs a few cases of every check in the test suite.
+``CentreOffsetFusion``. It also catches the importer errors fixed with it (a zero ``label_divisor`` and
+``segments_info`` entries without their keys raising raw errors). ``tests/test_fuzz_fusions.py`` runs a few cases
+of every check in the test suite.
 """
 
 from __future__ import annotations
