@@ -189,6 +189,7 @@ def test_graph_with_a_table_without_stuff_classes(unknown: bool) -> None:
     _assert_same(eager, run_exported(fusion_graph(fusion), fusion, sem, inst))
     assert eager[0].num_segments == 0 and int(eager[0].unknown_mask.sum()) == (8 * 9 if unknown else 0)
 
+
 @pytest.mark.parametrize("kind", ["upsnet", "heuristic"])
 def test_channels_last_logits_give_the_contiguous_results_in_every_path(kind: str) -> None:
     """Channels-last logits (a convolutional model's fast layout): eager, logits that require grad and the exported
